@@ -1,0 +1,124 @@
+package plugins
+
+import (
+	"strconv"
+)
+
+// Kind is the JSON type of a notification field's value.
+type Kind uint8
+
+// The JSON scalar kinds a notification field may hold.
+const (
+	KindNull Kind = iota
+	KindString
+	KindNumber
+	KindBool
+)
+
+// String returns the kind's JSON name.
+func (k Kind) String() string {
+	switch k {
+	case KindNull:
+		return "null"
+	case KindString:
+		return "string"
+	case KindNumber:
+		return "number"
+	case KindBool:
+		return "bool"
+	default:
+		return "kind(" + strconv.Itoa(int(k)) + ")"
+	}
+}
+
+// Value is a JSON scalar kept as text, so integers of any size travel exactly
+// and a form transport and a JSON transport can both render it faithfully.
+// For KindNumber, Text is a JSON number literal; for KindBool, "true" or
+// "false"; for KindNull, "".
+type Value struct {
+	Kind Kind
+	Text string
+}
+
+// Null is the JSON null.
+func Null() Value { return Value{Kind: KindNull} }
+
+// String is a JSON string.
+func String(s string) Value { return Value{Kind: KindString, Text: s} }
+
+// Int is a JSON integer.
+func Int(i int64) Value { return Value{Kind: KindNumber, Text: strconv.FormatInt(i, 10)} }
+
+// Uint is a JSON integer.
+func Uint(u uint64) Value { return Value{Kind: KindNumber, Text: strconv.FormatUint(u, 10)} }
+
+// Number is a JSON number given as its literal text, for example "124234".
+func Number(lit string) Value { return Value{Kind: KindNumber, Text: lit} }
+
+// Bool is a JSON boolean.
+func Bool(b bool) Value { return Value{Kind: KindBool, Text: strconv.FormatBool(b)} }
+
+// FormText is the value as a form field renders it: strings as they are,
+// numbers in decimal, booleans as true/false, null as the empty string.
+func (v Value) FormText() string {
+	if v.Kind == KindNull {
+		return ""
+	}
+	return v.Text
+}
+
+// Field is one named value of a notification.
+type Field struct {
+	Name  string
+	Value Value
+}
+
+// Notification is what a callback delivers: an ordered list of fields.
+// The order is part of the contract (SPEC §2), so it is a slice, never a map.
+type Notification struct {
+	Fields []Field
+}
+
+// Get returns the value of the first field with the given name.
+func (n Notification) Get(name string) (Value, bool) {
+	for _, f := range n.Fields {
+		if f.Name == name {
+			return f.Value, true
+		}
+	}
+	return Value{}, false
+}
+
+// AppendForm appends the notification, form-encoded in field order
+// (application/x-www-form-urlencoded), to dst. url.Values.Encode sorts keys,
+// so it cannot be used here.
+func (n Notification) AppendForm(dst []byte) []byte {
+	for i, f := range n.Fields {
+		if i > 0 {
+			dst = append(dst, '&')
+		}
+		dst = appendQueryEscape(dst, f.Name)
+		dst = append(dst, '=')
+		dst = appendQueryEscape(dst, f.Value.FormText())
+	}
+	return dst
+}
+
+// appendQueryEscape escapes s as url.QueryEscape does (space as '+'), without
+// allocating an intermediate string.
+func appendQueryEscape(dst []byte, s string) []byte {
+	const hex = "0123456789ABCDEF"
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			c == '-', c == '_', c == '.', c == '~':
+			dst = append(dst, c)
+		case c == ' ':
+			dst = append(dst, '+')
+		default:
+			dst = append(dst, '%', hex[c>>4], hex[c&15])
+		}
+	}
+	return dst
+}
