@@ -1,0 +1,544 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"reflect"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/env/v2"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/providers/posflag"
+	"github.com/knadh/koanf/v2"
+	"github.com/spf13/pflag"
+)
+
+// DefaultFile is read when --config is not given, if it exists in the working
+// directory.
+const DefaultFile = "callbackd.yaml"
+
+// EnvPrefix starts every environment variable Load reads; "__" separates
+// levels and a single "_" is part of a key (CALLBACKD_DISPATCHER__MAX_PAYLOAD).
+const EnvPrefix = "CALLBACKD_"
+
+// configFlag is the flag naming the YAML file; it is not a configuration key.
+const configFlag = "config"
+
+// RegisterFlags registers --config and one flag per scalar key, named by its
+// dotted key (--data_dir, --nats.url, --delivery.timeout, ...). A flag only
+// overrides the file and environment when the user sets it; the defaults
+// shown in help are Default()'s.
+func RegisterFlags(fs *pflag.FlagSet) {
+	d := Default()
+	fs.String(configFlag, "", "YAML config file (default "+DefaultFile+" if present; \"\" reads none)")
+
+	fs.String("data_dir", d.DataDir, "JetStream store and node state of the embedded server")
+
+	fs.Bool("nats.embedded", d.NATS.Embedded, "run an in-process NATS server with JetStream in data_dir")
+	fs.String("nats.listen", d.NATS.Listen, `embedded server's client address ("" = in-process only)`)
+	fs.String("nats.url", d.NATS.URL, "external NATS server or cluster (with --nats.embedded=false)")
+	fs.String("nats.credentials", d.NATS.Credentials, "creds file for an external server")
+	fs.String("nats.auth.user", d.NATS.Auth.User, "user required of clients of the embedded listener")
+	fs.String("nats.auth.password", d.NATS.Auth.Password, "password for nats.auth.user")
+	fs.String("nats.auth.token", d.NATS.Auth.Token, "token required of clients of the embedded listener")
+	fs.String("nats.tls.cert", d.NATS.TLS.Cert, "TLS certificate file")
+	fs.String("nats.tls.key", d.NATS.TLS.Key, "TLS key file")
+	fs.String("nats.tls.ca", d.NATS.TLS.CA, "TLS CA bundle")
+	fs.String("nats.server_name", d.NATS.ServerName, "server name, unique and stable per node (default: generated once, kept in data_dir)")
+	fs.String("nats.cluster.name", d.NATS.Cluster.Name, "cluster name")
+	fs.String("nats.cluster.listen", d.NATS.Cluster.Listen, "cluster listen address")
+	fs.StringSlice("nats.cluster.routes", d.NATS.Cluster.Routes, "cluster routes as nats://host:port")
+	fs.String("nats.cluster.tls.cert", d.NATS.Cluster.TLS.Cert, "cluster TLS certificate file")
+	fs.String("nats.cluster.tls.key", d.NATS.Cluster.TLS.Key, "cluster TLS key file")
+	fs.String("nats.cluster.tls.ca", d.NATS.Cluster.TLS.CA, "cluster TLS CA bundle")
+	fs.Int("nats.replicas", d.NATS.Replicas, "replicas of every stream and bucket (3 for node-loss tolerance)")
+	fs.Duration("nats.duplicates", d.NATS.Duplicates, "Nats-Msg-Id de-duplication window")
+
+	fs.Int("dispatcher.workers", d.Dispatcher.Workers, "dispatcher workers (CPU work: decode, encode, route)")
+	fs.Int("dispatcher.per_host_concurrency", d.Dispatcher.PerHostConcurrency, "attempts in flight per callback host")
+	fs.Int("dispatcher.max_ack_pending", 0, "unacknowledged messages per consumer (default 4 × dispatcher.workers)")
+	fs.Int("dispatcher.max_retry_pending", d.Dispatcher.MaxRetryPending, "deliveries waiting for a retry")
+	fs.Int("dispatcher.max_deliveries", d.Dispatcher.MaxDeliveries, "redeliveries of one message before it is dead (crash-loop cap)")
+	fs.String("dispatcher.max_payload", d.Dispatcher.MaxPayload.String(), "largest event payload (bytes, KiB, MiB)")
+
+	fs.Duration("delivery.timeout", d.Delivery.Timeout, "timeout of one delivery attempt")
+	fs.Int("delivery.max_in_flight", d.Delivery.MaxInFlight, "delivery attempts in flight")
+	fs.Int("delivery.max_attempts", d.Delivery.MaxAttempts, "attempts before an event is dead")
+	fs.DurationSlice("delivery.backoff", d.Delivery.Backoff, "delays between attempts")
+	fs.Bool("delivery.allow_private", d.Delivery.AllowPrivate, "allow callbacks to private, loopback and link-local addresses")
+	fs.StringSlice("delivery.allow_cidrs", d.Delivery.AllowCIDRs, "networks allowed despite --delivery.allow_private=false")
+
+	fs.Duration("retention.events", d.Retention.Events, "how long fresh events are kept")
+	fs.Duration("retention.dead", d.Retention.Dead, "how long dead events are kept")
+	fs.Duration("retention.log", d.Retention.Log, "how long the delivery log is kept")
+	fs.String("retention.log_bytes", d.Retention.LogBytes.String(), "size cap of the delivery log")
+
+	fs.String("plugins.dir", d.Plugins.Dir, "directory of plugin executables")
+	fs.String("plugins.builtins", d.Plugins.Builtins, "run built-in plugins as a subprocess (process) or inprocess")
+	fs.Duration("plugins.call_timeout", d.Plugins.CallTimeout, "timeout of one plugin call")
+	fs.String("plugins.transport", "builtin:"+d.Plugins.Transport.Builtin, "transport plugin (builtin:<name>)")
+	fs.String("plugins.failure", "builtin:"+d.Plugins.Failure.Builtin, "callback-failed plugin (builtin:<name>)")
+
+	fs.String("api.listen", d.API.Listen, "admin API address")
+	fs.String("api.token", d.API.Token, "admin API bearer token")
+	fs.String("api.tls.cert", d.API.TLS.Cert, "admin API TLS certificate file")
+	fs.String("api.tls.key", d.API.TLS.Key, "admin API TLS key file")
+
+	fs.String("log.level", d.Log.Level, "log level: debug, info, warn or error")
+	fs.String("log.format", d.Log.Format, "log format: text or json")
+}
+
+// Load builds the configuration from Default(), the YAML file (--config, or
+// DefaultFile if present), the CALLBACKD_ variables in environ (os.Environ()
+// form; the process environment is not read) and the flags of fs the user
+// changed, in that order of precedence, then validates it. fs may be nil.
+//
+// Unknown keys in the file and bad values are errors naming the key (see
+// KeyError); unknown CALLBACKD_ variables come back as warnings. Warnings are
+// returned even when err is not nil.
+func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
+	k := koanf.New(".")
+
+	path, err := configFile(fs)
+	if err != nil {
+		return nil, nil, err
+	}
+	if path != "" {
+		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
+			return nil, nil, fmt.Errorf("config: file %s: %w", path, err)
+		}
+		// The file is the first layer, so k holds only its keys here.
+		if err := unknownKeys(k.Raw(), path); err != nil {
+			return nil, nil, err
+		}
+	}
+
+	var warnings []string
+	err = k.Load(env.Provider(".", env.Opt{
+		Prefix:      EnvPrefix,
+		EnvironFunc: func() []string { return environ },
+		TransformFunc: func(name, value string) (string, any) {
+			key := envKey(name)
+			t, ok := settable(key)
+			if !ok {
+				warnings = append(warnings, unknownEnvWarning(name, key))
+				return "", nil
+			}
+			return key, envValue(t, value)
+		},
+	}), nil)
+	if err != nil {
+		return nil, warnings, fmt.Errorf("config: environment: %w", err)
+	}
+
+	if fs != nil {
+		// Only flags the user set, and only configuration keys: fs may be a
+		// command's flag set holding --help and other flags of its own.
+		err := k.Load(posflag.ProviderWithFlag(fs, ".", k, func(f *pflag.Flag) (string, any) {
+			if !f.Changed || f.Name == configFlag {
+				return "", nil
+			}
+			if _, ok := settable(f.Name); !ok {
+				return "", nil
+			}
+			return f.Name, posflag.FlagVal(fs, f)
+		}), nil)
+		if err != nil {
+			return nil, warnings, fmt.Errorf("config: flags: %w", err)
+		}
+	}
+
+	deriveAckPending := k.Get("dispatcher.max_ack_pending") == nil
+
+	// Decoding onto Default() keeps the defaults of every key no layer set.
+	cfg := Default()
+	err = k.UnmarshalWithConf("", cfg, koanf.UnmarshalConf{DecoderConfig: &mapstructure.DecoderConfig{
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			durationHook,
+			pluginEntryHook,
+			mapstructure.TextUnmarshallerHookFunc(),
+		),
+		// Not weakly typed: `data_dir: true` or `workers: "8"` in the file
+		// is an error, not a guess. envValue types environment strings.
+		ErrorUnused: true,
+		TagName:     "koanf",
+	}})
+	if err != nil {
+		return nil, warnings, keyErrors(err)
+	}
+	if deriveAckPending {
+		cfg.Dispatcher.MaxAckPending = 4 * cfg.Dispatcher.Workers
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, warnings, err
+	}
+	return cfg, warnings, nil
+}
+
+// configFile returns the file to read: the --config value when set (an
+// explicit "" reads none), else DefaultFile if it exists.
+func configFile(fs *pflag.FlagSet) (string, error) {
+	if fs != nil {
+		if f := fs.Lookup(configFlag); f != nil && f.Changed {
+			return f.Value.String(), nil
+		}
+	}
+	switch _, err := os.Stat(DefaultFile); {
+	case err == nil:
+		return DefaultFile, nil
+	case errors.Is(err, os.ErrNotExist):
+		return "", nil
+	default:
+		return "", fmt.Errorf("config: %w", err)
+	}
+}
+
+var (
+	configType      = reflect.TypeFor[Config]()
+	intType         = reflect.TypeFor[int]()
+	durationType    = reflect.TypeFor[time.Duration]()
+	pluginEntryType = reflect.TypeFor[PluginEntry]()
+)
+
+// keyType returns the Go type a dotted key decodes into, following koanf
+// tags through structs and any key through maps; false if Config has no such
+// key.
+func keyType(key string) (reflect.Type, bool) {
+	t := configType
+	for part := range strings.SplitSeq(key, ".") {
+		switch t.Kind() {
+		case reflect.Struct:
+			f, ok := fieldByKey(t, part)
+			if !ok {
+				return nil, false
+			}
+			t = f.Type
+		case reflect.Map:
+			if part == "" {
+				return nil, false
+			}
+			t = t.Elem()
+		default:
+			return nil, false
+		}
+	}
+	return t, true
+}
+
+func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("koanf"), ",")
+		if name != "" && name != "-" && name == key {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+// settable reports whether key holds a single value (a scalar, a list or a
+// plugin entry) that an environment variable or a flag can set.
+func settable(key string) (reflect.Type, bool) {
+	t, ok := keyType(key)
+	if !ok {
+		return nil, false
+	}
+	if t != pluginEntryType && (t.Kind() == reflect.Struct || t.Kind() == reflect.Map) {
+		return nil, false
+	}
+	return t, true
+}
+
+// unknownKeys returns a KeyError per key of the file's map that Config does
+// not have.
+func unknownKeys(raw map[string]any, path string) error {
+	var keys []string
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for k, v := range m {
+			key := prefix + k
+			t, ok := keyType(key)
+			if !ok {
+				keys = append(keys, key)
+				continue
+			}
+			if sub, isMap := v.(map[string]any); isMap && (t.Kind() == reflect.Struct || t.Kind() == reflect.Map) {
+				walk(key+".", sub)
+			}
+		}
+	}
+	walk("", raw)
+	sort.Strings(keys)
+	errs := make([]error, 0, len(keys))
+	for _, key := range keys {
+		errs = append(errs, &KeyError{Key: key, Err: fmt.Errorf("%w in %s", ErrUnknownKey, path)})
+	}
+	return errors.Join(errs...)
+}
+
+// envKey maps CALLBACKD_NATS__URL to nats.url.
+func envKey(name string) string {
+	key := strings.ToLower(strings.TrimPrefix(name, EnvPrefix))
+	return strings.ReplaceAll(key, "__", ".")
+}
+
+func unknownEnvWarning(name, key string) string {
+	msg := "config: unknown environment variable " + name + " ignored"
+	if guess := strings.ReplaceAll(key, "_", "."); guess != key {
+		if _, ok := settable(guess); ok {
+			msg += " (did you mean " + EnvPrefix + strings.ToUpper(strings.ReplaceAll(guess, ".", "__")) + "?)"
+		}
+	}
+	return msg
+}
+
+// envValue types an environment string for a key of type t the way YAML
+// would have: ints and bools parsed, lists split on commas ("10s, 1m,5m").
+// Durations, sizes and plugin entries stay strings for the decode hooks; a
+// value that does not parse stays a string so decoding names the key.
+func envValue(t reflect.Type, v string) any {
+	switch {
+	case t == intType:
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+			return n
+		}
+	case t.Kind() == reflect.Bool:
+		if b, err := strconv.ParseBool(strings.TrimSpace(v)); err == nil {
+			return b
+		}
+	case t.Kind() == reflect.Slice:
+		if strings.TrimSpace(v) == "" {
+			return []string{}
+		}
+		parts := strings.Split(v, ",")
+		for i, p := range parts {
+			parts[i] = strings.TrimSpace(p)
+		}
+		return parts
+	}
+	return v
+}
+
+// durationHook decodes Go duration syntax ("30s") and rejects bare numbers,
+// which would otherwise silently become nanoseconds.
+func durationHook(from, to reflect.Type, data any) (any, error) {
+	if to != durationType || from == durationType {
+		return data, nil
+	}
+	switch from.Kind() {
+	case reflect.String:
+		s := reflect.ValueOf(data).String()
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("invalid duration %q", s)
+		}
+		return d, nil
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64:
+		return nil, fmt.Errorf("invalid duration %v (want Go syntax such as \"30s\")", data)
+	}
+	return data, nil
+}
+
+// errPluginForm is the problem with a plugin entry of the wrong shape.
+var errPluginForm = errors.New(`want "builtin:<name>" or a map {path, sha256, args, env}`)
+
+// pluginEntryHook decodes both forms of a plugin entry: "builtin:<name>" and
+// {path, sha256, args, env}. It builds a fresh PluginEntry so that a map
+// never merges into a default built-in.
+func pluginEntryHook(_, to reflect.Type, data any) (any, error) {
+	if to != pluginEntryType {
+		return data, nil
+	}
+	switch v := data.(type) {
+	case PluginEntry:
+		return v, nil
+	case string:
+		name, ok := strings.CutPrefix(v, "builtin:")
+		if !ok {
+			return nil, fmt.Errorf("%q: %w", v, errPluginForm)
+		}
+		return PluginEntry{Builtin: name}, nil
+	case map[string]any:
+		return decodePluginMap(v)
+	default:
+		return nil, fmt.Errorf("got %s: %w", kindOf(v), errPluginForm)
+	}
+}
+
+func decodePluginMap(m map[string]any) (PluginEntry, error) {
+	var e PluginEntry
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		v := m[k]
+		switch k {
+		case "path", "sha256":
+			s, ok := v.(string)
+			if !ok {
+				return e, &fieldError{k, fmt.Errorf("want a string, got %s", kindOf(v))}
+			}
+			if k == "path" {
+				e.Path = s
+			} else {
+				e.SHA256 = s
+			}
+		case "args":
+			list, err := stringList(v)
+			if err != nil {
+				return e, &fieldError{k, err}
+			}
+			e.Args = list
+		case "env":
+			env, err := stringMap(v)
+			if err != nil {
+				return e, &fieldError{k, err}
+			}
+			e.Env = env
+		default:
+			return e, &fieldError{k, ErrUnknownKey}
+		}
+	}
+	return e, nil
+}
+
+func stringList(v any) ([]string, error) {
+	switch l := v.(type) {
+	case nil:
+		return nil, nil
+	case []string:
+		return l, nil
+	case []any:
+		out := make([]string, len(l))
+		for i, x := range l {
+			s, ok := scalarString(x)
+			if !ok {
+				return nil, &fieldError{fmt.Sprintf("[%d]", i), fmt.Errorf("want a string, got %s", kindOf(x))}
+			}
+			out[i] = s
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("want a list, got %s", kindOf(v))
+}
+
+func stringMap(v any) (map[string]string, error) {
+	switch m := v.(type) {
+	case nil:
+		return nil, nil
+	case map[string]any:
+		out := make(map[string]string, len(m))
+		for k, x := range m {
+			s, ok := scalarString(x)
+			if !ok {
+				return nil, &fieldError{k, fmt.Errorf("want a string, got %s", kindOf(x))}
+			}
+			out[k] = s
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("want a map, got %s", kindOf(v))
+}
+
+// scalarString accepts what YAML may make of an unquoted argument (8080, true).
+func scalarString(v any) (string, bool) {
+	switch x := v.(type) {
+	case string:
+		return x, true
+	case int, int64, uint64, float64, bool:
+		return fmt.Sprint(x), true
+	}
+	return "", false
+}
+
+// fieldError locates a problem below the key being decoded ("sha256" below
+// "plugins.transport").
+type fieldError struct {
+	key string
+	err error
+}
+
+func (e *fieldError) Error() string { return e.key + ": " + e.err.Error() }
+func (e *fieldError) Unwrap() error { return e.err }
+
+// keyErrors turns mapstructure's errors into KeyErrors named by the dotted
+// key, with messages for people rather than for Go types.
+func keyErrors(err error) error {
+	var out []error
+	var walk func(error)
+	walk = func(err error) {
+		de, ok := err.(*mapstructure.DecodeError)
+		if !ok {
+			if j, ok := err.(interface{ Unwrap() []error }); ok {
+				for _, e := range j.Unwrap() {
+					walk(e)
+				}
+			} else if inner := errors.Unwrap(err); inner != nil {
+				walk(inner) // "decoding failed due to the following error(s)"
+			} else {
+				out = append(out, &KeyError{Err: err})
+			}
+			return
+		}
+		key, cause := keyName(de.Name()), de.Unwrap()
+		for {
+			fe, ok := cause.(*fieldError)
+			if !ok {
+				break
+			}
+			if strings.HasPrefix(fe.key, "[") {
+				key += fe.key
+			} else {
+				key += "." + fe.key
+			}
+			cause = fe.err
+		}
+		out = append(out, &KeyError{Key: key, Err: humanize(cause)})
+	}
+	walk(err)
+	return errors.Join(out...)
+}
+
+// keyName writes mapstructure's "plugins.encoders[crawl_status]" as the key
+// it is in the file, "plugins.encoders.crawl_status"; list indexes keep [i].
+func keyName(name string) string {
+	const m = "plugins.encoders["
+	if rest, ok := strings.CutPrefix(name, m); ok {
+		if i := strings.IndexByte(rest, ']'); i >= 0 {
+			return "plugins.encoders." + rest[:i] + rest[i+1:]
+		}
+	}
+	return name
+}
+
+func humanize(err error) error {
+	var ue *mapstructure.UnconvertibleTypeError
+	if errors.As(err, &ue) {
+		return fmt.Errorf("want %s, got %s", ue.Expected.Type(), kindOf(ue.Value))
+	}
+	return err
+}
+
+// kindOf describes a decoded YAML value for an error message.
+func kindOf(v any) string {
+	if v == nil {
+		return "nothing"
+	}
+	switch reflect.ValueOf(v).Kind() {
+	case reflect.Map:
+		return "a map"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	case reflect.String:
+		return fmt.Sprintf("%q", v)
+	default:
+		return fmt.Sprintf("%v", v)
+	}
+}

@@ -1,0 +1,167 @@
+package config
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/callbackd/callbackd/subjects"
+)
+
+// maxPayloadLimit caps dispatcher.max_payload: NATS' own default max_payload
+// is 1MiB and its hard ceiling 64MiB; 8MiB keeps one event well below it.
+const maxPayloadLimit = 8 * MiB
+
+// Validate checks every key and returns an errors.Join of *KeyError, one per
+// wrong key, or nil. Load calls it; call it again after changing a Config in
+// code.
+func (c *Config) Validate() error {
+	var p problems
+
+	p.check(c.DataDir != "", "data_dir", "must not be empty")
+
+	n := &c.NATS
+	if !n.Embedded && n.URL == "" {
+		p.add("nats.url", "must be set when nats.embedded is false")
+	}
+	if n.Listen != "" {
+		p.hostPort("nats.listen", n.Listen)
+	}
+	if n.Auth.User != "" && n.Auth.Password == "" {
+		p.add("nats.auth.password", "must be set with nats.auth.user")
+	}
+	p.certKey("nats.tls", n.TLS.Cert, n.TLS.Key)
+	if n.Cluster.Listen != "" {
+		p.hostPort("nats.cluster.listen", n.Cluster.Listen)
+	}
+	for i, r := range n.Cluster.Routes {
+		u, err := url.Parse(r)
+		if err != nil || u.Scheme != "nats" || u.Hostname() == "" || u.Port() == "" {
+			p.add(fmt.Sprintf("nats.cluster.routes[%d]", i), "must be nats://host:port, got %q", r)
+		}
+	}
+	p.certKey("nats.cluster.tls", n.Cluster.TLS.Cert, n.Cluster.TLS.Key)
+	p.check(1 <= n.Replicas && n.Replicas <= 5, "nats.replicas", "must be 1 to 5, got %d", n.Replicas)
+	p.positive("nats.duplicates", n.Duplicates)
+
+	d := &c.Dispatcher
+	p.atLeast1("dispatcher.workers", d.Workers)
+	p.atLeast1("dispatcher.per_host_concurrency", d.PerHostConcurrency)
+	p.atLeast1("dispatcher.max_ack_pending", d.MaxAckPending)
+	p.atLeast1("dispatcher.max_retry_pending", d.MaxRetryPending)
+	p.atLeast1("dispatcher.max_deliveries", d.MaxDeliveries)
+	p.check(1 <= d.MaxPayload && d.MaxPayload <= maxPayloadLimit, "dispatcher.max_payload",
+		"must be 1B to %s, got %s", maxPayloadLimit, d.MaxPayload)
+
+	dl := &c.Delivery
+	p.positive("delivery.timeout", dl.Timeout)
+	p.atLeast1("delivery.max_in_flight", dl.MaxInFlight)
+	p.atLeast1("delivery.max_attempts", dl.MaxAttempts)
+	p.check(len(dl.Backoff) > 0, "delivery.backoff", "must not be empty")
+	for i, b := range dl.Backoff {
+		p.positive(fmt.Sprintf("delivery.backoff[%d]", i), b)
+	}
+	for i, s := range dl.AllowCIDRs {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			p.add(fmt.Sprintf("delivery.allow_cidrs[%d]", i), "must be a CIDR such as 10.0.0.0/8, got %q", s)
+		}
+	}
+
+	r := &c.Retention
+	p.positive("retention.events", r.Events)
+	p.positive("retention.dead", r.Dead)
+	p.positive("retention.log", r.Log)
+	p.check(r.LogBytes > 0, "retention.log_bytes", "must be > 0, got %s", r.LogBytes)
+
+	pl := &c.Plugins
+	p.oneOf("plugins.builtins", pl.Builtins, "process", "inprocess")
+	p.positive("plugins.call_timeout", pl.CallTimeout)
+	for _, typ := range slices.Sorted(maps.Keys(pl.Encoders)) {
+		key := "plugins.encoders." + typ
+		if err := subjects.ValidateEventType(typ); err != nil {
+			p = append(p, &KeyError{Key: key, Err: err})
+			continue
+		}
+		p.plugin(key, pl.Encoders[typ])
+	}
+	p.plugin("plugins.transport", pl.Transport)
+	p.plugin("plugins.failure", pl.Failure)
+
+	p.hostPort("api.listen", c.API.Listen)
+	p.certKey("api.tls", c.API.TLS.Cert, c.API.TLS.Key)
+
+	p.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	p.oneOf("log.format", c.Log.Format, "text", "json")
+
+	return errors.Join(p...)
+}
+
+// problems collects one *KeyError per wrong key.
+type problems []error
+
+func (p *problems) add(key, format string, args ...any) {
+	*p = append(*p, &KeyError{Key: key, Err: fmt.Errorf(format, args...)})
+}
+
+func (p *problems) check(ok bool, key, format string, args ...any) {
+	if !ok {
+		p.add(key, format, args...)
+	}
+}
+
+func (p *problems) atLeast1(key string, n int) {
+	p.check(n >= 1, key, "must be at least 1, got %d", n)
+}
+
+func (p *problems) positive(key string, d time.Duration) {
+	p.check(d > 0, key, "must be > 0, got %s", d)
+}
+
+func (p *problems) oneOf(key, v string, allowed ...string) {
+	p.check(slices.Contains(allowed, v), key, "must be one of %q, got %q", allowed, v)
+}
+
+func (p *problems) hostPort(key, addr string) {
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	p.check(err == nil, key, "must be host:port, got %q", addr)
+}
+
+// certKey checks that a certificate and its key come together.
+func (p *problems) certKey(prefix, cert, key string) {
+	switch {
+	case cert != "" && key == "":
+		p.add(prefix+".key", "must be set with %s.cert", prefix)
+	case cert == "" && key != "":
+		p.add(prefix+".cert", "must be set with %s.key", prefix)
+	}
+}
+
+func (p *problems) plugin(key string, e PluginEntry) {
+	switch {
+	case e.Builtin != "":
+		if e.Path != "" || e.SHA256 != "" || len(e.Args) > 0 || len(e.Env) > 0 {
+			p.add(key, "builtin:%s takes no path, sha256, args or env", e.Builtin)
+		}
+	case e.Path == "" && e.SHA256 == "":
+		p.add(key, `want "builtin:<name>" with a name, or path and sha256`)
+	default:
+		if e.Path == "" {
+			p.add(key+".path", "must be set with sha256")
+		} else if !filepath.IsLocal(e.Path) {
+			p.add(key+".path", "must be a file inside plugins.dir, got %q", e.Path)
+		}
+		b, err := hex.DecodeString(e.SHA256)
+		p.check(err == nil && len(b) == 32, key+".sha256", "must be 64 hex characters, got %q", e.SHA256)
+	}
+}
