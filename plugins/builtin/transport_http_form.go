@@ -1,0 +1,489 @@
+package builtin
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/callbackd/callbackd/plugins"
+)
+
+// Limits of the http-form transport (SPEC §3).
+const (
+	defaultHTTPFormTimeout     = 30 * time.Second
+	defaultMaxIdleConnsPerHost = 64
+	maxResponseHeaderBytes     = 64 << 10
+	// maxResponseRead is how much of a response body is read; past it the
+	// connection is closed rather than drained.
+	maxResponseRead = 64 << 10
+	// maxResponseExcerpt is how much of the body is kept in the Result.
+	maxResponseExcerpt = 1 << 10
+	// maxRetryAfter caps a Retry-After so that absurd values cannot
+	// overflow a Duration; the dispatcher caps it lower still.
+	maxRetryAfter = 24 * time.Hour
+	// maxPooledBody keeps unusually large bodies out of the buffer pool.
+	maxPooledBody = 64 << 10
+	// maxErrorText bounds the error text of a failed connection.
+	maxErrorText = 200
+)
+
+// Header values the transport sends on every request. They are shared
+// between requests and never modified.
+var (
+	formContentType = []string{"application/x-www-form-urlencoded"}
+)
+
+// HTTPFormOptions configures the http-form transport.
+type HTTPFormOptions struct {
+	// Timeout bounds one attempt: connecting, sending the request and
+	// reading the response. 0 means 30s (the seed's timeout).
+	Timeout time.Duration
+	// UserAgent is sent as User-Agent, for example "callbackd/1.2.3".
+	// Required; when empty, "callbackd" is sent rather than Go's default.
+	UserAgent string
+	// Guard is the outbound-safety policy applied to every connection.
+	// nil means plugins.NewGuard(false, nil): private addresses refused.
+	Guard *plugins.Guard
+	// MaxIdleConnsPerHost is how many idle keep-alive connections are kept
+	// per host. 0 means 64.
+	MaxIdleConnsPerHost int
+}
+
+// HTTPForm is the built-in http-form transport: it POSTs a notification,
+// form-encoded in field order, to the destination URL with the destination's
+// headers, and classifies the answer as SPEC §3 says. All deliveries share
+// one connection pool with keep-alive; no proxy is taken from the
+// environment, redirects are not followed and every connection goes through
+// the Guard. It is safe for concurrent use.
+type HTTPForm struct {
+	timeout     time.Duration
+	timeoutText string
+	userAgent   []string
+	transport   *http.Transport
+	client      *http.Client
+}
+
+var _ plugins.Transport = (*HTTPForm)(nil)
+
+// NewHTTPForm returns the http-form transport. Call Close when done with it.
+func NewHTTPForm(opts HTTPFormOptions) *HTTPForm {
+	if opts.Timeout <= 0 {
+		opts.Timeout = defaultHTTPFormTimeout
+	}
+	if opts.UserAgent == "" {
+		opts.UserAgent = "callbackd"
+	}
+	if opts.Guard == nil {
+		opts.Guard = plugins.NewGuard(false, nil)
+	}
+	if opts.MaxIdleConnsPerHost <= 0 {
+		opts.MaxIdleConnsPerHost = defaultMaxIdleConnsPerHost
+	}
+	tr := &http.Transport{
+		// Never a proxy from the environment: it would bypass the guard,
+		// which sees only the proxy's address.
+		Proxy:                  nil,
+		DialContext:            opts.Guard.DialContext,
+		MaxIdleConnsPerHost:    opts.MaxIdleConnsPerHost,
+		IdleConnTimeout:        90 * time.Second,
+		MaxResponseHeaderBytes: maxResponseHeaderBytes,
+		// Without Accept-Encoding the request carries only the headers
+		// SPEC §3 names, and the 64 KiB read limit counts wire bytes.
+		DisableCompression: true,
+		// HTTP/2 is not forced: with a custom dialer the transport speaks
+		// HTTP/1.1, whose connection handling the read limits rely on.
+	}
+	return &HTTPForm{
+		timeout:     opts.Timeout,
+		timeoutText: "timeout after " + opts.Timeout.String(),
+		userAgent:   []string{opts.UserAgent},
+		transport:   tr,
+		client: &http.Client{
+			Transport: tr,
+			// SPEC §3: every 3xx is a failure, so the first answer is the
+			// answer.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
+}
+
+// Close closes the idle keep-alive connections. Deliveries in flight are not
+// interrupted.
+func (t *HTTPForm) Close() {
+	t.transport.CloseIdleConnections()
+}
+
+// Deliver makes one attempt to deliver d. Whatever happened at or on the way
+// to the endpoint is in the Result, with a nil error. The error is non-nil
+// only when ctx ended before the attempt got an answer (callbackd shutting
+// down, or the caller's deadline): the attempt then did not count, and the
+// error wraps ctx.Err(). The per-attempt timeout (HTTPFormOptions.Timeout)
+// is not such an error: it is a retryable result.
+func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Result, error) {
+	if err := ctx.Err(); err != nil {
+		return plugins.Result{}, fmt.Errorf("deliver %s: attempt abandoned: %w", d.DeliveryID, err)
+	}
+	// The dispatcher and the API check headers too, but settings written
+	// straight into the KV bucket reach a transport as they are.
+	if err := plugins.CheckHeaders(d.Destination.Headers); err != nil {
+		return finalResult(err.Error()), nil
+	}
+
+	start := time.Now()
+	actx, cancel := context.WithTimeout(ctx, t.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(actx, http.MethodPost, d.Destination.URL, nil)
+	if err != nil {
+		// url.Error's text repeats the URL, which may hold secrets.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return finalResult("invalid destination URL: " + err.Error()), nil
+	}
+	if (req.URL.Scheme != "http" && req.URL.Scheme != "https") || req.URL.Hostname() == "" {
+		return finalResult("invalid destination URL: must be an absolute http or https URL with a host"), nil
+	}
+
+	body := newFormBody(d.Notification)
+	defer body.release()
+	if n := len(*body.buf); n > 0 {
+		req.ContentLength = int64(n)
+		req.Body = body.reader()
+		// GetBody lets net/http resend on a fresh connection when a
+		// keep-alive connection turns out to be dead.
+		req.GetBody = func() (io.ReadCloser, error) { return body.reader(), nil }
+	} else {
+		req.Body = http.NoBody
+		req.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
+	}
+
+	h := req.Header
+	h["Content-Type"] = formContentType
+	h["User-Agent"] = t.userAgent
+	h["Callback-Delivery-Id"] = []string{d.DeliveryID}
+	// Custom keys keep the spelling they were configured with ("sent as
+	// given"): HTTP/1.1 writes map keys verbatim. CheckHeaders has ruled
+	// out keys that collide, case-insensitively, with each other or with
+	// the headers above.
+	for _, ch := range d.Destination.Headers {
+		h[ch.Key] = []string{ch.Value}
+	}
+	if u := req.URL.User; u != nil {
+		// net/http turns userinfo into Basic auth unless "Authorization"
+		// is set, a lookup that misses a custom "authorization": do it
+		// here, case-insensitively, so a custom header always wins and
+		// is never doubled.
+		if !hasHeaderFold(d.Destination.Headers, "Authorization") {
+			pw, _ := u.Password()
+			req.SetBasicAuth(u.Username(), pw)
+		}
+		req.URL.User = nil
+	}
+
+	resp, err := t.client.Do(req)
+	if err != nil {
+		if perr := ctx.Err(); perr != nil {
+			return plugins.Result{}, fmt.Errorf("deliver %s: attempt abandoned: %w", d.DeliveryID, perr)
+		}
+		res := plugins.Result{Outcome: plugins.OutcomeRetryable, Duration: time.Since(start)}
+		switch {
+		case errors.Is(err, plugins.ErrDestinationNotAllowed):
+			res.Outcome = plugins.OutcomeNotAllowed
+			res.Error = notAllowedText(err)
+		case errors.Is(actx.Err(), context.DeadlineExceeded):
+			res.Error = t.timeoutText
+		default:
+			res.Error = connErrorText(err)
+		}
+		return res, nil
+	}
+
+	// From here on the endpoint has answered: the result stands even if
+	// ctx ends now, since the attempt happened.
+	excerpt := readExcerpt(resp.Body)
+	_ = resp.Body.Close()
+	res := plugins.Result{
+		StatusCode:      resp.StatusCode,
+		Outcome:         classifyStatus(resp.StatusCode),
+		ResponseExcerpt: excerpt,
+		Duration:        time.Since(start),
+	}
+	if res.Outcome != plugins.OutcomeDelivered {
+		res.Error = "HTTP " + strconv.Itoa(resp.StatusCode)
+	}
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		res.RetryAfter = parseRetryAfter(resp.Header, time.Now())
+	}
+	return res, nil
+}
+
+func finalResult(msg string) plugins.Result {
+	return plugins.Result{Outcome: plugins.OutcomeFinal, Error: msg}
+}
+
+// classifyStatus maps an HTTP status to an outcome (SPEC §3): success is
+// exactly 200-204; 408, 429 and 5xx are worth another attempt; every other
+// answer, 205-299 and every 3xx included, is final.
+func classifyStatus(code int) plugins.Outcome {
+	switch {
+	case code >= 200 && code <= 204:
+		return plugins.OutcomeDelivered
+	case code == http.StatusRequestTimeout, code == http.StatusTooManyRequests, code >= 500 && code <= 599:
+		return plugins.OutcomeRetryable
+	default:
+		return plugins.OutcomeFinal
+	}
+}
+
+func hasHeaderFold(hs []plugins.Header, key string) bool {
+	for _, h := range hs {
+		if strings.EqualFold(h.Key, key) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseRetryAfter reads Retry-After as delta-seconds or an HTTP-date
+// (RFC 9110 §10.2.3); 0 when absent, malformed, negative or in the past. A
+// date is measured against the response's Date when it has one, so that the
+// two clocks' skew does not count.
+func parseRetryAfter(h http.Header, now time.Time) time.Duration {
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0
+	}
+	if isDelaySeconds(v) {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n > uint64(maxRetryAfter/time.Second) {
+			return maxRetryAfter // only overflow fails on digits
+		}
+		return time.Duration(n) * time.Second
+	}
+	at, err := http.ParseTime(v)
+	if err != nil {
+		return 0
+	}
+	if date, err := http.ParseTime(h.Get("Date")); err == nil {
+		now = date
+	}
+	wait := at.Sub(now)
+	if wait <= 0 {
+		return 0
+	}
+	return min(wait, maxRetryAfter)
+}
+
+func isDelaySeconds(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// excerptPool holds the buffers responses are read into.
+var excerptPool = sync.Pool{New: func() any { return new([maxResponseExcerpt]byte) }}
+
+// readExcerpt reads the body up to maxResponseRead bytes and returns its
+// first maxResponseExcerpt bytes as valid UTF-8. A read error (the attempt
+// timing out mid-body) just ends the excerpt: the status is the answer.
+func readExcerpt(body io.Reader) string {
+	buf := excerptPool.Get().(*[maxResponseExcerpt]byte)
+	defer excerptPool.Put(buf)
+	n, err := io.ReadFull(body, buf[:])
+	if err == nil {
+		// The buffer is full and the body may go on: read on up to the
+		// limit, so that a body that ends there leaves the connection
+		// reusable; a longer one is cut when the caller closes it.
+		_, _ = io.CopyN(io.Discard, body, maxResponseRead-maxResponseExcerpt)
+	}
+	return utf8Excerpt(buf[:n], err == nil)
+}
+
+// utf8Excerpt returns b as valid UTF-8 of at most maxResponseExcerpt bytes.
+// When b was cut from a longer body, a rune split by the cut is dropped
+// rather than shown as invalid.
+func utf8Excerpt(b []byte, truncated bool) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if truncated {
+		i := len(b) - 1
+		for i > 0 && i > len(b)-utf8.UTFMax && !utf8.RuneStart(b[i]) {
+			i--
+		}
+		if !utf8.FullRune(b[i:]) {
+			b = b[:i]
+		}
+	}
+	s := strings.ToValidUTF8(string(b), "\uFFFD")
+	if len(s) > maxResponseExcerpt {
+		// Replacement characters (3 bytes each) can outgrow the bytes
+		// they replace.
+		i := maxResponseExcerpt
+		for i > 0 && !utf8.RuneStart(s[i]) {
+			i--
+		}
+		s = s[:i]
+	}
+	return s
+}
+
+// notAllowedText returns the guard's own message ("destination not allowed:
+// 127.0.0.1 is in 127.0.0.0/8 (loopback)") without the url.Error and
+// net.OpError prefixes around it, which repeat the URL.
+func notAllowedText(err error) string {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if errors.Unwrap(e) == plugins.ErrDestinationNotAllowed { //nolint:errorlint // looking for the error that wraps the sentinel itself
+			return e.Error()
+		}
+	}
+	return plugins.ErrDestinationNotAllowed.Error()
+}
+
+// connErrorText describes a failure that got no response in a few words,
+// never with the URL (its userinfo and query string may be secrets).
+func connErrorText(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset by peer"
+	case errors.Is(err, syscall.EPIPE):
+		return "connection closed by peer"
+	case errors.Is(err, syscall.EHOSTUNREACH):
+		return "host unreachable"
+	case errors.Is(err, syscall.ENETUNREACH):
+		return "network unreachable"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before a response"
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		if dnsErr.IsNotFound {
+			return "DNS lookup of " + dnsErr.Name + ": no such host"
+		}
+		return shortErrorText("DNS lookup of " + dnsErr.Name + " failed: " + dnsErr.Err)
+	}
+	var certErr *tls.CertificateVerificationError
+	if errors.As(err, &certErr) {
+		return shortErrorText("TLS certificate not accepted: " + certErr.Err.Error())
+	}
+	var recErr tls.RecordHeaderError
+	if errors.As(err, &recErr) {
+		return "TLS handshake failed: the server does not speak TLS"
+	}
+	var netTimeout interface{ Timeout() bool }
+	if errors.As(err, &netTimeout) && netTimeout.Timeout() {
+		return "timeout"
+	}
+	// Drop "dial tcp 192.0.2.1:443: " and the like.
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Err != nil {
+		err = opErr.Err
+	}
+	return shortErrorText(err.Error())
+}
+
+func shortErrorText(s string) string {
+	if len(s) > maxErrorText {
+		i := maxErrorText
+		for i > 0 && !utf8.RuneStart(s[i]) {
+			i--
+		}
+		s = s[:i] + "…"
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// formBufPool holds the buffers request bodies are encoded into.
+var formBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, 1024)
+	return &b
+}}
+
+// formBody is a pooled, form-encoded request body shared by the readers
+// net/http asks for: the first Body, and one per GetBody when it resends on
+// a fresh connection. net/http may still read a body after Do has returned,
+// so the buffer goes back to the pool only when Deliver and every reader
+// are done with it.
+type formBody struct {
+	buf  *[]byte
+	refs atomic.Int32
+}
+
+func newFormBody(n plugins.Notification) *formBody {
+	buf := formBufPool.Get().(*[]byte)
+	*buf = n.AppendForm((*buf)[:0])
+	b := &formBody{buf: buf}
+	b.refs.Store(1) // Deliver's own
+	return b
+}
+
+func (b *formBody) reader() io.ReadCloser {
+	b.refs.Add(1)
+	return &formReader{body: b, b: *b.buf}
+}
+
+func (b *formBody) release() {
+	if b.refs.Add(-1) == 0 && cap(*b.buf) <= maxPooledBody {
+		formBufPool.Put(b.buf)
+	}
+}
+
+// formReader reads a formBody. Read and Close exclude each other, so once
+// Close has returned no read of the buffer is under way or can start, even
+// when net/http closes the body from one goroutine while its write loop
+// reads it in another.
+type formReader struct {
+	mu     sync.Mutex
+	body   *formBody
+	b      []byte
+	closed bool
+}
+
+var errBodyClosed = errors.New("read of a closed request body")
+
+func (r *formReader) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return 0, errBodyClosed
+	}
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
+
+func (r *formReader) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.closed {
+		r.closed = true
+		r.b = nil
+		r.body.release()
+	}
+	return nil
+}
