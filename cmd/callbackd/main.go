@@ -1,0 +1,36 @@
+// Command callbackd delivers API callback notifications: it consumes events
+// from NATS JetStream and POSTs them to the callback URL configured for each
+// project or account. See the README for the quick start.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCmd().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintln(os.Stderr, "callbackd:", err)
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "callbackd:", err)
+		os.Exit(1)
+	}
+}
+
+// usageError is an error in how callbackd was called (exit status 2).
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }

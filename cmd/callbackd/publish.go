@@ -1,0 +1,72 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/callbackd/callbackd/subjects"
+)
+
+func newPublishCmd() *cobra.Command {
+	var account, project, data, msgID string
+	cmd := &cobra.Command{
+		Use:   "publish <event_type> --account A --project P [--data JSON | < file]",
+		Short: "Publish an event to callbacks.event.<event_type>.<account>.<project>",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			subject, err := subjects.Event(subjects.EventKey{Type: args[0], AccountID: account, ProjectID: project})
+			if err != nil {
+				return usageError{err}
+			}
+			body := []byte(data)
+			if !cmd.Flags().Changed("data") {
+				if body, err = io.ReadAll(io.LimitReader(os.Stdin, 8<<20)); err != nil {
+					return fmt.Errorf("read event from stdin: %w", err)
+				}
+			}
+			if len(body) == 0 {
+				return usageError{errors.New("no event: give --data JSON or the JSON on stdin")}
+			}
+			cfg, log, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			nc, err := dialNATS(cfg, log)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			js, err := jetstream.New(nc)
+			if err != nil {
+				return fmt.Errorf("jetstream: %w", err)
+			}
+			var opts []jetstream.PublishOpt
+			if msgID != "" {
+				opts = append(opts, jetstream.WithMsgID(msgID))
+			}
+			ack, err := js.Publish(cmd.Context(), subject, body, opts...)
+			if err != nil {
+				return fmt.Errorf("publish to %s: %w", subject, err)
+			}
+			dup := ""
+			if ack.Duplicate {
+				dup = " (duplicate: already in the stream, not published again)"
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "published %s to %s seq %d%s\n", subject, ack.Stream, ack.Sequence, dup)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&account, "account", "", "account ID (required)")
+	f.StringVar(&project, "project", "", "project ID (required)")
+	f.StringVar(&data, "data", "", "the event as a JSON object (default: read stdin)")
+	f.StringVar(&msgID, "msg-id", "", "Nats-Msg-Id for de-duplication (also fixes the Callback-Delivery-Id)")
+	_ = cmd.MarkFlagRequired("account")
+	_ = cmd.MarkFlagRequired("project")
+	return cmd
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/callbackd/callbackd/config"
+	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/plugins/builtin"
+	"github.com/callbackd/callbackd/settings"
+)
+
+func newServeCmd() *cobra.Command {
+	var updateStreams bool
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the dispatcher (and the embedded NATS server unless nats.embedded is false)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), cfg, log, updateStreams)
+		},
+	}
+	cmd.Flags().BoolVar(&updateStreams, "update-streams", false, "apply callbackd's stream and consumer config to existing ones that differ")
+	return cmd
+}
+
+// serve runs callbackd until ctx is done (SIGINT/SIGTERM), then drains.
+func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStreams bool) error {
+	encoders, err := buildEncoders(cfg)
+	if err != nil {
+		return err
+	}
+	transport, err := buildTransport(cfg)
+	if err != nil {
+		return err
+	}
+	defer transport.Close()
+
+	nc, srv, err := startNATS(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		_ = nc.Drain()
+		if srv != nil {
+			srv.Shutdown()
+		}
+	}()
+	if srv != nil && srv.ClientURL() != "" {
+		log.Info("embedded NATS listening", "url", srv.ClientURL(), "data_dir", cfg.DataDir)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+
+	top, err := dispatcher.EnsureStreams(ctx, js, dispatcher.StreamOptions{
+		Replicas:        cfg.NATS.Replicas,
+		Duplicates:      cfg.NATS.Duplicates,
+		RetentionEvents: cfg.Retention.Events,
+		RetentionDead:   cfg.Retention.Dead,
+		RetentionLog:    cfg.Retention.Log,
+		LogBytes:        int64(cfg.Retention.LogBytes),
+		AckWait:         cfg.AckWait(),
+		MaxAckPending:   cfg.Dispatcher.MaxAckPending,
+		MaxRetryPending: cfg.Dispatcher.MaxRetryPending,
+		Update:          updateStreams,
+	}, log)
+	if err != nil {
+		return err
+	}
+	store, err := settings.OpenStore(ctx, js, settings.StoreOptions{Replicas: cfg.NATS.Replicas})
+	if err != nil {
+		return err
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	view := settings.NewView(log.With("component", "settings"))
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = view.Run(runCtx, store.KV()) })
+	defer wg.Wait()
+
+	d, err := dispatcher.New(js, top, view, dispatcher.Options{
+		Workers:         cfg.Dispatcher.Workers,
+		MaxPayload:      int64(cfg.Dispatcher.MaxPayload),
+		MaxDeliveries:   cfg.Dispatcher.MaxDeliveries,
+		DeliveryTimeout: cfg.Delivery.Timeout,
+		CallTimeout:     cfg.Plugins.CallTimeout,
+		Encoders:        encoders,
+		Transport:       transport,
+		Logger:          log.With("component", "dispatcher"),
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("callbackd serving", "version", version)
+	err = d.Run(ctx)
+	log.Info("callbackd stopped")
+	return err
+}
+
+// buildEncoders maps each configured event type to its encoder.
+func buildEncoders(cfg *config.Config) (map[string]plugins.Encoder, error) {
+	builtins := builtin.Encoders()
+	out := make(map[string]plugins.Encoder, len(cfg.Plugins.Encoders))
+	for eventType, entry := range cfg.Plugins.Encoders {
+		if entry.Builtin == "" {
+			return nil, fmt.Errorf("plugins.encoders.%s: third-party plugin %q: not supported by this build yet", eventType, entry.Path)
+		}
+		enc, ok := builtins[entry.Builtin]
+		if !ok {
+			return nil, fmt.Errorf("plugins.encoders.%s: no built-in encoder %q (built-ins: %v)", eventType, entry.Builtin, builtin.EncoderNames())
+		}
+		out[eventType] = enc
+	}
+	return out, nil
+}
+
+// buildTransport returns the configured transport.
+func buildTransport(cfg *config.Config) (*builtin.HTTPForm, error) {
+	if cfg.Plugins.Transport.Builtin != builtin.HTTPFormName {
+		return nil, errors.New("plugins.transport: only builtin:http-form is supported by this build yet")
+	}
+	return builtin.NewHTTPForm(builtin.HTTPFormOptions{
+		Timeout:   cfg.Delivery.Timeout,
+		UserAgent: "callbackd/" + version,
+		Guard:     plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs()),
+	}), nil
+}

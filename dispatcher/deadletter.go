@@ -1,0 +1,66 @@
+package dispatcher
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/callbackd/callbackd/subjects"
+)
+
+// maxErrorHeader caps Callbackd-Error.
+const maxErrorHeader = 512
+
+// deadLetter publishes the event to CALLBACKS_DEAD with the headers of SPEC
+// §2 and waits for the stream's ack. Its Nats-Msg-Id is derived from the
+// source message, so a crash between publish and ack gives a de-duplicated
+// copy, never a loss. It reports whether the publish was acknowledged; when
+// it was not, the event is handed back to try again.
+func (d *Dispatcher) deadLetter(ctx context.Context, j *job, reason string, status, attempts int, errText string) bool {
+	subj := subjects.DeadInvalid
+	if j.parsed {
+		subj = subjects.DeadFor(j.key)
+	}
+	m := nats.NewMsg(subj)
+	m.Data = j.msg.Data()
+	m.Header.Set(subjects.HeaderMsgID, "dead:"+j.md.Stream+":"+strconv.FormatUint(j.md.Sequence.Stream, 10))
+	m.Header.Set(subjects.HeaderReason, reason)
+	if status > 0 {
+		m.Header.Set(subjects.HeaderStatus, strconv.Itoa(status))
+	} else {
+		m.Header.Set(subjects.HeaderStatus, "")
+	}
+	m.Header.Set(subjects.HeaderAttempts, strconv.Itoa(attempts))
+	m.Header.Set(subjects.HeaderError, headerSafe(errText))
+	m.Header.Set(subjects.HeaderSubject, j.subject)
+	m.Header.Set(subjects.HeaderDeliveryID, j.deliveryID)
+
+	pctx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
+	defer cancel()
+	if _, err := d.js.PublishMsg(pctx, m); err != nil {
+		delay := infraDelay(j.md.NumDelivered)
+		d.log.Error("dead-letter publish failed; event handed back", d.attrs(j, slog.String("reason", reason), slog.String("err", err.Error()), slog.Duration("retry_in", delay))...)
+		d.nak(j.msg, delay)
+		return false
+	}
+	d.log.Info("dead-lettered", d.attrs(j, slog.String("reason", reason), slog.String("err", errText))...)
+	return true
+}
+
+// headerSafe makes text fit a header value: one line, no control
+// characters, at most maxErrorHeader bytes.
+func headerSafe(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > maxErrorHeader {
+		s = strings.ToValidUTF8(s[:maxErrorHeader], "")
+	}
+	return s
+}

@@ -1,0 +1,170 @@
+// Package dispatcher consumes events from JetStream and delivers them:
+// parse the subject, encode with the event type's encoder, resolve the
+// destination from the settings view, deliver through the transport, record
+// the outcome, and only then ack. It talks to plugins only through the
+// interfaces of package plugins, so whether they run in-process or in a
+// plugin process is invisible here.
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callbackd/callbackd/plugins"
+)
+
+// Resolver is what the dispatcher needs of the settings view.
+type Resolver interface {
+	// Ready is closed once the initial settings are loaded.
+	Ready() <-chan struct{}
+	// Err is non-nil while the view is stale; consuming pauses then.
+	Err() error
+	Destination(accountID, projectID string) (plugins.Destination, bool)
+}
+
+// Options configure a Dispatcher. Zero values get the defaults of SPEC §6
+// where one exists.
+type Options struct {
+	// Workers is how many events are processed at once and how far ahead
+	// messages are pulled (0 → 64).
+	Workers int
+	// MaxPayload is the largest event payload accepted, in bytes (0 → 256 KiB).
+	MaxPayload int64
+	// MaxDeliveries caps redeliveries caused by infrastructure errors (0 → 50).
+	MaxDeliveries int
+	// DeliveryTimeout is the per-attempt timeout (0 → 30 s); a transport call
+	// gets it plus 5 s as its deadline.
+	DeliveryTimeout time.Duration
+	// CallTimeout is the deadline of other plugin calls (0 → 5 s).
+	CallTimeout time.Duration
+	// Encoders maps event types to their encoders.
+	Encoders map[string]plugins.Encoder
+	// Transport delivers notifications. Required.
+	Transport plugins.Transport
+	// Logger receives the dispatcher's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.Workers <= 0 {
+		o.Workers = 64
+	}
+	if o.MaxPayload <= 0 {
+		o.MaxPayload = 256 << 10
+	}
+	if o.MaxDeliveries <= 0 {
+		o.MaxDeliveries = 50
+	}
+	if o.DeliveryTimeout <= 0 {
+		o.DeliveryTimeout = 30 * time.Second
+	}
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = 5 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Dispatcher delivers the events of the CALLBACKS stream.
+type Dispatcher struct {
+	js   jetstream.JetStream
+	top  Topology
+	view Resolver
+	o    Options
+	log  *slog.Logger
+}
+
+// New returns a Dispatcher over the topology EnsureStreams made.
+func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispatcher, error) {
+	o.setDefaults()
+	if o.Transport == nil {
+		return nil, errors.New("dispatcher: a transport is required")
+	}
+	if top.Dispatcher == nil {
+		return nil, errors.New("dispatcher: no consumer (call EnsureStreams first)")
+	}
+	return &Dispatcher{js: js, top: top, view: view, o: o, log: o.Logger}, nil
+}
+
+// Run consumes until ctx is done, then stops fetching, finishes the work in
+// hand (bounded by the delivery timeout) and returns. It consumes nothing
+// until the settings view has loaded.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	select {
+	case <-d.view.Ready():
+	case <-ctx.Done():
+		return nil
+	}
+	it, err := d.top.Dispatcher.Messages(jetstream.PullMaxMessages(d.o.Workers))
+	if err != nil {
+		return fmt.Errorf("dispatcher: start consuming: %w", err)
+	}
+	// On shutdown, stop pulling; Next then hands out what is buffered and
+	// reports the iterator closed.
+	stop := context.AfterFunc(ctx, it.Drain)
+	defer stop()
+	defer it.Stop()
+
+	// Work in hand is finished even after ctx is done: acking nothing that
+	// was not finished, and handing nothing back that was.
+	work := context.WithoutCancel(ctx)
+	sem := make(chan struct{}, d.o.Workers)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	d.log.Info("dispatcher consuming", "workers", d.o.Workers)
+	for {
+		sem <- struct{}{}
+		d.waitFresh(ctx)
+		m, err := it.Next()
+		if err != nil {
+			<-sem
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			d.log.Warn("dispatcher: fetch failed", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		if ctx.Err() != nil {
+			// Pulled but not started before shutdown: hand it back.
+			d.nak(m, handBackDelay)
+			<-sem
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			d.handle(work, m)
+		}()
+	}
+}
+
+// waitFresh blocks while the settings view is stale (SPEC §3 "Settings
+// first"), or until ctx is done.
+func (d *Dispatcher) waitFresh(ctx context.Context) {
+	if ctx.Err() != nil || d.view.Err() == nil {
+		return
+	}
+	d.log.Warn("dispatcher paused: settings view is stale", "err", d.view.Err())
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for d.view.Err() != nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+	d.log.Info("dispatcher resumed: settings view is fresh again")
+}

@@ -1,0 +1,225 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callbackd/callbackd/subjects"
+)
+
+// StreamOptions are the settings of callbackd's streams and consumers
+// (SPEC §2, §3); config supplies them.
+type StreamOptions struct {
+	Replicas        int
+	Duplicates      time.Duration // de-duplication window of CALLBACKS (0 → 2m)
+	RetentionEvents time.Duration
+	RetentionDead   time.Duration
+	RetentionLog    time.Duration
+	LogBytes        int64
+	// AckWait of the consumers: delivery.timeout + 10 s.
+	AckWait         time.Duration
+	MaxAckPending   int
+	MaxRetryPending int
+	// Update applies callbackd's config to existing streams and consumers
+	// whose config differs (serve --update-streams); otherwise they are left
+	// as they are with a warning.
+	Update bool
+}
+
+// Topology is what EnsureStreams found or made.
+type Topology struct {
+	Events     jetstream.Stream
+	Dispatcher jetstream.Consumer
+	// EventsCreated is when CALLBACKS was created; it is part of the
+	// Callback-Delivery-Id of events published without Nats-Msg-Id.
+	EventsCreated time.Time
+}
+
+func (o StreamOptions) streamConfigs() []jetstream.StreamConfig {
+	replicas := max(o.Replicas, 1)
+	dup := o.Duplicates
+	if dup <= 0 {
+		dup = 2 * time.Minute
+	}
+	return []jetstream.StreamConfig{
+		{
+			Name:        subjects.Stream,
+			Description: "callbackd: events and callback-failed notifications waiting for delivery",
+			Subjects:    []string{subjects.Events, subjects.Notifies},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			MaxAge:      o.RetentionEvents,
+			Duplicates:  dup,
+			Replicas:    replicas,
+		},
+		{
+			Name:        subjects.RetryStream,
+			Description: "callbackd: deliveries waiting for a later attempt",
+			Subjects:    []string{subjects.Retries},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			MaxAge:      o.RetentionEvents,
+			Duplicates:  dup,
+			Replicas:    replicas,
+		},
+		{
+			Name:        subjects.DeadStream,
+			Description: "callbackd: events that ended without a successful delivery",
+			Subjects:    []string{subjects.Dead},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			MaxAge:      o.RetentionDead,
+			Duplicates:  dup,
+			Replicas:    replicas,
+		},
+		{
+			Name:        subjects.LogStream,
+			Description: "callbackd: delivery log, one record per attempt or outcome",
+			Subjects:    []string{subjects.Logs},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			MaxAge:      o.RetentionLog,
+			MaxBytes:    o.LogBytes,
+			Discard:     jetstream.DiscardOld,
+			Replicas:    replicas,
+		},
+	}
+}
+
+func (o StreamOptions) dispatcherConsumer() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       subjects.DispatcherConsumer,
+		Description:   "callbackd dispatcher: fresh events and notifications",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       o.AckWait,
+		MaxDeliver:    -1, // capped by dispatcher.max_deliveries in code (SPEC §3)
+		MaxAckPending: o.MaxAckPending,
+		// No BackOff: the server would use its first entry as AckWait.
+	}
+}
+
+// EnsureStreams creates callbackd's streams and the dispatcher consumer when
+// absent. One that exists with a different config is left as it is with a
+// warning, unless o.Update is set.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions, log *slog.Logger) (Topology, error) {
+	var top Topology
+	for _, want := range o.streamConfigs() {
+		s, err := ensureStream(ctx, js, want, o.Update, log)
+		if err != nil {
+			return top, err
+		}
+		if want.Name == subjects.Stream {
+			top.Events = s
+			top.EventsCreated = s.CachedInfo().Created
+		}
+	}
+	c, err := ensureConsumer(ctx, top.Events, o.dispatcherConsumer(), o.Update, log)
+	if err != nil {
+		return top, err
+	}
+	top.Dispatcher = c
+	return top, nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, update bool, log *slog.Logger) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = js.CreateStream(ctx, want)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) { // another instance won the race
+			s, err = js.Stream(ctx, want.Name)
+		} else if err == nil {
+			log.Info("created stream", "stream", want.Name)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ensure stream %s: %w", want.Name, err)
+	}
+	if diff := streamDrift(s.CachedInfo().Config, want); diff != "" {
+		if !update {
+			log.Warn("stream config differs from callbackd's; left as is (serve --update-streams applies it)", "stream", want.Name, "differs", diff)
+			return s, nil
+		}
+		if s, err = js.UpdateStream(ctx, want); err != nil {
+			return nil, fmt.Errorf("update stream %s (%s): %w", want.Name, diff, err)
+		}
+		log.Info("updated stream", "stream", want.Name, "changed", diff)
+	}
+	return s, nil
+}
+
+func ensureConsumer(ctx context.Context, s jetstream.Stream, want jetstream.ConsumerConfig, update bool, log *slog.Logger) (jetstream.Consumer, error) {
+	c, err := s.Consumer(ctx, want.Durable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		c, err = s.CreateConsumer(ctx, want)
+		if errors.Is(err, jetstream.ErrConsumerExists) {
+			c, err = s.Consumer(ctx, want.Durable)
+		} else if err == nil {
+			log.Info("created consumer", "consumer", want.Durable)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ensure consumer %s: %w", want.Durable, err)
+	}
+	if diff := consumerDrift(c.CachedInfo().Config, want); diff != "" {
+		if !update {
+			log.Warn("consumer config differs from callbackd's; left as is (serve --update-streams applies it)", "consumer", want.Durable, "differs", diff)
+			return c, nil
+		}
+		if c, err = s.UpdateConsumer(ctx, want); err != nil {
+			return nil, fmt.Errorf("update consumer %s (%s): %w", want.Durable, diff, err)
+		}
+		log.Info("updated consumer", "consumer", want.Durable, "changed", diff)
+	}
+	return c, nil
+}
+
+// streamDrift names the settings callbackd manages that differ.
+func streamDrift(have, want jetstream.StreamConfig) string {
+	var d []string
+	if !slices.Equal(have.Subjects, want.Subjects) {
+		d = append(d, "subjects")
+	}
+	if have.Retention != want.Retention {
+		d = append(d, "retention")
+	}
+	if have.Storage != want.Storage {
+		d = append(d, "storage")
+	}
+	if have.MaxAge != want.MaxAge {
+		d = append(d, "max_age")
+	}
+	if want.MaxBytes != 0 && have.MaxBytes != want.MaxBytes {
+		d = append(d, "max_bytes")
+	}
+	if want.Duplicates != 0 && have.Duplicates != want.Duplicates {
+		d = append(d, "duplicates")
+	}
+	if have.Replicas != want.Replicas {
+		d = append(d, "replicas")
+	}
+	return strings.Join(d, ", ")
+}
+
+func consumerDrift(have, want jetstream.ConsumerConfig) string {
+	var d []string
+	if have.AckWait != want.AckWait {
+		d = append(d, "ack_wait")
+	}
+	if have.MaxAckPending != want.MaxAckPending {
+		d = append(d, "max_ack_pending")
+	}
+	if have.MaxDeliver != want.MaxDeliver {
+		d = append(d, "max_deliver")
+	}
+	if len(have.BackOff) != 0 {
+		d = append(d, "backoff")
+	}
+	return strings.Join(d, ", ")
+}

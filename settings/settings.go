@@ -1,0 +1,172 @@
+// Package settings holds project, account and SSO-client settings: the
+// validated types, the JetStream KV store they live in (the bucket is part of
+// the contract, SPEC §4), and a View kept current by a KV watch so the
+// per-event lookup touches no network.
+package settings
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/subjects"
+)
+
+// ErrInvalid is returned (wrapped in a *FieldError) when a setting breaks the
+// rules of SPEC §4.
+var ErrInvalid = errors.New("invalid setting")
+
+// FieldError names the field of a setting that is wrong.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// Unwrap makes every FieldError match ErrInvalid.
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+// MaxURLLen is the longest callback or webhook URL accepted.
+const MaxURLLen = 4096
+
+// Header is a custom HTTP header as stored: {"key": …, "value": …}.
+type Header struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
+}
+
+// Project is a project's callback settings. A nil URL means "not set".
+type Project struct {
+	APICallbackURL     *string  `json:"apiCallbackUrl,omitempty"`
+	APICallbackHeaders []Header `json:"apiCallbackHeaders,omitempty"`
+}
+
+// Account is an account's callback settings and its SSO client.
+type Account struct {
+	APICallbackURL     *string  `json:"apiCallbackUrl,omitempty"`
+	APICallbackHeaders []Header `json:"apiCallbackHeaders,omitempty"`
+	SSOClientID        *string  `json:"ssoClientId,omitempty"`
+}
+
+// SSOClient is an SSO client's webhook settings.
+type SSOClient struct {
+	WebhookURL     *string  `json:"webhookUrl,omitempty"`
+	WebhookHeaders []Header `json:"webhookHeaders,omitempty"`
+}
+
+// Validate checks p by SPEC §4; the error names the field.
+func (p Project) Validate() error {
+	return validateTarget(p.APICallbackURL, p.APICallbackHeaders, "apiCallbackUrl", "apiCallbackHeaders")
+}
+
+// Validate checks a by SPEC §4; the error names the field.
+func (a Account) Validate() error {
+	if err := validateTarget(a.APICallbackURL, a.APICallbackHeaders, "apiCallbackUrl", "apiCallbackHeaders"); err != nil {
+		return err
+	}
+	if a.SSOClientID != nil {
+		if err := subjects.ValidateID(*a.SSOClientID); err != nil {
+			return &FieldError{Field: "ssoClientId", Msg: "must be a decimal integer without leading zeros, 1 to 19 digits"}
+		}
+	}
+	return nil
+}
+
+// Validate checks c by SPEC §4; the error names the field.
+func (c SSOClient) Validate() error {
+	return validateTarget(c.WebhookURL, c.WebhookHeaders, "webhookUrl", "webhookHeaders")
+}
+
+func validateTarget(u *string, hs []Header, urlField, headersField string) error {
+	if u != nil {
+		if err := ValidateURL(*u); err != nil {
+			return &FieldError{Field: urlField, Msg: err.Error()}
+		}
+	}
+	if err := plugins.CheckHeaders(toPlugin(hs)); err != nil {
+		return &FieldError{Field: headersField, Msg: strings.TrimPrefix(err.Error(), plugins.ErrInvalidHeader.Error()+": ")}
+	}
+	return nil
+}
+
+// ValidateURL checks that s is an absolute http or https URL with a host.
+func ValidateURL(s string) error {
+	if s == "" {
+		return errors.New("must not be empty (use null to clear)")
+	}
+	if len(s) > MaxURLLen {
+		return fmt.Errorf("must be at most %d bytes", MaxURLLen)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return errors.New("is not a valid URL")
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return errors.New("must be an absolute http or https URL")
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return errors.New("must have a host")
+	}
+	if u.Fragment != "" {
+		return errors.New("must not have a fragment")
+	}
+	return nil
+}
+
+// toPlugin converts stored headers to the plugin contract's headers.
+func toPlugin(hs []Header) []plugins.Header {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make([]plugins.Header, len(hs))
+	for i, h := range hs {
+		out[i] = plugins.Header(h)
+	}
+	return out
+}
+
+// decodeStrict decodes one JSON object into v, refusing unknown fields and
+// trailing data.
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data after the JSON object", ErrInvalid)
+	}
+	return nil
+}
+
+// ParseProject decodes and validates a stored project value.
+func ParseProject(data []byte) (Project, error) {
+	var p Project
+	if err := decodeStrict(data, &p); err != nil {
+		return Project{}, err
+	}
+	return p, p.Validate()
+}
+
+// ParseAccount decodes and validates a stored account value.
+func ParseAccount(data []byte) (Account, error) {
+	var a Account
+	if err := decodeStrict(data, &a); err != nil {
+		return Account{}, err
+	}
+	return a, a.Validate()
+}
+
+// ParseSSOClient decodes and validates a stored SSO-client value.
+func ParseSSOClient(data []byte) (SSOClient, error) {
+	var c SSOClient
+	if err := decodeStrict(data, &c); err != nil {
+		return SSOClient{}, err
+	}
+	return c, c.Validate()
+}

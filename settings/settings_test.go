@@ -1,0 +1,72 @@
+package settings
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func ptr(s string) *string { return &s }
+
+func TestValidate(t *testing.T) {
+	long := strings.Repeat("x", MaxURLLen)
+	tests := []struct {
+		name      string
+		v         interface{ Validate() error }
+		wantField string // "" = valid
+	}{
+		{"empty project", Project{}, ""},
+		{"https", Project{APICallbackURL: ptr("https://www.example.com/webhook")}, ""},
+		{"http with port", Project{APICallbackURL: ptr("http://example.com:8080/x?a=b")}, ""},
+		{"empty url", Project{APICallbackURL: ptr("")}, "apiCallbackUrl"},
+		{"relative url", Project{APICallbackURL: ptr("/webhook")}, "apiCallbackUrl"},
+		{"ftp url", Project{APICallbackURL: ptr("ftp://example.com/")}, "apiCallbackUrl"},
+		{"no host", Project{APICallbackURL: ptr("https:///x")}, "apiCallbackUrl"},
+		{"too long", Project{APICallbackURL: ptr("https://e.com/" + long)}, "apiCallbackUrl"},
+		{"good header", Project{APICallbackHeaders: []Header{{"Authorization", "Bearer your-token"}}}, ""},
+		{"reserved header", Project{APICallbackHeaders: []Header{{"Content-Type", "x"}}}, "apiCallbackHeaders"},
+		{"proxy header", Project{APICallbackHeaders: []Header{{"Proxy-Authorization", "x"}}}, "apiCallbackHeaders"},
+		{"crlf value", Project{APICallbackHeaders: []Header{{"X-A", "a\r\nB: c"}}}, "apiCallbackHeaders"},
+		{"dup header", Project{APICallbackHeaders: []Header{{"X-A", "1"}, {"x-a", "2"}}}, "apiCallbackHeaders"},
+		{"bad key", Project{APICallbackHeaders: []Header{{"X A", "1"}}}, "apiCallbackHeaders"},
+		{"account sso", Account{SSOClientID: ptr("77")}, ""},
+		{"account bad sso", Account{SSOClientID: ptr("07")}, "ssoClientId"},
+		{"account bad url", Account{APICallbackURL: ptr("nope")}, "apiCallbackUrl"},
+		{"sso ok", SSOClient{WebhookURL: ptr("https://sso.example.com/hook")}, ""},
+		{"sso bad", SSOClient{WebhookURL: ptr("mailto:x@example.com")}, "webhookUrl"},
+		{"sso bad header", SSOClient{WebhookHeaders: []Header{{"Host", "x"}}}, "webhookHeaders"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.v.Validate()
+			if tt.wantField == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != tt.wantField {
+				t.Fatalf("Validate() = %v, want a FieldError on %s", err, tt.wantField)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("%v does not wrap ErrInvalid", err)
+			}
+			if strings.Contains(err.Error(), "Bearer") || strings.Contains(err.Error(), "a\r\n") {
+				t.Errorf("error leaks a header value: %v", err)
+			}
+		})
+	}
+}
+
+func TestParseStrict(t *testing.T) {
+	for _, in := range []string{`{"apiCallbackUrl": 5}`, `{"apiCallbackUrl": "https://a.b/"} x`, `{"callbackUrl": "https://a.b/"}`, `[]`, `nope`} {
+		if _, err := ParseProject([]byte(in)); err == nil {
+			t.Errorf("ParseProject(%s) accepted", in)
+		}
+	}
+	p, err := ParseProject([]byte(`{"apiCallbackUrl": null, "apiCallbackHeaders": []}`))
+	if err != nil || p.APICallbackURL != nil {
+		t.Fatalf("ParseProject(null url) = %+v, %v", p, err)
+	}
+}

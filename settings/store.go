@@ -1,0 +1,169 @@
+package settings
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callbackd/callbackd/subjects"
+)
+
+// Key prefixes in the settings bucket (SPEC §4): project.<id>, account.<id>,
+// ssoclient.<id>.
+const (
+	projectPrefix   = "project."
+	accountPrefix   = "account."
+	ssoClientPrefix = "ssoclient."
+)
+
+// ProjectKey is the bucket key of project id.
+func ProjectKey(id string) string { return projectPrefix + id }
+
+// AccountKey is the bucket key of account id.
+func AccountKey(id string) string { return accountPrefix + id }
+
+// SSOClientKey is the bucket key of SSO client id.
+func SSOClientKey(id string) string { return ssoClientPrefix + id }
+
+// maxCASRetries bounds compare-and-set retries under write conflicts.
+const maxCASRetries = 20
+
+// StoreOptions configure the settings bucket when it is created.
+type StoreOptions struct {
+	// Replicas of the bucket's stream (0 → 1).
+	Replicas int
+}
+
+// Store reads and writes settings in the KV bucket.
+type Store struct {
+	kv jetstream.KeyValue
+}
+
+// OpenStore opens the settings bucket, creating it when absent.
+func OpenStore(ctx context.Context, js jetstream.JetStream, o StoreOptions) (*Store, error) {
+	kv, err := js.KeyValue(ctx, subjects.SettingsBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		replicas := max(o.Replicas, 1)
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      subjects.SettingsBucket,
+			Description: "callbackd project, account and SSO-client settings",
+			History:     5,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, subjects.SettingsBucket)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open settings bucket %s: %w", subjects.SettingsBucket, err)
+	}
+	return &Store{kv: kv}, nil
+}
+
+// KV returns the bucket, for the watched View.
+func (s *Store) KV() jetstream.KeyValue { return s.kv }
+
+// Project returns project id's settings; an ID without settings gives the zero Project.
+func (s *Store) Project(ctx context.Context, id string) (Project, error) {
+	p, _, err := get(ctx, s, ProjectKey(id), ParseProject)
+	return p, err
+}
+
+// Account returns account id's settings; an ID without settings gives the zero Account.
+func (s *Store) Account(ctx context.Context, id string) (Account, error) {
+	a, _, err := get(ctx, s, AccountKey(id), ParseAccount)
+	return a, err
+}
+
+// SSOClient returns SSO client id's settings; an ID without settings gives the zero SSOClient.
+func (s *Store) SSOClient(ctx context.Context, id string) (SSOClient, error) {
+	c, _, err := get(ctx, s, SSOClientKey(id), ParseSSOClient)
+	return c, err
+}
+
+// UpdateProject applies fn to project id's current settings and stores the
+// result with compare-and-set, retrying on conflict. Nothing is stored when
+// fn fails or the result is invalid.
+func (s *Store) UpdateProject(ctx context.Context, id string, fn func(*Project) error) (Project, error) {
+	return update(ctx, s, "project", id, ProjectKey(id), ParseProject, fn, Project.Validate)
+}
+
+// UpdateAccount is UpdateProject for accounts.
+func (s *Store) UpdateAccount(ctx context.Context, id string, fn func(*Account) error) (Account, error) {
+	return update(ctx, s, "account", id, AccountKey(id), ParseAccount, fn, Account.Validate)
+}
+
+// UpdateSSOClient is UpdateProject for SSO clients.
+func (s *Store) UpdateSSOClient(ctx context.Context, id string, fn func(*SSOClient) error) (SSOClient, error) {
+	return update(ctx, s, "SSO client", id, SSOClientKey(id), ParseSSOClient, fn, SSOClient.Validate)
+}
+
+func get[T any](ctx context.Context, s *Store, key string, parse func([]byte) (T, error)) (T, uint64, error) {
+	var zero T
+	e, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return zero, 0, nil
+	}
+	if err != nil {
+		return zero, 0, fmt.Errorf("get %s: %w", key, err)
+	}
+	v, err := parse(e.Value())
+	if err != nil {
+		// A bad stored value is treated as absent, as the View does, so that
+		// an update can repair it.
+		return zero, e.Revision(), nil
+	}
+	return v, e.Revision(), nil
+}
+
+func update[T any](ctx context.Context, s *Store, kind, id, key string, parse func([]byte) (T, error), fn func(*T) error, validate func(T) error) (T, error) {
+	var zero T
+	if err := subjects.ValidateID(id); err != nil {
+		return zero, &FieldError{Field: "id", Msg: fmt.Sprintf("%s id %q must be a decimal integer without leading zeros", kind, id)}
+	}
+	for range maxCASRetries {
+		cur, rev, err := get(ctx, s, key, parse)
+		if err != nil {
+			return zero, err
+		}
+		if err := fn(&cur); err != nil {
+			return zero, err
+		}
+		if err := validate(cur); err != nil {
+			return zero, err
+		}
+		data, err := json.Marshal(cur)
+		if err != nil {
+			return zero, fmt.Errorf("encode %s: %w", key, err)
+		}
+		if rev == 0 {
+			_, err = s.kv.Create(ctx, key, data)
+		} else {
+			_, err = s.kv.Update(ctx, key, data, rev)
+		}
+		if err == nil {
+			return cur, nil
+		}
+		if !isConflict(err) {
+			return zero, fmt.Errorf("store %s: %w", key, err)
+		}
+	}
+	return zero, fmt.Errorf("store %s: gave up after %d write conflicts", key, maxCASRetries)
+}
+
+// isConflict reports whether a Create/Update lost a compare-and-set race.
+func isConflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return true
+	}
+	return strings.Contains(err.Error(), "wrong last sequence")
+}

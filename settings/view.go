@@ -1,0 +1,257 @@
+package settings
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callbackd/callbackd/plugins"
+)
+
+// StaleAfter is how long a broken watch may last before the View reports
+// itself stale (SPEC §3 "Settings first": consuming pauses after 5 s).
+const StaleAfter = 5 * time.Second
+
+// target is a URL with its headers, ready for the transport.
+type target struct {
+	dest plugins.Destination
+	set  bool // dest.URL is set
+}
+
+type accountEntry struct {
+	target
+	ssoClientID string
+}
+
+// snapshot is one consistent set of settings.
+type snapshot struct {
+	projects map[string]target
+	accounts map[string]accountEntry
+	sso      map[string]target
+}
+
+func newSnapshot() *snapshot {
+	return &snapshot{projects: map[string]target{}, accounts: map[string]accountEntry{}, sso: map[string]target{}}
+}
+
+// View is an in-memory copy of the settings bucket kept current by a KV
+// watch, so resolving an event's destination touches no network. Safe for
+// concurrent use.
+type View struct {
+	log *slog.Logger
+
+	mu       sync.RWMutex
+	cur      *snapshot
+	brokenAt time.Time // zero while the watch is healthy
+	brokeErr error
+
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+// NewView returns an empty View; Run fills it.
+func NewView(log *slog.Logger) *View {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &View{log: log, cur: newSnapshot(), ready: make(chan struct{})}
+}
+
+// Ready is closed once the watch has delivered the bucket's initial values.
+func (v *View) Ready() <-chan struct{} { return v.ready }
+
+// Err is non-nil while the watch has been broken for longer than StaleAfter;
+// the View then still answers with the last values it had.
+func (v *View) Err() error {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if v.brokenAt.IsZero() || time.Since(v.brokenAt) < StaleAfter {
+		return nil
+	}
+	return fmt.Errorf("settings watch broken since %s: %w", v.brokenAt.Format(time.RFC3339), v.brokeErr)
+}
+
+// Destination returns where an event of the account and project goes: the
+// project's URL and headers, else the account's, else false.
+func (v *View) Destination(accountID, projectID string) (plugins.Destination, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if p := v.cur.projects[projectID]; p.set {
+		return p.dest, true
+	}
+	if a := v.cur.accounts[accountID]; a.set {
+		return a.dest, true
+	}
+	return plugins.Destination{}, false
+}
+
+// SSOWebhook returns the webhook of the account's SSO client, or nil when the
+// account has no SSO client or the client has no webhook URL.
+func (v *View) SSOWebhook(accountID string) *plugins.Destination {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	a, ok := v.cur.accounts[accountID]
+	if !ok || a.ssoClientID == "" {
+		return nil
+	}
+	c := v.cur.sso[a.ssoClientID]
+	if !c.set {
+		return nil
+	}
+	d := c.dest
+	return &d
+}
+
+// Run watches kv until ctx is done, re-establishing the watch when it
+// breaks. It returns nil when ctx is done.
+func (v *View) Run(ctx context.Context, kv jetstream.KeyValue) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := v.watchOnce(ctx, kv)
+		if ctx.Err() != nil {
+			return nil
+		}
+		v.mu.Lock()
+		if v.brokenAt.IsZero() {
+			v.brokenAt = time.Now()
+		}
+		v.brokeErr = err
+		v.mu.Unlock()
+		v.log.Warn("settings watch broken; keeping the last view", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// watchOnce runs one watch: it builds a fresh snapshot from the initial
+// values (so keys deleted while the watch was down disappear), swaps it in
+// at the end-of-initial-values marker, then applies live updates.
+func (v *View) watchOnce(ctx context.Context, kv jetstream.KeyValue) error {
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch settings: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+
+	pending := newSnapshot()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return fmt.Errorf("watch settings: updates closed")
+			}
+			if e == nil { // end of initial values
+				if pending != nil {
+					v.mu.Lock()
+					v.cur = pending
+					v.brokenAt, v.brokeErr = time.Time{}, nil
+					v.mu.Unlock()
+					pending = nil
+					v.readyOnce.Do(func() { close(v.ready) })
+					v.log.Debug("settings view loaded")
+				}
+				continue
+			}
+			if pending != nil {
+				v.apply(pending, e, false)
+				continue
+			}
+			v.mu.Lock()
+			v.apply(v.cur, e, true)
+			v.mu.Unlock()
+		}
+	}
+}
+
+// apply puts one KV entry into s. An invalid value is ignored with a warning:
+// the last valid value stays (from the live view when s is a new snapshot).
+func (v *View) apply(s *snapshot, e jetstream.KeyValueEntry, live bool) {
+	key := e.Key()
+	deleted := e.Operation() != jetstream.KeyValuePut
+	kind, id, _ := strings.Cut(key, ".")
+	switch kind + "." {
+	case projectPrefix:
+		if deleted {
+			delete(s.projects, id)
+			return
+		}
+		p, err := ParseProject(e.Value())
+		if err != nil {
+			v.warnInvalid(key, e.Revision(), err)
+			if !live {
+				v.mu.RLock()
+				if old, ok := v.cur.projects[id]; ok {
+					s.projects[id] = old
+				}
+				v.mu.RUnlock()
+			}
+			return
+		}
+		s.projects[id] = makeTarget(p.APICallbackURL, p.APICallbackHeaders)
+	case accountPrefix:
+		if deleted {
+			delete(s.accounts, id)
+			return
+		}
+		a, err := ParseAccount(e.Value())
+		if err != nil {
+			v.warnInvalid(key, e.Revision(), err)
+			if !live {
+				v.mu.RLock()
+				if old, ok := v.cur.accounts[id]; ok {
+					s.accounts[id] = old
+				}
+				v.mu.RUnlock()
+			}
+			return
+		}
+		ae := accountEntry{target: makeTarget(a.APICallbackURL, a.APICallbackHeaders)}
+		if a.SSOClientID != nil {
+			ae.ssoClientID = *a.SSOClientID
+		}
+		s.accounts[id] = ae
+	case ssoClientPrefix:
+		if deleted {
+			delete(s.sso, id)
+			return
+		}
+		c, err := ParseSSOClient(e.Value())
+		if err != nil {
+			v.warnInvalid(key, e.Revision(), err)
+			if !live {
+				v.mu.RLock()
+				if old, ok := v.cur.sso[id]; ok {
+					s.sso[id] = old
+				}
+				v.mu.RUnlock()
+			}
+			return
+		}
+		s.sso[id] = makeTarget(c.WebhookURL, c.WebhookHeaders)
+	default:
+		v.log.Warn("settings: ignoring unknown key", "key", key)
+	}
+}
+
+func (v *View) warnInvalid(key string, rev uint64, err error) {
+	// err names the field, never a header value.
+	v.log.Warn("settings: ignoring invalid value; the last valid one stays", "key", key, "revision", rev, "err", err)
+}
+
+func makeTarget(u *string, hs []Header) target {
+	if u == nil {
+		return target{}
+	}
+	return target{dest: plugins.Destination{URL: *u, Headers: toPlugin(hs)}, set: true}
+}

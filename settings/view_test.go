@@ -1,0 +1,228 @@
+package settings_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/settings"
+	"github.com/callbackd/callbackd/testutil"
+)
+
+func startView(t *testing.T) (*settings.Store, *settings.View) {
+	t.Helper()
+	js := testutil.RunJetStream(t)
+	ctx := testutil.Context(t)
+	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := settings.NewView(testutil.Logger(t))
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = view.Run(runCtx, store.KV()) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return store, view
+}
+
+func waitReady(t *testing.T, v *settings.View) {
+	t.Helper()
+	select {
+	case <-v.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("view not ready")
+	}
+}
+
+func ptr(s string) *string { return &s }
+
+func TestView_project_url_wins_over_account_url(t *testing.T) {
+	store, view := startView(t)
+	ctx := testutil.Context(t)
+	waitReady(t, view)
+
+	if _, ok := view.Destination("1", "2"); ok {
+		t.Fatal("destination before any settings")
+	}
+	acctHeaders := []settings.Header{{Key: "X-Account", Value: "a"}}
+	if _, err := store.UpdateAccount(ctx, "1", func(a *settings.Account) error {
+		a.APICallbackURL, a.APICallbackHeaders = ptr("https://account.example.com/cb"), acctHeaders
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := plugins.Destination{URL: "https://account.example.com/cb", Headers: []plugins.Header{{Key: "X-Account", Value: "a"}}}
+	checkDest(t, view, "1", "2", &want)
+
+	// A project with headers but no URL does not take over.
+	if _, err := store.UpdateProject(ctx, "2", func(p *settings.Project) error {
+		p.APICallbackHeaders = []settings.Header{{Key: "X-Project", Value: "p"}}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	checkDest(t, view, "1", "2", &want)
+
+	if _, err := store.UpdateProject(ctx, "2", func(p *settings.Project) error {
+		p.APICallbackURL = ptr("https://project.example.com/cb")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The project's URL travels with the project's headers, not the account's.
+	checkDest(t, view, "1", "2", &plugins.Destination{URL: "https://project.example.com/cb", Headers: []plugins.Header{{Key: "X-Project", Value: "p"}}})
+	// Another project of the account still gets the account's.
+	checkDest(t, view, "1", "3", &want)
+
+	// Clearing the project URL falls back to the account.
+	if _, err := store.UpdateProject(ctx, "2", func(p *settings.Project) error { p.APICallbackURL = nil; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	checkDest(t, view, "1", "2", &want)
+}
+
+func TestView_invalid_value_keeps_last_valid(t *testing.T) {
+	store, view := startView(t)
+	ctx := testutil.Context(t)
+	waitReady(t, view)
+	kv := store.KV()
+	if _, err := kv.Put(ctx, settings.ProjectKey("5"), []byte(`{"apiCallbackUrl":"https://ok.example.com/"}`)); err != nil {
+		t.Fatal(err)
+	}
+	checkDest(t, view, "9", "5", &plugins.Destination{URL: "https://ok.example.com/"})
+	// Written directly by an operator's tool: invalid, so ignored.
+	if _, err := kv.Put(ctx, settings.ProjectKey("5"), []byte(`{"apiCallbackUrl":"https://bad.example.com/","apiCallbackHeaders":[{"key":"Host","value":"x"}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	// A later valid write to another key proves the bad one was processed.
+	if _, err := kv.Put(ctx, settings.ProjectKey("6"), []byte(`{"apiCallbackUrl":"https://six.example.com/"}`)); err != nil {
+		t.Fatal(err)
+	}
+	checkDest(t, view, "9", "6", &plugins.Destination{URL: "https://six.example.com/"})
+	checkDest(t, view, "9", "5", &plugins.Destination{URL: "https://ok.example.com/"})
+	// Delete removes it.
+	if err := kv.Delete(ctx, settings.ProjectKey("5")); err != nil {
+		t.Fatal(err)
+	}
+	checkDest(t, view, "9", "5", nil)
+}
+
+func TestView_loads_existing_values_before_ready(t *testing.T) {
+	js := testutil.RunJetStream(t)
+	ctx := testutil.Context(t)
+	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 50; i++ {
+		if _, err := store.UpdateProject(ctx, fmt.Sprint(i), func(p *settings.Project) error {
+			p.APICallbackURL = ptr(fmt.Sprintf("https://p%d.example.com/", i))
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	view := settings.NewView(testutil.Logger(t))
+	go func() { _ = view.Run(ctx, store.KV()) }()
+	waitReady(t, view)
+	for i := 1; i <= 50; i++ {
+		d, ok := view.Destination("1000", fmt.Sprint(i))
+		if !ok || d.URL != fmt.Sprintf("https://p%d.example.com/", i) {
+			t.Fatalf("project %d right after Ready: %+v %v", i, d, ok)
+		}
+	}
+}
+
+func TestView_sso_webhook(t *testing.T) {
+	store, view := startView(t)
+	ctx := testutil.Context(t)
+	waitReady(t, view)
+	if view.SSOWebhook("1") != nil {
+		t.Fatal("sso webhook before settings")
+	}
+	if _, err := store.UpdateAccount(ctx, "1", func(a *settings.Account) error { a.SSOClientID = ptr("77"); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.UpdateSSOClient(ctx, "77", func(c *settings.SSOClient) error {
+		c.WebhookURL = ptr("https://sso.example.com/hook")
+		c.WebhookHeaders = []settings.Header{{Key: "Authorization", Value: "Bearer s"}}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		got := view.SSOWebhook("1")
+		want := &plugins.Destination{URL: "https://sso.example.com/hook", Headers: []plugins.Header{{Key: "Authorization", Value: "Bearer s"}}}
+		if diff := cmp.Diff(want, got); diff != "" {
+			return fmt.Errorf("SSOWebhook (-want +got):\n%s", diff)
+		}
+		return nil
+	})
+}
+
+func TestStore_update_is_validated_and_atomic(t *testing.T) {
+	store, _ := startView(t)
+	ctx := testutil.Context(t)
+	if _, err := store.UpdateProject(ctx, "1", func(p *settings.Project) error { p.APICallbackURL = ptr("https://a.example.com/"); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	_, err := store.UpdateProject(ctx, "1", func(p *settings.Project) error {
+		p.APICallbackURL = ptr("https://b.example.com/")
+		p.APICallbackHeaders = []settings.Header{{Key: "Connection", Value: "close"}}
+		return nil
+	})
+	if err == nil {
+		t.Fatal("invalid update accepted")
+	}
+	p, err := store.Project(ctx, "1")
+	if err != nil || p.APICallbackURL == nil || *p.APICallbackURL != "https://a.example.com/" || len(p.APICallbackHeaders) != 0 {
+		t.Fatalf("store changed by a rejected update: %+v %v", p, err)
+	}
+	if _, err := store.UpdateProject(ctx, "01", func(*settings.Project) error { return nil }); err == nil {
+		t.Error("bad project id accepted")
+	}
+	// Concurrent writers: compare-and-set loses no update.
+	errs := make(chan error, 10)
+	for i := range 10 {
+		go func() {
+			_, err := store.UpdateProject(ctx, "2", func(p *settings.Project) error {
+				p.APICallbackHeaders = append(p.APICallbackHeaders, settings.Header{Key: fmt.Sprintf("X-%d", i), Value: "v"})
+				return nil
+			})
+			errs <- err
+		}()
+	}
+	for range 10 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err = store.Project(ctx, "2")
+	if err != nil || len(p.APICallbackHeaders) != 10 {
+		t.Fatalf("after 10 concurrent updates: %d headers, %v", len(p.APICallbackHeaders), err)
+	}
+}
+
+func checkDest(t *testing.T, v *settings.View, account, project string, want *plugins.Destination) {
+	t.Helper()
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		got, ok := v.Destination(account, project)
+		if want == nil {
+			if ok {
+				return fmt.Errorf("destination %+v, want none", got)
+			}
+			return nil
+		}
+		if !ok {
+			return fmt.Errorf("no destination, want %+v", *want)
+		}
+		if diff := cmp.Diff(*want, got); diff != "" {
+			return fmt.Errorf("destination (-want +got):\n%s", diff)
+		}
+		return nil
+	})
+}
