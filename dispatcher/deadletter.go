@@ -46,6 +46,7 @@ func (d *Dispatcher) deadLetter(ctx context.Context, j *job, reason string, stat
 		d.nak(j.msg, delay)
 		return false
 	}
+	d.o.Observer.DeadLettered(reason)
 	d.log.Info("dead-lettered", d.attrs(j, slog.String("reason", reason), slog.String("err", errText))...)
 	return true
 }

@@ -49,6 +49,8 @@ type Options struct {
 	Transport plugins.Transport
 	// Logger receives the dispatcher's logs; nil discards them.
 	Logger *slog.Logger
+	// Observer is told about outcomes and attempts, for metrics; nil for none.
+	Observer Observer
 }
 
 func (o *Options) setDefaults() {
@@ -69,6 +71,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
 	}
 }
 

@@ -98,6 +98,7 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 		return
 	case encoded.SkipReason != "":
 		d.log.Info("event skipped", d.attrs(j, slog.String("outcome", outcomeSkipped), slog.String("reason", encoded.SkipReason))...)
+		d.o.Observer.Outcome(key.Type, outcomeSkipped)
 		d.ack(j)
 		return
 	}
@@ -105,19 +106,23 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 	dest, ok := d.view.Destination(key.AccountID, key.ProjectID)
 	if !ok {
 		d.log.Info("no callback URL for project or account", d.attrs(j, slog.String("outcome", outcomeNoDestination))...)
+		d.o.Observer.Outcome(key.Type, outcomeNoDestination)
 		d.ack(j)
 		return
 	}
 
 	tctx, cancel := context.WithTimeout(ctx, d.o.DeliveryTimeout+5*time.Second)
+	d.o.Observer.InFlight(1)
 	res, err := d.o.Transport.Deliver(tctx, plugins.Delivery{
 		DeliveryID: j.deliveryID, Destination: dest, Notification: encoded.Notification,
 	})
+	d.o.Observer.InFlight(-1)
 	cancel()
 	if err != nil {
 		d.infraError(j, "deliver", err)
 		return
 	}
+	d.o.Observer.Attempt(key.Type, string(res.Outcome), res.Duration)
 	attrs := d.attrs(j,
 		slog.String("url", plugins.SafeURL(dest.URL)),
 		slog.Int("status", res.StatusCode),
@@ -125,13 +130,16 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 	switch res.Outcome {
 	case plugins.OutcomeDelivered:
 		d.log.Info("delivered", append(attrs, slog.String("outcome", outcomeDelivered))...)
+		d.o.Observer.Outcome(key.Type, outcomeDelivered)
 		d.ack(j)
 	case plugins.OutcomeNotAllowed:
 		d.log.Warn("destination not allowed", append(attrs, slog.String("outcome", outcomeNotAllowed), slog.String("err", res.Error))...)
+		d.o.Observer.Outcome(key.Type, outcomeNotAllowed)
 		d.finalFailure(ctx, j, ReasonDestinationNotAllowed, res.StatusCode, 1, res.Error)
 	default:
 		// Until retries exist, every failed delivery is final.
 		d.log.Warn("delivery failed", append(attrs, slog.String("outcome", outcomeFailed), slog.String("err", res.Error))...)
+		d.o.Observer.Outcome(key.Type, outcomeFailed)
 		d.finalFailure(ctx, j, ReasonDeliveryFailed, res.StatusCode, 1, res.Error)
 	}
 }
@@ -168,6 +176,7 @@ func validDeliveryID(id string) bool {
 // invalid dead-letters an event that can never be encoded and acks it.
 func (d *Dispatcher) invalid(ctx context.Context, j *job, err error) {
 	d.log.Warn("invalid event", d.attrs(j, slog.String("outcome", outcomeInvalid), slog.String("err", err.Error()))...)
+	d.o.Observer.Outcome(j.key.Type, outcomeInvalid)
 	if d.deadLetter(ctx, j, ReasonInvalidEvent, 0, 0, err.Error()) {
 		d.ack(j)
 	}

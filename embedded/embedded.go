@@ -65,7 +65,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	opts := &server.Options{
 		ServerName: name,
 		JetStream:  true,
-		StoreDir:   filepath.Join(o.DataDir, "jetstream"),
+		StoreDir:   o.DataDir, // the server adds "jetstream/"
 		NoSigs:     true, // callbackd owns SIGINT/SIGTERM
 		Debug:      o.Debug,
 	}
@@ -181,7 +181,8 @@ func splitHostPort(hp string) (string, int, error) {
 // slogAdapter sends nats-server's logs to slog.
 type slogAdapter struct{ l *slog.Logger }
 
-func (a slogAdapter) Noticef(f string, v ...any) { a.l.Info(fmt.Sprintf(f, v...)) }
+// Notices (the start-up banner among them) are debug noise for callbackd.
+func (a slogAdapter) Noticef(f string, v ...any) { a.l.Debug(fmt.Sprintf(f, v...)) }
 func (a slogAdapter) Warnf(f string, v ...any)   { a.l.Warn(fmt.Sprintf(f, v...)) }
 func (a slogAdapter) Fatalf(f string, v ...any)  { a.l.Error(fmt.Sprintf(f, v...)) }
 func (a slogAdapter) Errorf(f string, v ...any)  { a.l.Error(fmt.Sprintf(f, v...)) }
