@@ -47,6 +47,18 @@ type Options struct {
 	Encoders map[string]plugins.Encoder
 	// Transport delivers notifications. Required.
 	Transport plugins.Transport
+	// Failure is told about deliveries that failed for good; nil for none.
+	Failure plugins.FailureHandler
+	// MaxAttempts is how many attempts a delivery gets (0 → 4; 1 reproduces
+	// the seed literally: a failed callback is reported at once).
+	MaxAttempts int
+	// Backoff is the wait before each retry; the last entry repeats
+	// (empty → 10s, 1m, 5m).
+	Backoff []time.Duration
+	// PerHostConcurrency caps attempts in flight per destination host:port (0 → 8).
+	PerHostConcurrency int
+	// MaxInFlight caps attempts in flight in all (0 → 1024).
+	MaxInFlight int
 	// Logger receives the dispatcher's logs; nil discards them.
 	Logger *slog.Logger
 	// Observer is told about outcomes and attempts, for metrics; nil for none.
