@@ -26,6 +26,8 @@ type Resolver interface {
 	// Err is non-nil while the view is stale; consuming pauses then.
 	Err() error
 	Destination(accountID, projectID string) (plugins.Destination, bool)
+	// SSOWebhook is the webhook of the account's SSO client, nil when none.
+	SSOWebhook(accountID string) *plugins.Destination
 }
 
 // Options configure a Dispatcher. Zero values get the defaults of SPEC §6
