@@ -26,7 +26,7 @@ func (d *Dispatcher) deadLetter(ctx context.Context, j *job, reason string, stat
 	}
 	m := nats.NewMsg(subj)
 	m.Data = j.msg.Data()
-	m.Header.Set(subjects.HeaderMsgID, "dead:"+j.md.Stream+":"+strconv.FormatUint(j.md.Sequence.Stream, 10))
+	m.Header.Set(subjects.HeaderMsgID, "dead:"+sourceRef(j))
 	m.Header.Set(subjects.HeaderReason, reason)
 	if status > 0 {
 		m.Header.Set(subjects.HeaderStatus, strconv.Itoa(status))
@@ -48,6 +48,22 @@ func (d *Dispatcher) deadLetter(ctx context.Context, j *job, reason string, stat
 	}
 	d.o.Observer.DeadLettered(reason)
 	d.log.Info("dead-lettered", d.attrs(j, slog.String("reason", reason), slog.String("err", errText))...)
+	return true
+}
+
+// deadLetterAndAck dead-letters j and then acks it (or terms it, for the
+// max_deliveries cap). It reports whether j was settled.
+func (d *Dispatcher) deadLetterAndAck(ctx context.Context, j *job, reason string, status, attempts int, errText string, term bool) bool {
+	if !d.deadLetter(ctx, j, reason, status, attempts, errText) {
+		return false
+	}
+	if term {
+		if err := j.msg.Term(); err != nil {
+			d.log.Warn("term failed", d.attrs(j, slog.String("err", err.Error()))...)
+		}
+		return true
+	}
+	d.ack(j)
 	return true
 }
 

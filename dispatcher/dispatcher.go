@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/plugins"
 )
 
@@ -65,6 +66,13 @@ type Options struct {
 	Logger *slog.Logger
 	// Observer is told about outcomes and attempts, for metrics; nil for none.
 	Observer Observer
+	// Recorder receives the delivery log; nil for none. It must not block.
+	Recorder Recorder
+}
+
+// Recorder writes delivery-log records without blocking (deliverylog.Writer).
+type Recorder interface {
+	Write(r deliverylog.Record)
 }
 
 func (o *Options) setDefaults() {
@@ -89,15 +97,40 @@ func (o *Options) setDefaults() {
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
 	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 4
+	}
+	if len(o.Backoff) == 0 {
+		o.Backoff = []time.Duration{10 * time.Second, time.Minute, 5 * time.Minute}
+	}
+	if o.PerHostConcurrency <= 0 {
+		o.PerHostConcurrency = 8
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 1024
+	}
 }
 
-// Dispatcher delivers the events of the CALLBACKS stream.
+// Dispatcher delivers the events of the CALLBACKS stream and the retries
+// of CALLBACKS_RETRY.
 type Dispatcher struct {
 	js   jetstream.JetStream
 	top  Topology
 	view Resolver
 	o    Options
 	log  *slog.Logger
+
+	// workers bounds CPU work (decode, encode, route) across both consumers;
+	// an attempt in flight gives its worker slot back.
+	workers  chan struct{}
+	inFlight chan struct{}
+	hosts    *hostLimiter
+	ackWait  time.Duration
+
+	idFieldsMu sync.Mutex
+	idFields   map[string][]string
+
+	wg sync.WaitGroup // handlers and attempts in flight
 }
 
 // New returns a Dispatcher over the topology EnsureStreams made.
@@ -106,10 +139,21 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 	if o.Transport == nil {
 		return nil, errors.New("dispatcher: a transport is required")
 	}
-	if top.Dispatcher == nil {
-		return nil, errors.New("dispatcher: no consumer (call EnsureStreams first)")
+	if top.Dispatcher == nil || top.Retrier == nil {
+		return nil, errors.New("dispatcher: no consumers (call EnsureStreams first)")
 	}
-	return &Dispatcher{js: js, top: top, view: view, o: o, log: o.Logger}, nil
+	ackWait := top.Dispatcher.CachedInfo().Config.AckWait
+	if ackWait <= 0 {
+		ackWait = o.DeliveryTimeout + 10*time.Second
+	}
+	return &Dispatcher{
+		js: js, top: top, view: view, o: o, log: o.Logger,
+		workers:  make(chan struct{}, o.Workers),
+		inFlight: make(chan struct{}, o.MaxInFlight),
+		hosts:    newHostLimiter(o.PerHostConcurrency),
+		ackWait:  ackWait,
+		idFields: map[string][]string{},
+	}, nil
 }
 
 // Run consumes until ctx is done, then stops fetching, finishes the work in
@@ -121,9 +165,20 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	it, err := d.top.Dispatcher.Messages(jetstream.PullMaxMessages(d.o.Workers))
+	defer d.wg.Wait()
+	errs := make(chan error, 2)
+	go func() { errs <- d.consume(ctx, d.top.Dispatcher, "dispatcher") }()
+	go func() { errs <- d.consume(ctx, d.top.Retrier, "retrier") }()
+	err := errors.Join(<-errs, <-errs)
+	return err
+}
+
+// consume runs one consumer's loop: a free worker slot first, then the next
+// message, so nothing pulled waits without a worker.
+func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, name string) error {
+	it, err := c.Messages(jetstream.PullMaxMessages(d.o.Workers))
 	if err != nil {
-		return fmt.Errorf("dispatcher: start consuming: %w", err)
+		return fmt.Errorf("%s: start consuming: %w", name, err)
 	}
 	// On shutdown, stop pulling; Next then hands out what is buffered and
 	// reports the iterator closed.
@@ -134,20 +189,17 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	// Work in hand is finished even after ctx is done: acking nothing that
 	// was not finished, and handing nothing back that was.
 	work := context.WithoutCancel(ctx)
-	sem := make(chan struct{}, d.o.Workers)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	d.log.Info("dispatcher consuming", "workers", d.o.Workers)
+	d.log.Info("consuming", "consumer", name, "workers", d.o.Workers)
 	for {
-		sem <- struct{}{}
+		d.workers <- struct{}{}
 		d.waitFresh(ctx)
 		m, err := it.Next()
 		if err != nil {
-			<-sem
+			<-d.workers
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return nil
 			}
-			d.log.Warn("dispatcher: fetch failed", "err", err)
+			d.log.Warn("fetch failed", "consumer", name, "err", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
@@ -157,14 +209,16 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			// Pulled but not started before shutdown: hand it back.
 			d.nak(m, handBackDelay)
-			<-sem
+			<-d.workers
 			continue
 		}
-		wg.Add(1)
+		d.wg.Add(1)
 		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			d.handle(work, m)
+			defer d.wg.Done()
+			var once sync.Once
+			release := func() { once.Do(func() { <-d.workers }) }
+			defer release()
+			d.handle(work, m, release)
 		}()
 	}
 }

@@ -12,25 +12,17 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/plugins"
 	"github.com/callbackd/callbackd/subjects"
 )
 
 // Reasons written to Callbackd-Reason (SPEC §3).
 const (
-	ReasonInvalidEvent          = "invalid_event"
-	ReasonDeliveryFailed        = "delivery_failed"
-	ReasonDestinationNotAllowed = "destination_not_allowed"
-)
-
-// Outcomes recorded per event or attempt.
-const (
-	outcomeDelivered     = "delivered"
-	outcomeSkipped       = "skipped"
-	outcomeNoDestination = "no_destination"
-	outcomeInvalid       = "invalid"
-	outcomeFailed        = "failed"
-	outcomeNotAllowed    = "destination_not_allowed"
+	ReasonInvalidEvent                = "invalid_event"
+	ReasonDeliveryFailed              = "delivery_failed"
+	ReasonDestinationNotAllowed       = "destination_not_allowed"
+	ReasonCallbackFailedUndeliverable = "callback_failed_undeliverable"
 )
 
 const (
@@ -42,121 +34,183 @@ const (
 
 // job is one message being handled.
 type job struct {
-	msg        jetstream.Msg
-	md         *jetstream.MsgMetadata
-	subject    string
-	key        subjects.EventKey
-	parsed     bool // key is valid
+	msg     jetstream.Msg
+	md      *jetstream.MsgMetadata
+	started time.Time
+	retry   bool // from CALLBACKS_RETRY
+	// subject is the original subject: callbacks.event.… or callbacks.notify.…
+	subject string
+	notify  bool
+	key     subjects.EventKey
+	parsed  bool // key is valid
+	// deliveryID is the Callback-Delivery-Id (SPEC §3).
 	deliveryID string
+	// attempt is the number of the attempt about to be made, from 1.
+	attempt int
+	// parked counts how often this delivery was parked over a host's cap.
+	parked int
+
+	notification plugins.Notification
+	dest         plugins.Destination
 }
 
-func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
+// handle takes one message from either consumer to its end: delivered,
+// retry scheduled, parked, dead-lettered, skipped, or handed back.
+// release gives the worker slot back; it is called once the CPU work is
+// done, so an attempt in flight holds no worker.
+func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg, release func()) {
 	md, err := m.Metadata()
 	if err != nil {
 		// Not a JetStream message: nothing to ack or redeliver.
-		d.log.Error("dispatcher: message without metadata", "subject", m.Subject(), "err", err)
+		d.log.Error("message without metadata", "subject", m.Subject(), "err", err)
 		return
 	}
-	j := &job{msg: m, md: md, subject: m.Subject()}
-	j.deliveryID = d.deliveryID(m, md)
+	j := &job{msg: m, md: md, started: time.Now(), subject: m.Subject(), attempt: 1}
+	if md.Stream == subjects.RetryStream {
+		if !d.fromRetry(j) {
+			return
+		}
+	}
+	j.deliveryID = d.deliveryID(j)
 
-	if md.NumDelivered > uint64(d.o.MaxDeliveries) {
-		d.finalFailure(ctx, j, ReasonDeliveryFailed, 0, 0,
-			fmt.Sprintf("handed back %d times by infrastructure errors (dispatcher.max_deliveries)", md.NumDelivered-1))
+	// Infrastructure errors hand a message back; cap such loops. A retry is
+	// pulled once early and NAKed until due, hence the one extra.
+	limit := uint64(d.o.MaxDeliveries)
+	if j.retry {
+		limit++
+	}
+	if md.NumDelivered > limit {
+		if d.parseKey(j) {
+			d.deadLetterAndAck(ctx, j, ReasonDeliveryFailed, 0, j.attempt-1,
+				fmt.Sprintf("handed back %d times by infrastructure errors (dispatcher.max_deliveries)", md.NumDelivered-1), true)
+		}
 		return
 	}
+	if !d.parseKey(j) {
+		return
+	}
+	if !d.prepare(ctx, j) {
+		return
+	}
+	d.attempt(ctx, j, release)
+}
 
+// fromRetry reads a CALLBACKS_RETRY message's headers into j. It returns
+// false when the message is not due yet (it is NAKed until it is) or is
+// unreadable (it is dead-lettered).
+func (d *Dispatcher) fromRetry(j *job) bool {
+	j.retry = true
+	h := j.msg.Headers()
+	if nb, err := time.Parse(time.RFC3339Nano, h.Get(subjects.HeaderNotBefore)); err == nil {
+		if wait := time.Until(nb); wait > 0 {
+			d.nak(j.msg, wait)
+			return false
+		}
+	}
+	orig := h.Get(subjects.HeaderSubject)
+	if orig == "" {
+		orig, _ = subjects.OriginalFromRetry(j.subject)
+	}
+	j.subject = orig
+	if n, err := strconv.Atoi(h.Get(subjects.HeaderAttempt)); err == nil && n >= 1 {
+		j.attempt = n
+	}
+	if n, err := strconv.Atoi(h.Get(headerParked)); err == nil && n >= 0 {
+		j.parked = n
+	}
+	return true
+}
+
+// parseKey parses j's original subject. An unparseable one is dead-lettered
+// as invalid (and false returned).
+func (d *Dispatcher) parseKey(j *job) bool {
+	if subjects.IsNotify(j.subject) {
+		acct, proj, err := subjects.ParseNotify(j.subject)
+		if err != nil {
+			d.invalid(context.Background(), j, err)
+			return false
+		}
+		j.notify, j.parsed = true, true
+		j.key = subjects.EventKey{Type: subjects.EventTypeCallbackFailed, AccountID: acct, ProjectID: proj}
+		return true
+	}
 	key, err := subjects.ParseEvent(j.subject)
 	if err != nil {
-		d.invalid(ctx, j, err)
-		return
+		d.invalid(context.Background(), j, err)
+		return false
 	}
 	j.key, j.parsed = key, true
+	return true
+}
 
+// prepare turns the payload into a notification and finds its destination.
+// It returns false when the message has been dealt with already.
+func (d *Dispatcher) prepare(ctx context.Context, j *job) bool {
+	m := j.msg
 	if size := len(m.Data()); int64(size) > d.o.MaxPayload {
 		d.invalid(ctx, j, fmt.Errorf("payload is %d bytes, over dispatcher.max_payload (%d)", size, d.o.MaxPayload))
-		return
+		return false
 	}
-	enc, ok := d.o.Encoders[key.Type]
-	if !ok {
-		d.invalid(ctx, j, fmt.Errorf("unknown event type %q: no encoder configured", key.Type))
-		return
+	if j.notify {
+		n, err := decodeNotify(m.Data())
+		if err != nil {
+			d.invalid(ctx, j, err)
+			return false
+		}
+		j.notification, j.dest = n.Notification, n.Destination
+		return true
 	}
 
+	enc, ok := d.o.Encoders[j.key.Type]
+	if !ok {
+		d.invalid(ctx, j, fmt.Errorf("unknown event type %q: no encoder configured", j.key.Type))
+		return false
+	}
 	ectx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
 	encoded, err := enc.Encode(ectx, plugins.Event{
-		Type: key.Type, AccountID: key.AccountID, ProjectID: key.ProjectID,
+		Type: j.key.Type, AccountID: j.key.AccountID, ProjectID: j.key.ProjectID,
 		DeliveryID: j.deliveryID, Payload: m.Data(),
 	})
 	cancel()
 	switch {
 	case errors.Is(err, plugins.ErrInvalidEvent):
 		d.invalid(ctx, j, err)
-		return
+		return false
 	case err != nil:
 		d.infraError(j, "encode", err)
-		return
+		return false
 	case encoded.SkipReason != "":
-		d.log.Info("event skipped", d.attrs(j, slog.String("outcome", outcomeSkipped), slog.String("reason", encoded.SkipReason))...)
-		d.o.Observer.Outcome(key.Type, outcomeSkipped)
+		d.log.Info("event skipped", d.attrs(j, slog.String("outcome", deliverylog.OutcomeSkipped), slog.String("reason", encoded.SkipReason))...)
+		d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeSkipped, Error: encoded.SkipReason})
 		d.ack(j)
-		return
+		return false
 	}
+	j.notification = encoded.Notification
 
-	dest, ok := d.view.Destination(key.AccountID, key.ProjectID)
+	dest, ok := d.view.Destination(j.key.AccountID, j.key.ProjectID)
 	if !ok {
-		d.log.Info("no callback URL for project or account", d.attrs(j, slog.String("outcome", outcomeNoDestination))...)
-		d.o.Observer.Outcome(key.Type, outcomeNoDestination)
+		d.log.Info("no callback URL for project or account", d.attrs(j, slog.String("outcome", deliverylog.OutcomeNoDestination))...)
+		d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeNoDestination})
 		d.ack(j)
-		return
+		return false
 	}
-
-	tctx, cancel := context.WithTimeout(ctx, d.o.DeliveryTimeout+5*time.Second)
-	d.o.Observer.InFlight(1)
-	res, err := d.o.Transport.Deliver(tctx, plugins.Delivery{
-		DeliveryID: j.deliveryID, Destination: dest, Notification: encoded.Notification,
-	})
-	d.o.Observer.InFlight(-1)
-	cancel()
-	if err != nil {
-		d.infraError(j, "deliver", err)
-		return
-	}
-	d.o.Observer.Attempt(key.Type, string(res.Outcome), res.Duration)
-	attrs := d.attrs(j,
-		slog.String("url", plugins.SafeURL(dest.URL)),
-		slog.Int("status", res.StatusCode),
-		slog.Duration("duration", res.Duration))
-	switch res.Outcome {
-	case plugins.OutcomeDelivered:
-		d.log.Info("delivered", append(attrs, slog.String("outcome", outcomeDelivered))...)
-		d.o.Observer.Outcome(key.Type, outcomeDelivered)
-		d.ack(j)
-	case plugins.OutcomeNotAllowed:
-		d.log.Warn("destination not allowed", append(attrs, slog.String("outcome", outcomeNotAllowed), slog.String("err", res.Error))...)
-		d.o.Observer.Outcome(key.Type, outcomeNotAllowed)
-		d.finalFailure(ctx, j, ReasonDestinationNotAllowed, res.StatusCode, 1, res.Error)
-	default:
-		// Until retries exist, every failed delivery is final.
-		d.log.Warn("delivery failed", append(attrs, slog.String("outcome", outcomeFailed), slog.String("err", res.Error))...)
-		d.o.Observer.Outcome(key.Type, outcomeFailed)
-		d.finalFailure(ctx, j, ReasonDeliveryFailed, res.StatusCode, 1, res.Error)
-	}
+	j.dest = dest
+	return true
 }
 
 // deliveryID is the event's Callback-Delivery-Id (SPEC §3): the one it
-// carries, else from the publisher's Nats-Msg-Id, else from CALLBACKS's
-// creation time and the stream sequence.
-func (d *Dispatcher) deliveryID(m jetstream.Msg, md *jetstream.MsgMetadata) string {
-	h := m.Headers()
+// carries (retries, notifications, replays), else from the publisher's
+// Nats-Msg-Id, else from CALLBACKS's creation time and the stream sequence.
+func (d *Dispatcher) deliveryID(j *job) string {
+	h := j.msg.Headers()
 	if id := h.Get(subjects.HeaderDeliveryID); validDeliveryID(id) {
 		return id
 	}
-	if msgID := h.Get(subjects.HeaderMsgID); msgID != "" {
+	if msgID := h.Get(subjects.HeaderMsgID); msgID != "" && !j.retry {
 		sum := sha256.Sum256([]byte(msgID))
 		return hex.EncodeToString(sum[:8])
 	}
-	return strconv.FormatInt(d.top.EventsCreated.Unix(), 10) + "-" + strconv.FormatUint(md.Sequence.Stream, 10)
+	return strconv.FormatInt(d.top.EventsCreated.Unix(), 10) + "-" + strconv.FormatUint(j.md.Sequence.Stream, 10)
 }
 
 // validDeliveryID accepts the IDs callbackd makes: short, [0-9a-z-].
@@ -175,27 +229,17 @@ func validDeliveryID(id string) bool {
 
 // invalid dead-letters an event that can never be encoded and acks it.
 func (d *Dispatcher) invalid(ctx context.Context, j *job, err error) {
-	d.log.Warn("invalid event", d.attrs(j, slog.String("outcome", outcomeInvalid), slog.String("err", err.Error()))...)
-	d.o.Observer.Outcome(j.key.Type, outcomeInvalid)
-	if d.deadLetter(ctx, j, ReasonInvalidEvent, 0, 0, err.Error()) {
-		d.ack(j)
-	}
+	d.log.Warn("invalid event", d.attrs(j, slog.String("outcome", deliverylog.OutcomeInvalid), slog.String("err", err.Error()))...)
+	d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeInvalid, Error: err.Error()})
+	d.deadLetterAndAck(ctx, j, ReasonInvalidEvent, 0, 0, err.Error(), false)
 }
 
-// finalFailure dead-letters an event that ended without a successful
-// delivery and acks it.
-func (d *Dispatcher) finalFailure(ctx context.Context, j *job, reason string, status, attempts int, errText string) {
-	if d.deadLetter(ctx, j, reason, status, attempts, errText) {
-		d.ack(j)
-	}
-}
-
-// infraError hands the event back with a growing delay: a plugin that is
-// down or missed its deadline is not the endpoint's fault and costs no
-// attempt (SPEC §3 "Never a plain Nak()").
+// infraError hands the message back with a growing delay: a plugin that is
+// down or missed its deadline, or NATS unavailable, is not the endpoint's
+// fault and costs no attempt (SPEC §3 "Never a plain Nak()").
 func (d *Dispatcher) infraError(j *job, op string, err error) {
 	delay := infraDelay(j.md.NumDelivered)
-	d.log.Warn("infrastructure error; event handed back", d.attrs(j, slog.String("op", op), slog.String("err", err.Error()), slog.Duration("retry_in", delay))...)
+	d.log.Warn("infrastructure error; message handed back", d.attrs(j, slog.String("op", op), slog.String("err", err.Error()), slog.Duration("retry_in", delay))...)
 	d.nak(j.msg, delay)
 }
 
@@ -212,7 +256,7 @@ func infraDelay(numDelivered uint64) time.Duration {
 
 func (d *Dispatcher) nak(m jetstream.Msg, delay time.Duration) {
 	if err := m.NakWithDelay(delay); err != nil {
-		d.log.Warn("nak failed; the event comes back after its ack wait", "subject", m.Subject(), "err", err)
+		d.log.Warn("nak failed; the message comes back after its ack wait", "subject", m.Subject(), "err", err)
 	}
 }
 
@@ -220,6 +264,30 @@ func (d *Dispatcher) ack(j *job) {
 	if err := j.msg.Ack(); err != nil {
 		d.log.Warn("ack failed; the event may be delivered again", d.attrs(j, slog.String("err", err.Error()))...)
 	}
+}
+
+// keepAlive tells the server the message is still being worked on once it
+// has been held for half its ack wait (failure plugin, SSO delivery).
+func (d *Dispatcher) keepAlive(j *job) {
+	if time.Since(j.started) > d.ackWait/2 {
+		if err := j.msg.InProgress(); err == nil {
+			j.started = time.Now()
+		}
+	}
+}
+
+// outcome counts and logs a record for j.
+func (d *Dispatcher) outcome(j *job, r deliverylog.Record) {
+	d.o.Observer.Outcome(j.key.Type, r.Outcome)
+	if d.o.Recorder == nil {
+		return
+	}
+	r.DeliveryID = j.deliveryID
+	r.EventType, r.AccountID, r.ProjectID = j.key.Type, j.key.AccountID, j.key.ProjectID
+	if r.At.IsZero() {
+		r.At = time.Now().UTC()
+	}
+	d.o.Recorder.Write(r)
 }
 
 func (d *Dispatcher) attrs(j *job, extra ...any) []any {

@@ -37,6 +37,8 @@ type StreamOptions struct {
 type Topology struct {
 	Events     jetstream.Stream
 	Dispatcher jetstream.Consumer
+	// Retrier is the consumer of CALLBACKS_RETRY.
+	Retrier jetstream.Consumer
 	// EventsCreated is when CALLBACKS was created; it is part of the
 	// Callback-Delivery-Id of events published without Nats-Msg-Id.
 	EventsCreated time.Time
@@ -93,6 +95,19 @@ func (o StreamOptions) streamConfigs() []jetstream.StreamConfig {
 	}
 }
 
+func (o StreamOptions) retrierConsumer() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:     subjects.RetrierConsumer,
+		Description: "callbackd retrier: deliveries waiting for a later attempt",
+		AckPolicy:   jetstream.AckExplicitPolicy,
+		AckWait:     o.AckWait,
+		MaxDeliver:  -1,
+		// Waiting retries sit in this consumer's pending set (delayed NAKs),
+		// so its limit is large and apart from the dispatcher's.
+		MaxAckPending: max(o.MaxRetryPending, 1),
+	}
+}
+
 func (o StreamOptions) dispatcherConsumer() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       subjects.DispatcherConsumer,
@@ -110,16 +125,25 @@ func (o StreamOptions) dispatcherConsumer() jetstream.ConsumerConfig {
 // warning, unless o.Update is set.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions, log *slog.Logger) (Topology, error) {
 	var top Topology
+	var retry jetstream.Stream
 	for _, want := range o.streamConfigs() {
 		s, err := ensureStream(ctx, js, want, o.Update, log)
 		if err != nil {
 			return top, err
 		}
-		if want.Name == subjects.Stream {
+		switch want.Name {
+		case subjects.Stream:
 			top.Events = s
 			top.EventsCreated = s.CachedInfo().Created
+		case subjects.RetryStream:
+			retry = s
 		}
 	}
+	r, err := ensureConsumer(ctx, retry, o.retrierConsumer(), o.Update, log)
+	if err != nil {
+		return top, err
+	}
+	top.Retrier = r
 	c, err := ensureConsumer(ctx, top.Events, o.dispatcherConsumer(), o.Update, log)
 	if err != nil {
 		return top, err

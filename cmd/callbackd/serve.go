@@ -11,6 +11,7 @@ import (
 
 	"github.com/callbackd/callbackd/config"
 	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/plugins/builtin"
 	"github.com/callbackd/callbackd/settings"
 )
 
@@ -90,14 +91,19 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	defer wg.Wait()
 
 	d, err := dispatcher.New(js, top, view, dispatcher.Options{
-		Workers:         cfg.Dispatcher.Workers,
-		MaxPayload:      int64(cfg.Dispatcher.MaxPayload),
-		MaxDeliveries:   cfg.Dispatcher.MaxDeliveries,
-		DeliveryTimeout: cfg.Delivery.Timeout,
-		CallTimeout:     cfg.Plugins.CallTimeout,
-		Encoders:        encoders,
-		Transport:       transport,
-		Logger:          log.With("component", "dispatcher"),
+		Workers:            cfg.Dispatcher.Workers,
+		MaxPayload:         int64(cfg.Dispatcher.MaxPayload),
+		MaxDeliveries:      cfg.Dispatcher.MaxDeliveries,
+		DeliveryTimeout:    cfg.Delivery.Timeout,
+		CallTimeout:        cfg.Plugins.CallTimeout,
+		Encoders:           encoders,
+		Transport:          transport,
+		Failure:            builtin.NewSSOWebhook(),
+		MaxAttempts:        cfg.Delivery.MaxAttempts,
+		Backoff:            cfg.Delivery.Backoff,
+		PerHostConcurrency: cfg.Dispatcher.PerHostConcurrency,
+		MaxInFlight:        cfg.Delivery.MaxInFlight,
+		Logger:             log.With("component", "dispatcher"),
 	})
 	if err != nil {
 		return err
@@ -107,4 +113,3 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	log.Info("callbackd stopped")
 	return err
 }
-

@@ -1,0 +1,148 @@
+package dispatcher
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/callbackd/callbackd/deliverylog"
+	"github.com/callbackd/callbackd/plugins"
+)
+
+// attempt makes one delivery attempt for j, within the per-host and global
+// caps, and settles the message by the result. Work over its host's cap is
+// parked in CALLBACKS_RETRY instead of waiting here.
+func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
+	host := hostKey(j.dest.URL)
+	if !d.hosts.tryAcquire(host) {
+		d.park(ctx, j)
+		return
+	}
+	defer d.hosts.release(host)
+	d.inFlight <- struct{}{}
+	defer func() { <-d.inFlight }()
+	release() // the attempt holds no worker
+
+	d.o.Observer.InFlight(1)
+	start := time.Now()
+	tctx, cancel := context.WithTimeout(ctx, d.o.DeliveryTimeout+5*time.Second)
+	res, err := d.o.Transport.Deliver(tctx, plugins.Delivery{
+		DeliveryID: j.deliveryID, Destination: j.dest, Notification: j.notification,
+	})
+	cancel()
+	d.o.Observer.InFlight(-1)
+	if err != nil {
+		d.infraError(j, "deliver", err)
+		return
+	}
+	d.o.Observer.Attempt(j.key.Type, string(res.Outcome), res.Duration)
+	rec := deliverylog.Record{
+		URL: plugins.SafeURL(j.dest.URL), Attempt: j.attempt, StatusCode: res.StatusCode,
+		Error: res.Error, DurationMs: res.Duration.Milliseconds(), ResponseExcerpt: res.ResponseExcerpt,
+		StartedAt: start.UTC(),
+	}
+	attrs := d.attrs(j,
+		slog.String("url", rec.URL),
+		slog.Int("attempt", j.attempt),
+		slog.Int("status", res.StatusCode),
+		slog.Duration("duration", res.Duration))
+
+	switch {
+	case res.Outcome == plugins.OutcomeDelivered:
+		rec.Outcome = deliverylog.OutcomeDelivered
+		d.log.Info("delivered", attrs...)
+		d.outcome(j, rec)
+		d.ack(j)
+	case res.Outcome == plugins.OutcomeRetryable && j.attempt < d.o.MaxAttempts:
+		wait := d.retryWait(j.attempt, res.RetryAfter)
+		if !d.scheduleRetry(ctx, j, wait) {
+			return
+		}
+		rec.Outcome = deliverylog.OutcomeRetrying
+		d.log.Warn("attempt failed; retry scheduled", append(attrs, slog.String("err", res.Error), slog.Duration("retry_in", wait))...)
+		d.outcome(j, rec)
+		d.ack(j)
+	default:
+		reason := ReasonDeliveryFailed
+		rec.Outcome = deliverylog.OutcomeFailed
+		if res.Outcome == plugins.OutcomeNotAllowed {
+			reason, rec.Outcome = ReasonDestinationNotAllowed, deliverylog.OutcomeDestinationNotAllowed
+		}
+		d.log.Warn("delivery failed for good", append(attrs, slog.String("outcome", rec.Outcome), slog.String("err", res.Error))...)
+		if d.failed(ctx, j, reason, res) {
+			d.outcome(j, rec)
+		}
+	}
+}
+
+// retryWait is the wait before attempt n+1: the backoff entry for n (the
+// last one repeating), or the endpoint's Retry-After when longer, capped at
+// the largest backoff (SPEC §3).
+func (d *Dispatcher) retryWait(n int, retryAfter time.Duration) time.Duration {
+	b := d.o.Backoff
+	wait := b[min(n-1, len(b)-1)]
+	if retryAfter > wait {
+		wait = min(retryAfter, maxDuration(b))
+	}
+	return wait
+}
+
+func maxDuration(ds []time.Duration) time.Duration {
+	var m time.Duration
+	for _, d := range ds {
+		m = max(m, d)
+	}
+	return m
+}
+
+// hostKey is the fairness key of a URL: host:port, lower-cased.
+func hostKey(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	host := strings.ToLower(u.Hostname())
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if strings.EqualFold(u.Scheme, "https") {
+			port = "443"
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// hostLimiter caps attempts in flight per destination.
+type hostLimiter struct {
+	limit int
+	mu    sync.Mutex
+	n     map[string]int
+}
+
+func newHostLimiter(limit int) *hostLimiter {
+	return &hostLimiter{limit: limit, n: map[string]int{}}
+}
+
+func (l *hostLimiter) tryAcquire(host string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[host] >= l.limit {
+		return false
+	}
+	l.n[host]++
+	return true
+}
+
+func (l *hostLimiter) release(host string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[host] <= 1 {
+		delete(l.n, host)
+		return
+	}
+	l.n[host]--
+}
