@@ -1,0 +1,110 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// maxResponseBytes bounds what Client reads of an answer.
+const maxResponseBytes = 16 << 20
+
+// Client calls the admin API's GraphQL endpoint with the bearer token; the
+// CLI's settings commands use it.
+type Client struct {
+	// BaseURL is the API's root, for example "http://127.0.0.1:8080".
+	BaseURL string
+	// Token is the admin token.
+	Token string
+	// HTTP makes the requests; nil means http.DefaultClient.
+	HTTP *http.Client
+}
+
+// GraphQLError is one entry of a GraphQL response's "errors".
+type GraphQLError struct {
+	Message    string         `json:"message"`
+	Path       []any          `json:"path,omitempty"`
+	Extensions map[string]any `json:"extensions,omitempty"`
+}
+
+// Field is the input field the error names (extensions.field), "" when none.
+func (e GraphQLError) Field() string {
+	f, _ := e.Extensions["field"].(string)
+	return f
+}
+
+// GraphQLErrors is the error Client.Do returns when the response had errors.
+type GraphQLErrors []GraphQLError
+
+func (es GraphQLErrors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Message
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// Do sends one GraphQL operation with its variables and decodes the
+// response's data into data (when not nil). A response with errors returns
+// GraphQLErrors; a 401 returns an error wrapping ErrUnauthorized.
+func (c *Client) Do(ctx context.Context, query string, variables map[string]any, data any) error {
+	body, err := json.Marshal(map[string]any{"query": query, "variables": variables})
+	if err != nil {
+		return fmt.Errorf("encode request: %w", err)
+	}
+	url := strings.TrimRight(c.BaseURL, "/") + "/graphql"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("admin API request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin API at %s: %w", c.BaseURL, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+	if err != nil {
+		return fmt.Errorf("admin API at %s: read response: %w", c.BaseURL, err)
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		return fmt.Errorf("admin API at %s: %w", c.BaseURL, ErrUnauthorized)
+	}
+	var out struct {
+		Data   json.RawMessage `json:"data"`
+		Errors GraphQLErrors   `json:"errors"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return fmt.Errorf("admin API at %s: HTTP %d: %s", c.BaseURL, resp.StatusCode, excerpt(raw))
+	}
+	if len(out.Errors) > 0 {
+		return out.Errors
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("admin API at %s: HTTP %d: %s", c.BaseURL, resp.StatusCode, excerpt(raw))
+	}
+	if data != nil && len(out.Data) > 0 {
+		if err := json.Unmarshal(out.Data, data); err != nil {
+			return fmt.Errorf("admin API at %s: decode data: %w", c.BaseURL, err)
+		}
+	}
+	return nil
+}
+
+func excerpt(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s
+}

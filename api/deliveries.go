@@ -1,0 +1,267 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"github.com/callbackd/callbackd/api/internal/gql"
+	"github.com/callbackd/callbackd/deliverylog"
+	"github.com/callbackd/callbackd/subjects"
+)
+
+// DeliveryFilter selects delivery-log records for the deliveries query.
+type DeliveryFilter struct {
+	// AccountID and ProjectID are plain numbers; "" matches any.
+	AccountID string
+	ProjectID string
+	// Outcome is a deliverylog outcome (deliverylog.OutcomeDelivered …); ""
+	// matches any.
+	Outcome string
+	// First is how many records to return, 1 to MaxDeliveriesFirst.
+	First int
+	// After is the cursor of the last record of the previous page; ""
+	// starts at the beginning.
+	After string
+}
+
+// LoggedDelivery is one record of the delivery log with its place in it.
+type LoggedDelivery struct {
+	// Key identifies the record for good, for example its CALLBACKS_LOG
+	// sequence; the API returns it as the global ID of a Delivery.
+	Key string
+	// Cursor is what DeliveryFilter.After takes to continue after it.
+	Cursor string
+	Record deliverylog.Record
+}
+
+// DeliveryPage is one page of the delivery log.
+type DeliveryPage struct {
+	Deliveries  []LoggedDelivery
+	HasNextPage bool
+}
+
+// DeliveryLog is what the deliveries query needs of the delivery log.
+type DeliveryLog interface {
+	Query(ctx context.Context, f DeliveryFilter) (DeliveryPage, error)
+}
+
+// DeliveryLogFunc adapts a function to DeliveryLog.
+type DeliveryLogFunc func(ctx context.Context, f DeliveryFilter) (DeliveryPage, error)
+
+// Query calls fn.
+func (fn DeliveryLogFunc) Query(ctx context.Context, f DeliveryFilter) (DeliveryPage, error) {
+	return fn(ctx, f)
+}
+
+// ReplayFilter selects the dead letters replayDeadLetters sends back.
+type ReplayFilter struct {
+	// AccountID and ProjectID are plain numbers; "" matches any.
+	AccountID string
+	ProjectID string
+	// EventType and Reason ("delivery_failed" …) match exactly; "" matches any.
+	EventType string
+	Reason    string
+	// Since and Until bound when the dead letter was made; zero is open.
+	Since time.Time
+	Until time.Time
+	// DryRun counts the matches and replays nothing.
+	DryRun bool
+}
+
+// ReplayResult is what a replay did.
+type ReplayResult struct {
+	Matched  int
+	Replayed int
+}
+
+// Replayer is what replayDeadLetters needs of the dead-letter replay.
+type Replayer interface {
+	Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error)
+}
+
+// ReplayerFunc adapts a function to Replayer.
+type ReplayerFunc func(ctx context.Context, f ReplayFilter) (ReplayResult, error)
+
+// Replay calls fn.
+func (fn ReplayerFunc) Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error) {
+	return fn(ctx, f)
+}
+
+// deadLetterReasons are the values of Callbackd-Reason (SPEC §3).
+var deadLetterReasons = []string{"invalid_event", "delivery_failed", "destination_not_allowed", "callback_failed_undeliverable"}
+
+// unavailable is the GraphQL error of a resolver whose backing service the
+// server was not given.
+func unavailable(what string) error {
+	return &gqlerror.Error{
+		Message:    fmt.Sprintf("%s: %s", what, ErrUnavailable),
+		Extensions: map[string]any{"code": codeUnavailable},
+	}
+}
+
+func (q queryResolver) Deliveries(ctx context.Context, projectID, accountID *string, status *gql.DeliveryStatus, first *int, after *string) (*gql.DeliveryConnection, error) {
+	var errs fieldErrors
+	f := DeliveryFilter{First: 50}
+	if projectID != nil {
+		id, err := ParseID(TypeProject, *projectID)
+		if err != nil {
+			errs.add("projectId", "%s", trimBadID(err))
+		}
+		f.ProjectID = id
+	}
+	if accountID != nil {
+		id, err := ParseID(TypeAccount, *accountID)
+		if err != nil {
+			errs.add("accountId", "%s", trimBadID(err))
+		}
+		f.AccountID = id
+	}
+	if status != nil {
+		f.Outcome = strings.ToLower(string(*status))
+	}
+	if first != nil {
+		if *first < 1 {
+			errs.add("first", "must be at least 1")
+		}
+		f.First = min(*first, MaxDeliveriesFirst)
+	}
+	if after != nil {
+		f.After = *after
+	}
+	if err := errs.err(); err != nil {
+		return nil, err
+	}
+	if q.s.deliveries == nil {
+		return nil, unavailable("the delivery log")
+	}
+	page, err := q.s.deliveries.Query(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	conn := &gql.DeliveryConnection{Edges: make([]gql.DeliveryEdge, 0, len(page.Deliveries)), PageInfo: &gql.PageInfo{HasNextPage: page.HasNextPage}}
+	for _, d := range page.Deliveries {
+		conn.Edges = append(conn.Edges, gql.DeliveryEdge{Cursor: d.Cursor, Node: deliveryOut(d.Key, d.Record)})
+	}
+	if n := len(page.Deliveries); n > 0 {
+		c := page.Deliveries[n-1].Cursor
+		conn.PageInfo.EndCursor = &c
+	}
+	return conn, nil
+}
+
+// deliveryOut renders a record. An outcome outside the DeliveryStatus enum
+// (a newer dispatcher's) is passed on upper-cased, as the enum's values are.
+func deliveryOut(key string, r deliverylog.Record) *gql.Delivery {
+	d := &gql.Delivery{
+		ID:         GlobalID(TypeDelivery, key),
+		DeliveryID: r.DeliveryID,
+		EventType:  r.EventType,
+		AccountID:  optGlobalID(TypeAccount, r.AccountID),
+		ProjectID:  optGlobalID(TypeProject, r.ProjectID),
+		URL:        optString(r.URL),
+		Attempt:    r.Attempt,
+		Status:     gql.DeliveryStatus(strings.ToUpper(r.Outcome)),
+		StatusCode: optInt(r.StatusCode),
+		Error:      optString(r.Error),
+		// Always a string: the schema makes at non-null.
+		At:              r.At.UTC().Format(time.RFC3339Nano),
+		ResponseExcerpt: optString(r.ResponseExcerpt),
+	}
+	if !r.StartedAt.IsZero() || r.DurationMs > 0 {
+		ms := int(r.DurationMs)
+		d.DurationMs = &ms
+	}
+	return d
+}
+
+// optGlobalID is the global ID of id, "" when id is "" (a dead letter of
+// an unparseable subject has no account or project).
+func optGlobalID(typ, id string) string {
+	if id == "" {
+		return ""
+	}
+	return GlobalID(typ, id)
+}
+
+func optString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func optInt(n int) *int {
+	if n == 0 {
+		return nil
+	}
+	return &n
+}
+
+func (m mutationResolver) ReplayDeadLetters(ctx context.Context, in gql.ReplayInput) (*gql.ReplayPayload, error) {
+	var errs fieldErrors
+	var f ReplayFilter
+	if v, _ := in.AccountID.ValueOK(); v != nil {
+		id, err := ParseID(TypeAccount, *v)
+		if err != nil {
+			errs.add("accountId", "%s", trimBadID(err))
+		}
+		f.AccountID = id
+	}
+	if v, _ := in.ProjectID.ValueOK(); v != nil {
+		id, err := ParseID(TypeProject, *v)
+		if err != nil {
+			errs.add("projectId", "%s", trimBadID(err))
+		}
+		f.ProjectID = id
+	}
+	if v, _ := in.EventType.ValueOK(); v != nil {
+		if err := subjects.ValidateEventType(*v); err != nil {
+			errs.add("eventType", "must match [a-z0-9_]{1,64}")
+		}
+		f.EventType = *v
+	}
+	if v, _ := in.Reason.ValueOK(); v != nil {
+		ok := false
+		for _, r := range deadLetterReasons {
+			ok = ok || r == *v
+		}
+		if !ok {
+			errs.add("reason", "must be one of %s", strings.Join(deadLetterReasons, ", "))
+		}
+		f.Reason = *v
+	}
+	f.Since = parseTimeField(&errs, "since", in.Since.Value())
+	f.Until = parseTimeField(&errs, "until", in.Until.Value())
+	if !f.Since.IsZero() && !f.Until.IsZero() && f.Until.Before(f.Since) {
+		errs.add("until", "is before since")
+	}
+	if v, _ := in.DryRun.ValueOK(); v != nil {
+		f.DryRun = *v
+	}
+	if err := errs.err(); err != nil {
+		return nil, err
+	}
+	if m.s.replayer == nil {
+		return nil, unavailable("dead-letter replay")
+	}
+	res, err := m.s.replayer.Replay(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	return &gql.ReplayPayload{Matched: res.Matched, Replayed: res.Replayed}, nil
+}
+
+func parseTimeField(errs *fieldErrors, field string, v *string) time.Time {
+	if v == nil {
+		return time.Time{}
+	}
+	t, err := time.Parse(time.RFC3339, *v)
+	if err != nil {
+		errs.add(field, "must be an RFC 3339 time such as 2026-01-02T15:04:05Z")
+	}
+	return t
+}

@@ -1,0 +1,223 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/handler"
+	"github.com/99designs/gqlgen/graphql/handler/extension"
+	"github.com/99designs/gqlgen/graphql/handler/lru"
+	"github.com/99designs/gqlgen/graphql/handler/transport"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vektah/gqlparser/v2/ast"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"github.com/callbackd/callbackd/api/internal/gql"
+	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/settings"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxBodyBytes    = 1 << 20
+	DefaultComplexityLimit = 20000
+	DefaultMaxDepth        = 10
+	// MaxDeliveriesFirst caps deliveries(first:) (SPEC §4).
+	MaxDeliveriesFirst = 500
+)
+
+// Options configure a Server. Store and Token are required; every other
+// field has a documented zero value.
+type Options struct {
+	// Store is the settings bucket the settings queries read and the
+	// mutations write (compare-and-set).
+	Store *settings.Store
+	// Token is the bearer token every route but /healthz requires.
+	Token string
+	// Guard is the current outbound policy: a callback or webhook URL whose
+	// host is a literal IP it refuses is refused. nil refuses as
+	// plugins.NewGuard(false, nil) does.
+	Guard *plugins.Guard
+	// Transport delivers sendTestCallback's notification; nil makes that
+	// mutation answer ErrUnavailable.
+	Transport plugins.Transport
+	// Deliveries answers the deliveries query; nil makes it answer
+	// ErrUnavailable.
+	Deliveries DeliveryLog
+	// Replayer runs replayDeadLetters; nil makes it answer ErrUnavailable.
+	Replayer Replayer
+	// Checks decide /readyz; none means always ready.
+	Checks []Check
+	// Metrics is served at /metrics; nil serves a fresh Metrics with no
+	// callbacks.
+	Metrics *Metrics
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// MaxBodyBytes limits request bodies (0 → 1 MiB).
+	MaxBodyBytes int64
+	// ComplexityLimit limits a GraphQL operation's complexity (0 → 20000;
+	// each field costs 1, deliveries multiplies its selection by first).
+	ComplexityLimit int
+	// MaxDepth limits how deeply a GraphQL operation's fields nest, not
+	// counting introspection (0 → 10).
+	MaxDepth int
+}
+
+// Server is the admin API's http.Handler.
+type Server struct {
+	store      *settings.Store
+	guard      *plugins.Guard
+	transport  plugins.Transport
+	deliveries DeliveryLog
+	replayer   Replayer
+	checks     []Check
+	metrics    *Metrics
+	log        *slog.Logger
+	maxBody    int64
+	token      [32]byte
+	mux        *http.ServeMux
+}
+
+// New returns the admin API handler.
+func New(o Options) (*Server, error) {
+	if o.Store == nil {
+		return nil, errors.New("api: a settings store is required")
+	}
+	if len(o.Token) < minTokenLen {
+		return nil, fmt.Errorf("api: the admin token must be at least %d characters", minTokenLen)
+	}
+	if o.Guard == nil {
+		o.Guard = plugins.NewGuard(false, nil)
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(MetricsOptions{})
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if o.ComplexityLimit <= 0 {
+		o.ComplexityLimit = DefaultComplexityLimit
+	}
+	if o.MaxDepth <= 0 {
+		o.MaxDepth = DefaultMaxDepth
+	}
+	s := &Server{
+		store:      o.Store,
+		guard:      o.Guard,
+		transport:  o.Transport,
+		deliveries: o.Deliveries,
+		replayer:   o.Replayer,
+		checks:     o.Checks,
+		metrics:    o.Metrics,
+		log:        o.Logger,
+		maxBody:    o.MaxBodyBytes,
+		token:      tokenDigest(o.Token),
+		mux:        http.NewServeMux(),
+	}
+
+	s.mux.Handle("/graphql", s.graphQLHandler(o.ComplexityLimit, o.MaxDepth))
+	s.mux.HandleFunc("/readyz", s.handleReadyz)
+	s.mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ErrorHandling: promhttp.ContinueOnError,
+	}))
+	return s, nil
+}
+
+// ServeHTTP serves /healthz to anyone and every other route to requests
+// bearing the token.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/healthz" {
+		handleHealthz(w, r)
+		return
+	}
+	if !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="callbackd"`)
+		http.Error(w, "unauthorized: send Authorization: Bearer <admin token>", http.StatusUnauthorized)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	return tokenMatches(s.token, strings.TrimSpace(tok))
+}
+
+// graphQLHandler is POST /graphql: a JSON body of at most maxBody bytes,
+// complexity- and depth-limited.
+func (s *Server) graphQLHandler(complexityLimit, maxDepth int) http.Handler {
+	cfg := gql.Config{Resolvers: &resolver{s: s}}
+	cfg.Complexity.Query.Deliveries = func(child int, _, _ *string, _ *gql.DeliveryStatus, first *int, _ *string) int {
+		n := 50
+		if first != nil {
+			n = min(max(*first, 1), MaxDeliveriesFirst)
+		}
+		return 1 + child*n
+	}
+	h := handler.New(gql.NewExecutableSchema(cfg))
+	h.AddTransport(transport.POST{})
+	h.SetQueryCache(lru.New[*ast.QueryDocument](1000))
+	h.Use(extension.Introspection{})
+	h.Use(extension.FixedComplexityLimit(complexityLimit))
+	h.Use(depthLimit{max: maxDepth})
+	h.SetErrorPresenter(s.presentError)
+	h.SetRecoverFunc(func(_ context.Context, p any) error {
+		s.log.Error("api: resolver panicked", "panic", p)
+		return errors.New("internal server error")
+	})
+
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			methodNotAllowed(w, "POST")
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				http.Error(w, fmt.Sprintf("request body over %d bytes", s.maxBody), http.StatusRequestEntityTooLarge)
+				return
+			}
+			http.Error(w, "cannot read request body", http.StatusBadRequest)
+			return
+		}
+		if mt := r.Header.Get("Content-Type"); !strings.HasPrefix(strings.ToLower(strings.TrimSpace(mt)), "application/json") {
+			http.Error(w, "Content-Type must be application/json", http.StatusUnsupportedMediaType)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		h.ServeHTTP(w, r)
+	})
+}
+
+// presentError turns a resolver's error into the GraphQL error sent back.
+// Errors the API made on purpose (*gqlerror.Error: field errors and the
+// like) go out as they are; anything else is logged and sent with its
+// message.
+func (s *Server) presentError(ctx context.Context, err error) *gqlerror.Error {
+	var gerr *gqlerror.Error
+	if errors.As(err, &gerr) && gerr.Err == nil {
+		return graphql.DefaultErrorPresenter(ctx, err)
+	}
+	s.log.Warn("api: request failed", "path", graphql.GetPath(ctx).String(), "err", err)
+	return graphql.DefaultErrorPresenter(ctx, err)
+}
+
+func methodNotAllowed(w http.ResponseWriter, allow string) {
+	w.Header().Set("Allow", allow)
+	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+}
