@@ -20,17 +20,17 @@ const (
 // Record is one attempt or outcome. Header values are never part of it, and
 // URL has no userinfo or query.
 type Record struct {
-	DeliveryID      string    `json:"delivery_id"`
-	EventType       string    `json:"event_type"`
-	AccountID       string    `json:"account_id"`
-	ProjectID       string    `json:"project_id"`
-	URL             string    `json:"url,omitempty"`
-	Attempt         int       `json:"attempt"`
-	StatusCode      int       `json:"status_code,omitempty"`
-	Outcome         string    `json:"outcome"`
-	Error           string    `json:"error,omitempty"`
-	DurationMs      int64     `json:"duration_ms,omitempty"`
-	ResponseExcerpt string    `json:"response_excerpt,omitempty"`
+	DeliveryID      string `json:"delivery_id"`
+	EventType       string `json:"event_type"`
+	AccountID       string `json:"account_id"`
+	ProjectID       string `json:"project_id"`
+	URL             string `json:"url,omitempty"`
+	Attempt         int    `json:"attempt"`
+	StatusCode      int    `json:"status_code,omitempty"`
+	Outcome         string `json:"outcome"`
+	Error           string `json:"error,omitempty"`
+	DurationMs      int64  `json:"duration_ms,omitempty"`
+	ResponseExcerpt string `json:"response_excerpt,omitempty"`
 	// StartedAt is when the attempt started (zero for outcomes without one).
 	StartedAt time.Time `json:"started_at,omitzero"`
 	// At is when the record was made.
