@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -139,6 +140,9 @@ func (q queryResolver) Deliveries(ctx context.Context, projectID, accountID *str
 		return nil, unavailable("the delivery log")
 	}
 	page, err := q.s.deliveries.Query(ctx, f)
+	if errors.Is(err, ErrBadCursor) {
+		return nil, fieldError("after", "is not a cursor of this query (use pageInfo.endCursor)")
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -14,3 +14,8 @@ var ErrUnavailable = errors.New("not available on this server")
 // ErrUnauthorized is returned (wrapped) by Client when the server refused the
 // bearer token.
 var ErrUnauthorized = errors.New("unauthorized: missing or wrong admin token")
+
+// ErrBadCursor is what a DeliveryLog returns (wrapped) for an after cursor
+// it does not understand; the deliveries query then names the "after"
+// argument.
+var ErrBadCursor = errors.New("bad cursor")

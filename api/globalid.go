@@ -34,7 +34,11 @@ func ParseID(typ, s string) (string, error) {
 	if subjects.ValidateID(s) == nil {
 		return s, nil
 	}
-	raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(s, "="))
+	enc := base64.RawStdEncoding
+	if strings.HasSuffix(s, "=") {
+		enc = base64.StdEncoding // padded: the padding must be right
+	}
+	raw, err := enc.DecodeString(s)
 	if err != nil || !strings.HasPrefix(string(raw), globalIDPrefix) {
 		return "", fmt.Errorf("%w: %s is neither a global ID nor a plain number", ErrBadID, quoteShort(s))
 	}
