@@ -80,6 +80,12 @@ type Letter struct {
 	Size int `json:"size"`
 }
 
+// Validate checks f's event type, IDs, reason and time range.
+func (f Filter) Validate() error {
+	_, err := f.subject()
+	return err
+}
+
 // subject checks f and returns its subject filter.
 func (f Filter) subject() (string, error) {
 	if f.EventType != "" && f.EventType != subjects.DeadInvalidType {

@@ -95,10 +95,24 @@ func (f Filter) subject() (string, error) {
 	return subjects.LogFilter(f.AccountID, f.ProjectID, f.Outcome), nil
 }
 
-// ParseCursor returns the log sequence a cursor stands for.
+// Validate checks f's IDs, outcome and cursor.
+func (f Filter) Validate() error {
+	if _, err := f.subject(); err != nil {
+		return err
+	}
+	if f.After != "" {
+		if _, err := ParseCursor(f.After); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ParseCursor returns the log sequence a cursor stands for; "0" is the
+// position before the first record.
 func ParseCursor(c string) (uint64, error) {
 	seq, err := strconv.ParseUint(c, 10, 64)
-	if err != nil || seq == 0 {
+	if err != nil {
 		return 0, fmt.Errorf("%w: %q", ErrBadCursor, c)
 	}
 	return seq, nil
@@ -125,6 +139,9 @@ func (r *Reader) Query(ctx context.Context, f Filter) (Page, error) {
 		after, err := ParseCursor(f.After)
 		if err != nil {
 			return Page{}, err
+		}
+		if after == 0 {
+			return Page{}, nil
 		}
 		hi = min(hi, after-1)
 	}
@@ -206,17 +223,14 @@ func (r *Reader) Query(ctx context.Context, f Filter) (Page, error) {
 }
 
 // Head returns the cursor of the newest record in the log, whatever it
-// matches, or "" when the log is empty: Follow from it sees only records
+// matches ("0" when the log is empty): Follow from it sees only records
 // stored afterwards.
 func (r *Reader) Head(ctx context.Context) (string, error) {
 	s, err := r.js.Stream(ctx, subjects.LogStream)
 	if err != nil {
 		return "", fmt.Errorf("delivery log: %w", err)
 	}
-	if seq := s.CachedInfo().State.LastSeq; seq > 0 {
-		return strconv.FormatUint(seq, 10), nil
-	}
-	return "", nil
+	return strconv.FormatUint(s.CachedInfo().State.LastSeq, 10), nil
 }
 
 // Follow calls fn, in log order, for every record matching f that is newer
