@@ -27,6 +27,7 @@ func newRootCmd() *cobra.Command {
 		newSettingsCmd("project"),
 		newSettingsCmd("account"),
 		newSettingsCmd("sso-client"),
+		newDeliveriesCmd(), newReplayCmd(),
 		newVersionCmd(),
 	)
 	return root

@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/callbackd/callbackd/deliverylog"
+	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/subjects"
+	"github.com/callbackd/callbackd/testutil"
+)
+
+// cliJetStream starts JetStream with callbackd's streams for CLI tests.
+func cliJetStream(t *testing.T) *testutil.JetStream {
+	t.Helper()
+	js := testutil.RunJetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := dispatcher.EnsureStreams(ctx, js.JS, dispatcher.StreamOptions{
+		RetentionEvents: time.Hour, RetentionDead: time.Hour, RetentionLog: time.Hour, LogBytes: 1 << 30,
+		AckWait: 40 * time.Second, MaxAckPending: 64, MaxRetryPending: 1000,
+	}, testutil.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a command writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// runCLI runs callbackd with args against js and returns stdout, stderr
+// and the error.
+func runCLI(ctx context.Context, t *testing.T, js *testutil.JetStream, stdin string, stdout, stderr *syncBuffer, args ...string) error {
+	t.Helper()
+	root := newRootCmd()
+	root.SetArgs(append(args, "--config", "", "--log.level", "error", "--nats.embedded=false", "--nats.url", js.Server.ClientURL()))
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetIn(strings.NewReader(stdin))
+	return root.ExecuteContext(ctx)
+}
+
+func writeLog(t *testing.T, js *testutil.JetStream, recs ...deliverylog.Record) {
+	t.Helper()
+	w := deliverylog.NewWriter(js.JS, testutil.Logger(t), deliverylog.WriterOptions{})
+	for _, r := range recs {
+		w.Write(r)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.Close(ctx); err != nil || w.Dropped()+w.Failed() != 0 {
+		t.Fatalf("write log: %v (dropped %d, failed %d)", err, w.Dropped(), w.Failed())
+	}
+}
+
+func rec(id, project, outcome string) deliverylog.Record {
+	return deliverylog.Record{
+		DeliveryID: id, EventType: "crawl_status", AccountID: "7", ProjectID: project,
+		URL: "https://user:pw@hooks.example.com/cb?sig=secret", Attempt: 2, StatusCode: 503,
+		Outcome: outcome, Error: "HTTP 503\nService Unavailable", DurationMs: 1500, At: time.Now(),
+	}
+}
+
+func TestDeliveriesCmd_table_and_json(t *testing.T) {
+	js := cliJetStream(t)
+	writeLog(t, js,
+		rec("d-1", "11", deliverylog.OutcomeRetrying),
+		rec("d-2", "12", deliverylog.OutcomeDelivered),
+		rec("d-3", "11", deliverylog.OutcomeFailed),
+	)
+	ctx := testutil.Context(t)
+
+	var out, errOut syncBuffer
+	if err := runCLI(ctx, t, js, "", &out, &errOut, "deliveries", "--project", "11"); err != nil {
+		t.Fatalf("deliveries: %v (stderr %s)", err, errOut.String())
+	}
+	lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "TIME") || !strings.Contains(lines[0], "DELIVERY ID") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+	// Oldest first, newest at the bottom.
+	if !strings.Contains(lines[1], "d-1") || !strings.Contains(lines[2], "d-3") {
+		t.Errorf("rows out of order:\n%s", out.String())
+	}
+	for _, want := range []string{"crawl_status", "503", "retrying", "1.5s", "https://hooks.example.com/cb", "HTTP 503 Service Unavailable"} {
+		if !strings.Contains(lines[1], want) {
+			t.Errorf("row %q lacks %q", lines[1], want)
+		}
+	}
+	if strings.Contains(out.String(), "secret") || strings.Contains(out.String(), "pw@") {
+		t.Errorf("URL printed with userinfo or query:\n%s", out.String())
+	}
+	// Columns line up: each row's URL starts where the header's does.
+	col := strings.Index(lines[0], "URL")
+	for _, l := range lines[1:] {
+		if strings.Index(l, "https://") != col {
+			t.Errorf("misaligned:\n%s", out.String())
+		}
+	}
+
+	out = syncBuffer{}
+	if err := runCLI(ctx, t, js, "", &out, &errOut, "deliveries", "--status", "FAILED", "--json", "--since", "1h"); err != nil {
+		t.Fatal(err)
+	}
+	var e deliverylog.Entry
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out.String())), &e); err != nil || e.DeliveryID != "d-3" || e.Seq == 0 {
+		t.Fatalf("json: %q: %+v %v", out.String(), e, err)
+	}
+
+	out = syncBuffer{}
+	if err := runCLI(ctx, t, js, "", &out, &errOut, "deliveries", "--limit", "2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(out.String(), "\n"); got != 3 || !strings.Contains(out.String(), "d-2") || strings.Contains(out.String(), "d-1") {
+		t.Errorf("--limit 2 printed:\n%s", out.String())
+	}
+}
+
+func TestDeliveriesCmd_follow(t *testing.T) {
+	js := cliJetStream(t)
+	writeLog(t, js, rec("old", "11", deliverylog.OutcomeDelivered))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errOut syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- runCLI(ctx, t, js, "", &out, &errOut, "deliveries", "--project", "11", "--follow") }()
+	testutil.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if !strings.Contains(out.String(), "old") {
+			return errors.New("history not printed yet")
+		}
+		return nil
+	})
+	writeLog(t, js, rec("new-1", "11", deliverylog.OutcomeFailed), rec("other", "12", deliverylog.OutcomeFailed), rec("new-2", "11", deliverylog.OutcomeDelivered))
+	testutil.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		s := out.String()
+		if !strings.Contains(s, "new-2") {
+			return fmt.Errorf("followed so far:\n%s", s)
+		}
+		return nil
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("follow ended with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("follow did not stop")
+	}
+	s := out.String()
+	if strings.Count(s, "old") != 1 || strings.Contains(s, "other") || strings.Index(s, "new-1") > strings.Index(s, "new-2") {
+		t.Errorf("followed:\n%s", s)
+	}
+	if strings.Count(s, "TIME") != 1 {
+		t.Errorf("header printed more than once:\n%s", s)
+	}
+}
+
+func TestDeliveriesCmd_bad_flags(t *testing.T) {
+	js := cliJetStream(t)
+	for _, args := range [][]string{
+		{"deliveries", "--status", "exploded"},
+		{"deliveries", "--project", "abc"},
+		{"deliveries", "--since", "yesterday"},
+		{"deliveries", "--limit", "0"},
+		{"replay", "--reason", "Delivery Failed"},
+		{"replay", "--until", "soon"},
+	} {
+		var out, errOut syncBuffer
+		err := runCLI(testutil.Context(t), t, js, "", &out, &errOut, args...)
+		var ue usageError
+		if !errors.As(err, &ue) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: %v, want a one-line usage error", args, err)
+		}
+	}
+}
+
+func deadLetterForCLI(t *testing.T, js *testutil.JetStream, id, project, reason string) {
+	t.Helper()
+	k := subjects.EventKey{Type: "crawl_status", AccountID: "7", ProjectID: project}
+	orig, _ := subjects.Event(k)
+	m := nats.NewMsg(subjects.DeadFor(k))
+	m.Data = []byte(`{"crawl_id":1}`)
+	m.Header.Set(subjects.HeaderMsgID, "dead:"+subjects.Stream+":"+id)
+	m.Header.Set(subjects.HeaderReason, reason)
+	m.Header.Set(subjects.HeaderStatus, "")
+	m.Header.Set(subjects.HeaderAttempts, "4")
+	m.Header.Set(subjects.HeaderError, "timeout")
+	m.Header.Set(subjects.HeaderSubject, orig)
+	m.Header.Set(subjects.HeaderDeliveryID, id)
+	if _, err := js.JS.PublishMsg(testutil.Context(t), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func streamCount(t *testing.T, js *testutil.JetStream, name string) uint64 {
+	t.Helper()
+	s, err := js.JS.Stream(testutil.Context(t), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.CachedInfo().State.Msgs
+}
+
+func TestReplayCmd(t *testing.T) {
+	js := cliJetStream(t)
+	deadLetterForCLI(t, js, "a", "11", "delivery_failed")
+	deadLetterForCLI(t, js, "b", "11", "destination_not_allowed")
+	deadLetterForCLI(t, js, "c", "12", "delivery_failed")
+	ctx := testutil.Context(t)
+
+	var out, errOut syncBuffer
+	if err := runCLI(ctx, t, js, "", &out, &errOut, "replay", "--reason", "delivery_failed", "--dry-run"); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(out.String()); got != "matched 2, replayed 0 (dry run)" {
+		t.Errorf("dry run: %q", got)
+	}
+
+	out = syncBuffer{}
+	err := runCLI(ctx, t, js, "n\n", &out, &errOut, "replay", "--project", "11")
+	if err == nil || !strings.Contains(err.Error(), "not confirmed") || streamCount(t, js, subjects.DeadStream) != 3 {
+		t.Errorf("unconfirmed replay: %v", err)
+	}
+
+	out, errOut = syncBuffer{}, syncBuffer{}
+	if err := runCLI(ctx, t, js, "y\n", &out, &errOut, "replay", "--project", "11"); err != nil {
+		t.Fatalf("replay: %v (stderr %s)", err, errOut.String())
+	}
+	if got := strings.TrimSpace(out.String()); got != "matched 2, replayed 2" {
+		t.Errorf("summary %q", got)
+	}
+	if !strings.Contains(errOut.String(), "replaying") || !strings.Contains(errOut.String(), "2/2") {
+		t.Errorf("no progress bar on stderr: %q", errOut.String())
+	}
+	if streamCount(t, js, subjects.Stream) != 2 || streamCount(t, js, subjects.DeadStream) != 1 {
+		t.Errorf("after replay: CALLBACKS %d, CALLBACKS_DEAD %d", streamCount(t, js, subjects.Stream), streamCount(t, js, subjects.DeadStream))
+	}
+
+	out = syncBuffer{}
+	if err := runCLI(ctx, t, js, "", &out, &errOut, "replay", "--yes"); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(out.String()); got != "matched 1, replayed 1" {
+		t.Errorf("--yes: %q", got)
+	}
+}

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/callbackd/callbackd/deadletters"
+	"github.com/callbackd/callbackd/subjects"
+)
+
+func newReplayCmd() *cobra.Command {
+	var (
+		f            deadletters.Filter
+		since, until string
+		yes          bool
+	)
+	cmd := &cobra.Command{
+		Use:   "replay [--account A] [--project P] [--event-type T] [--reason R] [--since D] [--until D] [--dry-run] [--yes]",
+		Short: "Send dead letters back to their original subjects for delivery",
+		Long: `Send the dead letters of CALLBACKS_DEAD that match back to their original
+subjects (Callbackd-Subject) for delivery, with their original delivery id, and
+delete each one once its new copy is stored. Interrupting it is safe, and so is
+running it again.
+
+--reason is one of invalid_event, delivery_failed, destination_not_allowed,
+callback_failed_undeliverable. --event-type ` + subjects.DeadInvalidType + ` selects events whose subject did
+not parse. --since and --until take a duration back from now (30m, 2h, 7d) or
+an RFC 3339 time, and bound when the events were dead-lettered; without
+--until, what is dead-lettered after the count is left for another run.
+Without --yes it asks before replaying.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			now := time.Now()
+			if since != "" {
+				t, err := parseWhen(since, now)
+				if err != nil {
+					return usageError{fmt.Errorf("--since: %w", err)}
+				}
+				f.Since = t
+			}
+			f.Until = now
+			if until != "" {
+				t, err := parseWhen(until, now)
+				if err != nil {
+					return usageError{fmt.Errorf("--until: %w", err)}
+				}
+				f.Until = t
+			}
+			if err := f.Validate(); err != nil {
+				return usageError{err}
+			}
+			cfg, log, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			nc, err := dialNATS(cfg, log)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			js, err := jetstream.New(nc)
+			if err != nil {
+				return fmt.Errorf("jetstream: %w", err)
+			}
+			return replay(cmd, js, f, yes)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.AccountID, "account", "", "only this account ID")
+	fl.StringVar(&f.ProjectID, "project", "", "only this project ID")
+	fl.StringVar(&f.EventType, "event-type", "", "only this event type ("+subjects.DeadInvalidType+": events whose subject did not parse)")
+	fl.StringVar(&f.Reason, "reason", "", "only this Callbackd-Reason")
+	fl.StringVar(&since, "since", "", "only dead letters since this long ago (1h, 7d) or this RFC 3339 time")
+	fl.StringVar(&until, "until", "", "only dead letters until this long ago or this RFC 3339 time (default: now)")
+	fl.BoolVar(&f.DryRun, "dry-run", false, "count what would be replayed; change nothing")
+	fl.BoolVarP(&yes, "yes", "y", false, "replay without asking")
+	return cmd
+}
+
+func replay(cmd *cobra.Command, js jetstream.JetStream, f deadletters.Filter, yes bool) error {
+	ctx, out, errOut := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
+	count := f
+	count.DryRun = true
+	res, err := deadletters.Replay(ctx, js, count, nil)
+	if err != nil {
+		return err
+	}
+	if f.DryRun || res.Matched == 0 {
+		_, err := fmt.Fprintln(out, summary(res, f.DryRun))
+		return err
+	}
+	if !yes {
+		fmt.Fprintf(errOut, "replay %d dead letters to their original subjects? [y/N] ", res.Matched)
+		if !confirmed(cmd.InOrStdin()) {
+			return errors.New("replay not confirmed; nothing changed (--yes skips the question)")
+		}
+	}
+	bar := progressbar.NewOptions(res.Matched,
+		progressbar.OptionSetWriter(errOut),
+		progressbar.OptionSetDescription("replaying"),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionOnCompletion(func() { fmt.Fprintln(errOut) }),
+	)
+	res, err = deadletters.Replay(ctx, js, f, func(done, total int) {
+		if total != bar.GetMax() {
+			bar.ChangeMax(total)
+		}
+		_ = bar.Set(done)
+	})
+	if err == nil {
+		_ = bar.Finish()
+	} else {
+		fmt.Fprintln(errOut)
+	}
+	if _, perr := fmt.Fprintln(out, summary(res, false)); perr != nil && err == nil {
+		err = perr
+	}
+	if err != nil {
+		return fmt.Errorf("replay stopped after %d of %d (run it again to go on): %w", res.Replayed, res.Matched, err)
+	}
+	return nil
+}
+
+func summary(res deadletters.Result, dryRun bool) string {
+	s := fmt.Sprintf("matched %d, replayed %d", res.Matched, res.Replayed)
+	if dryRun {
+		s += " (dry run)"
+	}
+	if res.Skipped > 0 {
+		s += fmt.Sprintf(", skipped %d with no original subject to go back to", res.Skipped)
+	}
+	return s
+}
+
+func confirmed(in io.Reader) bool {
+	line, _ := bufio.NewReader(in).ReadString('\n')
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return true
+	}
+	return false
+}
