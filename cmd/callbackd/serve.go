@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
@@ -90,6 +91,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	wg.Go(func() { _ = view.Run(runCtx, store.KV()) })
 	defer wg.Wait()
 
+	metrics := newMetrics(cfg, top, log, nil)
 	d, err := dispatcher.New(js, top, view, dispatcher.Options{
 		Workers:            cfg.Dispatcher.Workers,
 		MaxPayload:         int64(cfg.Dispatcher.MaxPayload),
@@ -104,10 +106,20 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		PerHostConcurrency: cfg.Dispatcher.PerHostConcurrency,
 		MaxInFlight:        cfg.Delivery.MaxInFlight,
 		Logger:             log.With("component", "dispatcher"),
+		Observer:           metrics,
 	})
 	if err != nil {
 		return err
 	}
+	adm, err := startAPI(ctx, cfg, log, apiDeps{NC: nc, JS: js, Store: store, View: view, Transport: transport, Metrics: metrics})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		_ = adm.Shutdown(sctx)
+	}()
 	log.Info("callbackd serving", "version", version)
 	err = d.Run(ctx)
 	log.Info("callbackd stopped")

@@ -1,0 +1,336 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/callbackd/callbackd/api"
+	"github.com/callbackd/callbackd/config"
+	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/settings"
+	"github.com/callbackd/callbackd/testutil"
+)
+
+// apiEnv is a running admin API as serve starts it, on a real JetStream.
+type apiEnv struct {
+	cfg  *config.Config
+	adm  *adminAPI
+	js   *testutil.JetStream
+	view *settings.View
+	logs *lockedBuffer
+}
+
+// lockedBuffer collects log output from several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startTestAPI runs startAPI with tweak applied to a default config whose
+// data_dir is a temp dir and whose API listens on a random loopback port.
+func startTestAPI(t *testing.T, tweak func(*config.Config)) *apiEnv {
+	t.Helper()
+	js := testutil.RunJetStream(t)
+	ctx := testutil.Context(t)
+	top, err := dispatcher.EnsureStreams(ctx, js.JS, dispatcher.StreamOptions{
+		RetentionEvents: time.Hour, RetentionDead: time.Hour, RetentionLog: time.Hour, LogBytes: 1 << 30,
+		AckWait: 40 * time.Second, MaxAckPending: 64, MaxRetryPending: 1000,
+	}, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := settings.NewView(testutil.Logger(t))
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = view.Run(runCtx, store.KV()) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	cfg := config.Default()
+	cfg.DataDir = filepath.Join(t.TempDir(), "data")
+	cfg.API.Listen = "127.0.0.1:0"
+	if tweak != nil {
+		tweak(cfg)
+	}
+	logs := &lockedBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	transport, err := buildTransport(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(transport.Close)
+	adm, err := startAPI(ctx, cfg, log, apiDeps{
+		NC: js.NC, JS: js.JS, Store: store, View: view, Transport: transport,
+		Metrics: newMetrics(cfg, top, log, nil),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		_ = adm.Shutdown(sctx)
+	})
+	return &apiEnv{cfg: cfg, adm: adm, js: js, view: view, logs: logs}
+}
+
+// settingsCLI runs callbackd with args pointed at e's API and data dir.
+func (e *apiEnv) settingsCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(io.Discard)
+	listen := e.adm.Addr.String()
+	root.SetArgs(append(args, "--config", "", "--log.level", "error", "--data_dir", e.cfg.DataDir, "--api.listen", listen,
+		"--api.tls.cert", e.cfg.API.TLS.Cert, "--api.tls.key", e.cfg.API.TLS.Key))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err := root.ExecuteContext(ctx)
+	return out.String(), err
+}
+
+func TestStartAPI_generates_the_token_and_serves(t *testing.T) {
+	e := startTestAPI(t, nil)
+	tok, err := api.ReadToken(e.cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(api.TokenPath(e.cfg.DataDir))
+	di, _ := os.Stat(e.cfg.DataDir)
+	if fi.Mode().Perm() != 0o600 || di.Mode().Perm() != 0o700 {
+		t.Errorf("modes: token %v, data_dir %v", fi.Mode().Perm(), di.Mode().Perm())
+	}
+	base := "http://" + e.adm.Addr.String()
+	get := func(path, token string) int {
+		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := get("/healthz", ""); c != 200 {
+		t.Errorf("/healthz: %d", c)
+	}
+	if c := get("/readyz", ""); c != 401 {
+		t.Errorf("/readyz without token: %d", c)
+	}
+	testutil.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if c := get("/readyz", tok); c != 200 {
+			return errors.New("not ready")
+		}
+		return nil
+	})
+	if c := get("/metrics", tok); c != 200 {
+		t.Errorf("/metrics: %d", c)
+	}
+	if strings.Contains(e.logs.String(), tok) {
+		t.Fatal("the token was logged")
+	}
+	if !strings.Contains(e.logs.String(), "admin API token generated") || strings.Contains(e.logs.String(), "beyond loopback") {
+		t.Errorf("logs: %s", e.logs.String())
+	}
+}
+
+func TestSettingsCLI_through_the_API(t *testing.T) {
+	e := startTestAPI(t, nil)
+
+	out, err := e.settingsCLI(t, "project", "set", "123", "--url", "https://www.example.com/webhook?sig=abc", "--header", "Authorization: Bearer your-token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"project 123 (TjAwNlByb2plY3QxMjM)", "apiCallbackUrl: https://www.example.com/webhook\n", "Authorization: [REDACTED]"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("set output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "your-token") || strings.Contains(out, "sig=abc") {
+		t.Errorf("secrets printed:\n%s", out)
+	}
+	// The dispatcher's view has it.
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if _, ok := e.view.Destination("1", "123"); !ok {
+			return errors.New("not in the view")
+		}
+		return nil
+	})
+
+	out, err = e.settingsCLI(t, "project", "get", "TjAwNlByb2plY3QxMjM", "--show-secrets")
+	if err != nil || !strings.Contains(out, "Authorization: Bearer your-token") || !strings.Contains(out, "sig=abc") {
+		t.Errorf("get --show-secrets: %v\n%s", err, out)
+	}
+	out, err = e.settingsCLI(t, "project", "get", "123", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var j map[string]any
+	if err := json.Unmarshal([]byte(out), &j); err != nil {
+		t.Fatalf("--json: %v\n%s", err, out)
+	}
+	if j["id"] != "TjAwNlByb2plY3QxMjM" || j["apiCallbackUrl"] != "https://www.example.com/webhook" {
+		t.Errorf("--json: %v", j)
+	}
+	if hs, _ := j["apiCallbackHeaders"].([]any); len(hs) != 1 || hs[0].(map[string]any)["value"] != "[REDACTED]" {
+		t.Errorf("--json headers: %v", j["apiCallbackHeaders"])
+	}
+
+	// Clearing, and the account's SSO client.
+	out, err = e.settingsCLI(t, "project", "set", "123", "--clear-url", "--clear-headers")
+	if err != nil || !strings.Contains(out, "apiCallbackUrl: (not set)") || !strings.Contains(out, "apiCallbackHeaders: (none)") {
+		t.Errorf("clear: %v\n%s", err, out)
+	}
+	out, err = e.settingsCLI(t, "account", "set", "9", "--sso-client", "77", "--url", "https://a.example.com/")
+	if err != nil || !strings.Contains(out, "ssoClientId: 77 (TjAwNlNzb0NsaWVudDc3)") {
+		t.Errorf("account set: %v\n%s", err, out)
+	}
+	out, err = e.settingsCLI(t, "sso-client", "set", "77", "--url", "https://sso.example.com/hook", "--header", "X-Sig: s")
+	if err != nil || !strings.Contains(out, "SSO client 77") || !strings.Contains(out, "webhookUrl: https://sso.example.com/hook") {
+		t.Errorf("sso-client set: %v\n%s", err, out)
+	}
+
+	// A field error is one clear line and a usage error.
+	_, err = e.settingsCLI(t, "project", "set", "123", "--url", "ftp://x")
+	var ue usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "apiCallbackUrl") || strings.Contains(err.Error(), "\n") {
+		t.Errorf("bad URL: %v", err)
+	}
+	if _, err := e.settingsCLI(t, "project", "set", "123"); !errors.As(err, &ue) {
+		t.Errorf("nothing to change: %v", err)
+	}
+}
+
+func TestSettingsCLI_token_sources(t *testing.T) {
+	e := startTestAPI(t, func(c *config.Config) { c.API.Token = "configured-token-0123456789" })
+	if _, err := os.Stat(api.TokenPath(e.cfg.DataDir)); err == nil {
+		t.Error("a token file was written although api.token is set")
+	}
+	// No token anywhere the CLI looks.
+	if _, err := e.settingsCLI(t, "project", "get", "1"); err == nil || !strings.Contains(err.Error(), "no admin token") {
+		t.Errorf("no token: %v", err)
+	}
+	if _, err := e.settingsCLI(t, "project", "get", "1", "--token", "wrong-token-0123456789"); !errors.Is(err, api.ErrUnauthorized) {
+		t.Errorf("wrong token: %v", err)
+	}
+	if _, err := e.settingsCLI(t, "project", "get", "1", "--token", "configured-token-0123456789"); err != nil {
+		t.Errorf("--token: %v", err)
+	}
+	if _, err := e.settingsCLI(t, "project", "get", "1", "--api.token", "configured-token-0123456789"); err != nil {
+		t.Errorf("--api.token: %v", err)
+	}
+	t.Setenv(tokenEnv, "configured-token-0123456789")
+	if _, err := e.settingsCLI(t, "project", "get", "1"); err != nil {
+		t.Errorf("%s: %v", tokenEnv, err)
+	}
+}
+
+func TestStartAPI_warns_beyond_loopback_without_TLS(t *testing.T) {
+	e := startTestAPI(t, func(c *config.Config) { c.API.Listen = "0.0.0.0:0" })
+	if !strings.Contains(e.logs.String(), "beyond loopback without TLS") {
+		t.Errorf("no warning: %s", e.logs.String())
+	}
+}
+
+func TestStartAPI_serves_TLS(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := selfSignedCert(t, dir)
+	e := startTestAPI(t, func(c *config.Config) {
+		c.API.Listen = "0.0.0.0:0"
+		c.API.TLS.Cert, c.API.TLS.Key = cert, key
+	})
+	if strings.Contains(e.logs.String(), "beyond loopback") {
+		t.Errorf("warned although TLS is on: %s", e.logs.String())
+	}
+	port := e.adm.Addr.(*net.TCPAddr).Port
+	resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + "/healthz")
+	if err == nil {
+		_ = resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Error("plain HTTP answered on the TLS listener")
+		}
+	}
+	// The CLI trusts the configured certificate.
+	out, err := e.settingsCLI(t, "project", "set", "5", "--url", "https://tls.example.com/")
+	if err != nil || !strings.Contains(out, "project 5") {
+		t.Fatalf("CLI over TLS: %v\n%s", err, out)
+	}
+}
+
+// selfSignedCert writes a certificate for 127.0.0.1 and its key to dir.
+func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "callbackd test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callbackd/callbackd/api"
+	"github.com/callbackd/callbackd/config"
+	"github.com/callbackd/callbackd/deadletters"
+	"github.com/callbackd/callbackd/deliverylog"
+	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/settings"
+	"github.com/callbackd/callbackd/subjects"
+)
+
+// apiDeps is what the admin API takes from serve.
+type apiDeps struct {
+	NC        *nats.Conn
+	JS        jetstream.JetStream
+	Store     *settings.Store
+	View      *settings.View
+	Transport plugins.Transport
+	// Metrics is the Observer given to the dispatcher (newMetrics).
+	Metrics *api.Metrics
+	// Plugins reports whether every plugin process is running; nil when
+	// plugins run in-process.
+	Plugins func(ctx context.Context) error
+}
+
+// adminAPI is a running admin API.
+type adminAPI struct {
+	// Addr is where it listens (the port chosen when api.listen ends in :0).
+	Addr net.Addr
+	// Shutdown stops accepting requests and waits for those in progress
+	// until ctx is done.
+	Shutdown func(ctx context.Context) error
+}
+
+// newMetrics makes the metrics that the dispatcher observes and /metrics
+// serves; pluginRestarts may be nil.
+func newMetrics(cfg *config.Config, top dispatcher.Topology, log *slog.Logger, pluginRestarts api.ValueFunc) *api.Metrics {
+	eventTypes := []string{"callback_failed"}
+	for t := range cfg.Plugins.Encoders {
+		eventTypes = append(eventTypes, t)
+	}
+	o := api.MetricsOptions{EventTypes: eventTypes, PluginRestarts: pluginRestarts, Logger: log}
+	if c := top.Dispatcher; c != nil {
+		o.ConsumerLag = func(ctx context.Context) (float64, error) {
+			info, err := c.Info(ctx)
+			if err != nil {
+				return 0, err
+			}
+			return float64(info.NumPending), nil
+		}
+	}
+	if c := top.Retrier; c != nil {
+		o.PendingRetries = func(ctx context.Context) (float64, error) {
+			info, err := c.Info(ctx)
+			if err != nil {
+				return 0, err
+			}
+			return float64(info.NumPending + uint64(info.NumAckPending)), nil
+		}
+	}
+	return api.NewMetrics(o)
+}
+
+// startAPI serves the admin API on api.listen (TLS when api.tls is set)
+// until Shutdown. The token is api.token, else the one in
+// <data_dir>/admin.token, made on first start; it is never logged.
+func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps apiDeps) (*adminAPI, error) {
+	log = log.With("component", "api")
+	token := cfg.API.Token
+	if token == "" {
+		var created bool
+		var err error
+		token, created, err = api.LoadOrCreateToken(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		if created {
+			log.Info("admin API token generated", "file", api.TokenPath(cfg.DataDir))
+		}
+	}
+
+	srv, err := api.New(api.Options{
+		Store:      deps.Store,
+		Token:      token,
+		Guard:      plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs()),
+		Transport:  deps.Transport,
+		Deliveries: deliveryLog{deliverylog.NewReader(deps.JS)},
+		Replayer:   replayer{deps.JS},
+		Checks:     readyChecks(deps),
+		Metrics:    deps.Metrics,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	var tlsConfig *tls.Config
+	if cfg.API.TLS.Cert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.API.TLS.Cert, cfg.API.TLS.Key)
+		if err != nil {
+			return nil, fmt.Errorf("api.tls: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", cfg.API.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("api.listen: %w", err)
+	}
+	if tlsConfig == nil && !isLoopback(ln.Addr()) {
+		log.Warn("admin API listens beyond loopback without TLS: the bearer token and settings (header values included) cross the network in clear; set api.tls.cert and api.tls.key",
+			"addr", ln.Addr().String())
+	}
+
+	hs := &http.Server{
+		Handler:           srv,
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	go func() {
+		var err error
+		if tlsConfig != nil {
+			err = hs.ServeTLS(ln, "", "")
+		} else {
+			err = hs.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin API stopped", "err", err)
+		}
+	}()
+	scheme := "http"
+	if tlsConfig != nil {
+		scheme = "https"
+	}
+	log.Info("admin API listening", "url", scheme+"://"+ln.Addr().String())
+	return &adminAPI{Addr: ln.Addr(), Shutdown: hs.Shutdown}, nil
+}
+
+// isLoopback reports whether addr is a loopback address; a wildcard
+// address (0.0.0.0, ::) is not.
+func isLoopback(addr net.Addr) bool {
+	ta, ok := addr.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
+// readyChecks are /readyz's conditions (SPEC §3, §4).
+func readyChecks(deps apiDeps) []api.Check {
+	checks := []api.Check{
+		{Name: "nats", Fn: func(context.Context) error {
+			if s := deps.NC.Status(); s != nats.CONNECTED {
+				return fmt.Errorf("not connected to NATS (%s)", s)
+			}
+			return nil
+		}},
+		{Name: "streams", Fn: func(ctx context.Context) error {
+			for _, name := range []string{subjects.Stream, subjects.RetryStream, subjects.DeadStream, subjects.LogStream, "KV_" + subjects.SettingsBucket} {
+				if _, err := deps.JS.Stream(ctx, name); err != nil {
+					return fmt.Errorf("stream %s: %w", name, err)
+				}
+			}
+			return nil
+		}},
+		{Name: "settings", Fn: func(context.Context) error {
+			select {
+			case <-deps.View.Ready():
+				return deps.View.Err()
+			default:
+				return errors.New("settings view not loaded yet")
+			}
+		}},
+	}
+	if deps.Plugins != nil {
+		checks = append(checks, api.Check{Name: "plugins", Fn: deps.Plugins})
+	}
+	return checks
+}
+
+// deliveryLog serves the deliveries query from the delivery log.
+type deliveryLog struct{ r *deliverylog.Reader }
+
+func (l deliveryLog) Query(ctx context.Context, f api.DeliveryFilter) (api.DeliveryPage, error) {
+	p, err := l.r.Query(ctx, deliverylog.Filter{
+		AccountID: f.AccountID,
+		ProjectID: f.ProjectID,
+		Outcome:   f.Outcome,
+		First:     f.First,
+		After:     f.After,
+	})
+	if errors.Is(err, deliverylog.ErrBadCursor) {
+		return api.DeliveryPage{}, fmt.Errorf("%w: %w", api.ErrBadCursor, err)
+	}
+	if err != nil {
+		return api.DeliveryPage{}, err
+	}
+	out := api.DeliveryPage{HasNextPage: p.HasNext, Deliveries: make([]api.LoggedDelivery, len(p.Records))}
+	for i, e := range p.Records {
+		out.Deliveries[i] = api.LoggedDelivery{Key: e.Cursor(), Cursor: e.Cursor(), Record: e.Record}
+	}
+	return out, nil
+}
+
+// replayer runs replayDeadLetters with the deadletters package.
+type replayer struct{ js jetstream.JetStream }
+
+func (r replayer) Replay(ctx context.Context, f api.ReplayFilter) (api.ReplayResult, error) {
+	res, err := deadletters.Replay(ctx, r.js, deadletters.Filter{
+		AccountID: f.AccountID,
+		ProjectID: f.ProjectID,
+		EventType: f.EventType,
+		Reason:    f.Reason,
+		Since:     f.Since,
+		Until:     f.Until,
+		DryRun:    f.DryRun,
+	}, nil)
+	if err != nil {
+		return api.ReplayResult{}, err
+	}
+	return api.ReplayResult{Matched: res.Matched, Replayed: res.Replayed}, nil
+}
