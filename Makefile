@@ -11,8 +11,10 @@ FUZZTIME    ?= 20s
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# protoc-gen-go and protoc-gen-go-grpc are pinned in plugins/proto/buf.gen.yaml.
+BUF         := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
-.PHONY: help build run test test-short lint fmt fuzz bench
+.PHONY: help build run test test-short lint fmt fuzz bench proto
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -45,3 +47,6 @@ fuzz: ## run every fuzz target for FUZZTIME each
 
 bench: ## run the Go benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem $(PKG)
+
+proto: ## regenerate plugins/pluginpb from plugins/proto (buf and the protoc plugins via go run)
+	cd plugins/proto && $(GO) run $(BUF) lint && $(GO) run $(BUF) generate

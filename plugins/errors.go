@@ -24,3 +24,17 @@ type invalidError struct{ msg string }
 
 func (e *invalidError) Error() string { return e.msg }
 func (e *invalidError) Unwrap() error { return ErrInvalidEvent }
+
+// ErrPluginUnavailable is returned (wrapped) by the host side of a plugin
+// when the call could not be made or answered: the plugin process is down,
+// restarting or refused, or its connection broke with the call in flight.
+// It is an infrastructure error: the event is tried again later and it costs
+// no delivery attempt. A call past its deadline returns an error wrapping
+// context.DeadlineExceeded instead.
+var ErrPluginUnavailable = errors.New("plugin unavailable")
+
+// ErrPluginFailed is returned (wrapped) by the host side of a plugin when
+// the plugin answered with an error of its own other than an invalid event
+// (a panic recovered, a bug, a dependency down). Like ErrPluginUnavailable
+// it is an infrastructure error.
+var ErrPluginFailed = errors.New("plugin failed")

@@ -1,0 +1,237 @@
+package plugins
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/callbackd/callbackd/plugins/pluginpb"
+)
+
+// StreamOptions configure the host side of a plugin's stream.
+type StreamOptions struct {
+	// Plugin names the plugin in errors, for example "builtin" or
+	// "crawl_failed".
+	Plugin string
+	// Timeout is the deadline of a call whose context has none, so that
+	// no call waits forever. 0 means 5s.
+	Timeout time.Duration
+	// OnEnd, if not nil, is called once when the stream ends other than by
+	// Close: the plugin process died or the connection broke. Calls fail
+	// with ErrPluginUnavailable from then on.
+	OnEnd func(error)
+}
+
+func (o StreamOptions) timeout() time.Duration {
+	if o.Timeout <= 0 {
+		return 5 * time.Second
+	}
+	return o.Timeout
+}
+
+// withDeadline gives ctx the default deadline when it has none.
+func withDeadline(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// ---- plugin side ----
+
+// encoderServer serves the encoders of one plugin process, by name.
+type encoderServer struct {
+	pluginpb.UnimplementedEncoderServiceServer
+	encoders map[string]Encoder
+	only     Encoder // the encoder when there is exactly one
+}
+
+func newEncoderServer(encoders map[string]Encoder) *encoderServer {
+	s := &encoderServer{encoders: encoders}
+	if len(encoders) == 1 {
+		for _, e := range encoders {
+			s.only = e
+		}
+	}
+	return s
+}
+
+// Encode serves one host's stream of encode requests.
+func (s *encoderServer) Encode(stream pluginpb.EncoderService_EncodeServer) error {
+	return serveMux(stream.Context(), encodeServerStream{stream},
+		func(it *pluginpb.EncodeItem) (uint64, time.Duration) {
+			return it.GetId(), time.Duration(it.GetTimeoutNs())
+		},
+		s.encode)
+}
+
+func (s *encoderServer) encode(ctx context.Context, it *pluginpb.EncodeItem) (res *pluginpb.EncodeResult) {
+	res = &pluginpb.EncodeResult{Id: it.GetId()}
+	enc := s.only
+	if name := it.GetEncoder(); name != "" || enc == nil {
+		enc = s.encoders[name]
+	}
+	if enc == nil {
+		res.Error = &pluginpb.Error{
+			Code:    pluginpb.ErrorCode_ERROR_CODE_UNKNOWN_ENCODER,
+			Message: fmt.Sprintf("no encoder %q in this plugin (it serves %v)", it.GetEncoder(), sortedKeys(s.encoders)),
+		}
+		return res
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			res = &pluginpb.EncodeResult{Id: it.GetId(), Error: panicError(p)}
+		}
+	}()
+	out, err := enc.Encode(ctx, eventFromPB(it.GetEvent()))
+	if err != nil {
+		res.Error = errorToPB(err)
+		return res
+	}
+	res.SkipReason = out.SkipReason
+	res.Notification = notificationToPB(out.Notification)
+	return res
+}
+
+type encodeServerStream struct {
+	s pluginpb.EncoderService_EncodeServer
+}
+
+func (w encodeServerStream) send(items []*pluginpb.EncodeResult, _ []uint64) error {
+	return w.s.Send(&pluginpb.EncodeResponse{Items: items})
+}
+
+func (w encodeServerStream) recv() ([]*pluginpb.EncodeItem, []uint64, error) {
+	req, err := w.s.Recv()
+	if err != nil {
+		return nil, nil, err
+	}
+	return req.GetItems(), req.GetCancel(), nil
+}
+
+func panicError(p any) *pluginpb.Error {
+	return &pluginpb.Error{Code: pluginpb.ErrorCode_ERROR_CODE_INTERNAL, Message: fmt.Sprintf("panic: %v", p)}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// ---- host side ----
+
+// EncoderClient is the host's client of a plugin process's encoders. It
+// carries every Encode call of every encoder of the process on one stream;
+// Start opens it. It is safe for concurrent use.
+type EncoderClient struct {
+	client pluginpb.EncoderServiceClient
+
+	mu   sync.Mutex
+	opts StreamOptions
+	mux  *clientMux[pluginpb.EncodeItem, pluginpb.EncodeResult]
+}
+
+// NewEncoderClient returns a client of the encoder service on cc.
+func NewEncoderClient(cc grpc.ClientConnInterface) *EncoderClient {
+	return &EncoderClient{client: pluginpb.NewEncoderServiceClient(cc)}
+}
+
+// Start opens the stream. Calls made before Start fail with
+// ErrPluginUnavailable.
+func (c *EncoderClient) Start(o StreamOptions) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := c.client.Encode(ctx)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("%w: %s: open encode stream: %v", ErrPluginUnavailable, o.Plugin, err)
+	}
+	mux := newClientMux(o.Plugin, batchStream[pluginpb.EncodeItem, pluginpb.EncodeResult](encodeClientStream{st}), cancel,
+		func(it *pluginpb.EncodeItem, id uint64, timeout time.Duration) {
+			it.Id, it.TimeoutNs = id, int64(timeout)
+		},
+		(*pluginpb.EncodeResult).GetId,
+		o.OnEnd)
+	c.mu.Lock()
+	old := c.mux
+	c.opts, c.mux = o, mux
+	c.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	return nil
+}
+
+// Close ends the stream; calls in flight fail with ErrPluginUnavailable.
+func (c *EncoderClient) Close() {
+	c.mu.Lock()
+	mux := c.mux
+	c.mu.Unlock()
+	if mux != nil {
+		mux.close()
+	}
+}
+
+// Encoder returns the Encoder that calls the process's encoder of the
+// given name ("" when the process serves only one); Info answers with info
+// without a call.
+func (c *EncoderClient) Encoder(name string, info EncoderInfo) Encoder {
+	return &remoteEncoder{c: c, name: name, info: info}
+}
+
+func (c *EncoderClient) current() (*clientMux[pluginpb.EncodeItem, pluginpb.EncodeResult], StreamOptions) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mux, c.opts
+}
+
+type encodeClientStream struct {
+	s pluginpb.EncoderService_EncodeClient
+}
+
+func (w encodeClientStream) send(items []*pluginpb.EncodeItem, cancel []uint64) error {
+	return w.s.Send(&pluginpb.EncodeRequest{Items: items, Cancel: cancel})
+}
+
+func (w encodeClientStream) recv() ([]*pluginpb.EncodeResult, []uint64, error) {
+	resp, err := w.s.Recv()
+	if err != nil {
+		return nil, nil, err
+	}
+	return resp.GetItems(), nil, nil
+}
+
+// remoteEncoder is one encoder of a plugin process.
+type remoteEncoder struct {
+	c    *EncoderClient
+	name string
+	info EncoderInfo
+}
+
+func (e *remoteEncoder) Info(context.Context) (EncoderInfo, error) {
+	return e.info, nil
+}
+
+func (e *remoteEncoder) Encode(ctx context.Context, ev Event) (Encoded, error) {
+	mux, o := e.c.current()
+	if mux == nil {
+		return Encoded{}, fmt.Errorf("%w: encoder stream not started", ErrPluginUnavailable)
+	}
+	ctx, cancel := withDeadline(ctx, o.timeout())
+	defer cancel()
+	res, err := mux.call(ctx, &pluginpb.EncodeItem{Encoder: e.name, Event: eventToPB(ev)})
+	if err != nil {
+		return Encoded{}, err
+	}
+	if res.Error != nil {
+		return Encoded{}, errorFromPB(o.Plugin, res.Error)
+	}
+	return Encoded{Notification: notificationFromPB(res.Notification), SkipReason: res.GetSkipReason()}, nil
+}

@@ -1,0 +1,346 @@
+package plugins
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+	"time"
+)
+
+// This file multiplexes per-event calls onto one long-lived bidirectional
+// stream per plugin process (SPEC §5). Measured on a 2-core machine, a
+// unary gRPC call costs ~75 µs of CPU, so two per event cut throughput to
+// 0.3–0.6 of in-process; batching items on one stream amortises that cost.
+//
+// Both directions batch the same way: a single sender goroutine waits for
+// work, yields once (runtime.Gosched) so that callers running at the same
+// time can add theirs, then sends everything queued, up to maxBatch items a
+// message. There are no timers: an idle stream sends a lone item at once.
+
+// maxBatch caps the items of one stream message.
+const maxBatch = 64
+
+// batchStream is one bidirectional stream of batches, seen from one side:
+// send writes items (and the ids of items to cancel, host side only),
+// recv reads the next batch from the peer.
+type batchStream[Out, In any] interface {
+	send(items []*Out, cancel []uint64) error
+	recv() ([]*In, []uint64, error)
+}
+
+// batcher queues outgoing items for one sender goroutine.
+type batcher[Out any] struct {
+	mu      sync.Mutex
+	queue   []*Out
+	cancel  []uint64
+	spare   []*Out
+	wake    chan struct{}
+	stopped bool
+}
+
+func newBatcher[Out any]() *batcher[Out] {
+	return &batcher[Out]{wake: make(chan struct{}, 1)}
+}
+
+// push queues an item (or a cancellation, when item is nil) and wakes the
+// sender. It reports false once the batcher has stopped.
+func (b *batcher[Out]) push(item *Out, cancel uint64) bool {
+	b.mu.Lock()
+	if b.stopped {
+		b.mu.Unlock()
+		return false
+	}
+	if item != nil {
+		b.queue = append(b.queue, item)
+	} else {
+		b.cancel = append(b.cancel, cancel)
+	}
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take returns up to maxBatch queued items and every queued cancellation;
+// ok is false when there is nothing queued.
+func (b *batcher[Out]) take() (items []*Out, cancel []uint64, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) == 0 && len(b.cancel) == 0 {
+		return nil, nil, false
+	}
+	if len(b.queue) <= maxBatch {
+		items, b.queue, b.spare = b.queue, b.spare, nil
+	} else {
+		items = make([]*Out, maxBatch)
+		copy(items, b.queue)
+		n := copy(b.queue, b.queue[maxBatch:])
+		clear(b.queue[n:])
+		b.queue = b.queue[:n]
+	}
+	cancel, b.cancel = b.cancel, nil
+	return items, cancel, true
+}
+
+// recycle hands a sent batch's slice back for reuse.
+func (b *batcher[Out]) recycle(items []*Out) {
+	if cap(items) > 4*maxBatch {
+		return
+	}
+	clear(items)
+	b.mu.Lock()
+	if b.spare == nil {
+		b.spare = items[:0]
+	}
+	b.mu.Unlock()
+}
+
+func (b *batcher[Out]) stop() {
+	b.mu.Lock()
+	b.stopped = true
+	b.queue, b.cancel, b.spare = nil, nil, nil
+	b.mu.Unlock()
+}
+
+// run sends batches until done is closed or send fails.
+func (b *batcher[Out]) run(done <-chan struct{}, send func([]*Out, []uint64) error) error {
+	for {
+		select {
+		case <-b.wake:
+		case <-done:
+			return nil
+		}
+		// Let callers that are running right now queue their items too,
+		// so that they leave in this batch rather than one message each.
+		runtime.Gosched()
+		for {
+			items, cancel, ok := b.take()
+			if !ok {
+				break
+			}
+			if err := send(items, cancel); err != nil {
+				return err
+			}
+			b.recycle(items)
+		}
+	}
+}
+
+// clientMux is the host side of a batch stream: it gives each call an id,
+// queues its item, and hands it the reply with that id.
+type clientMux[Out, In any] struct {
+	// plugin names the plugin in errors.
+	plugin   string
+	setID    func(*Out, uint64, time.Duration)
+	resultID func(*In) uint64
+	stop     func() // cancels the stream
+
+	out  *batcher[Out]
+	mu   sync.Mutex
+	next uint64
+	wait map[uint64]chan *In
+	err  error         // why the stream ended, set once
+	done chan struct{} // closed when the stream has ended
+}
+
+// newClientMux starts the sender and receiver of st. stop must make a
+// blocked st.recv return (cancel the stream's context). onEnd, if not nil,
+// is called once when the stream ends, with the error calls then get.
+func newClientMux[Out, In any](plugin string, st batchStream[Out, In], stop func(), setID func(*Out, uint64, time.Duration), resultID func(*In) uint64, onEnd func(error)) *clientMux[Out, In] {
+	m := &clientMux[Out, In]{
+		plugin:   plugin,
+		setID:    setID,
+		resultID: resultID,
+		stop:     stop,
+		out:      newBatcher[Out](),
+		wait:     make(map[uint64]chan *In),
+		done:     make(chan struct{}),
+	}
+	go func() {
+		if err := m.out.run(m.done, st.send); err != nil {
+			m.end(err)
+		}
+	}()
+	go func() {
+		for {
+			replies, _, err := st.recv()
+			if err != nil {
+				m.end(err)
+				if onEnd != nil {
+					onEnd(m.Err())
+				}
+				return
+			}
+			m.mu.Lock()
+			for _, r := range replies {
+				id := m.resultID(r)
+				if ch, ok := m.wait[id]; ok {
+					delete(m.wait, id)
+					ch <- r // buffered: never blocks
+				}
+			}
+			m.mu.Unlock()
+		}
+	}()
+	return m
+}
+
+// end marks the stream ended with err; calls in flight and later calls fail.
+func (m *clientMux[Out, In]) end(err error) {
+	m.mu.Lock()
+	if m.err != nil {
+		m.mu.Unlock()
+		return
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = errors.New("stream closed")
+	}
+	m.err = fmt.Errorf("%w: %s: %v", ErrPluginUnavailable, m.plugin, err)
+	m.wait = nil
+	close(m.done)
+	m.mu.Unlock()
+	m.out.stop()
+	m.stop()
+}
+
+// Err returns why the stream ended, nil while it is up.
+func (m *clientMux[Out, In]) Err() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.err
+}
+
+// call sends item and waits for its reply, ctx's end or the stream's end.
+// The item's timeout is what is left of ctx's deadline.
+func (m *clientMux[Out, In]) call(ctx context.Context, item *Out) (*In, error) {
+	var timeout time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+		if timeout <= 0 {
+			return nil, fmt.Errorf("plugin %s: %w", m.plugin, context.DeadlineExceeded)
+		}
+	}
+	ch := make(chan *In, 1)
+	m.mu.Lock()
+	if m.err != nil {
+		err := m.err
+		m.mu.Unlock()
+		return nil, err
+	}
+	m.next++
+	id := m.next
+	m.wait[id] = ch
+	m.mu.Unlock()
+	m.setID(item, id, timeout)
+	if !m.out.push(item, 0) {
+		return nil, m.Err()
+	}
+
+	select {
+	case r := <-ch:
+		return r, nil
+	case <-m.done:
+		select {
+		case r := <-ch:
+			return r, nil
+		default:
+		}
+		return nil, m.Err()
+	case <-ctx.Done():
+		m.mu.Lock()
+		_, waiting := m.wait[id]
+		if waiting {
+			delete(m.wait, id)
+		}
+		m.mu.Unlock()
+		if !waiting {
+			// The reply (or the stream's end) came at the same time.
+			select {
+			case r := <-ch:
+				return r, nil
+			default:
+				return nil, m.Err()
+			}
+		}
+		m.out.push(nil, id)
+		return nil, fmt.Errorf("plugin %s: %w", m.plugin, context.Cause(ctx))
+	}
+}
+
+// close ends the stream from the host side.
+func (m *clientMux[Out, In]) close() {
+	m.end(errors.New("closed by the host"))
+}
+
+// serveMux is the plugin side of a batch stream: it runs each item in its
+// own goroutine, with its own deadline, and sends the replies back in
+// batches as they complete. It returns when the host ends the stream or
+// the stream breaks, after cancelling and waiting for the items in flight.
+func serveMux[In, Out any](ctx context.Context, st batchStream[Out, In], itemID func(*In) (uint64, time.Duration), handle func(context.Context, *In) *Out) error {
+	ctx, cancelAll := context.WithCancel(ctx)
+	out := newBatcher[Out]()
+	senderDone := make(chan struct{})
+	go func() {
+		defer close(senderDone)
+		// A failed send means a broken stream, which recv reports too.
+		_ = out.run(ctx.Done(), func(items []*Out, _ []uint64) error { return st.send(items, nil) })
+	}()
+
+	var mu sync.Mutex
+	running := make(map[uint64]context.CancelFunc)
+	var wg sync.WaitGroup
+	// gRPC forbids Send once the handler has returned: stop the sender and
+	// wait for it, and for every item, before returning.
+	defer func() {
+		cancelAll()
+		wg.Wait()
+		out.stop()
+		<-senderDone
+	}()
+	for {
+		items, cancel, err := st.recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		for _, it := range items {
+			id, timeout := itemID(it)
+			var ictx context.Context
+			var icancel context.CancelFunc
+			if timeout > 0 {
+				ictx, icancel = context.WithTimeout(ctx, timeout)
+			} else {
+				ictx, icancel = context.WithCancel(ctx)
+			}
+			mu.Lock()
+			running[id] = icancel
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := handle(ictx, it)
+				mu.Lock()
+				delete(running, id)
+				mu.Unlock()
+				icancel()
+				out.push(r, 0)
+			}()
+		}
+		if len(cancel) > 0 {
+			mu.Lock()
+			for _, id := range cancel {
+				if c, ok := running[id]; ok {
+					c()
+				}
+			}
+			mu.Unlock()
+		}
+	}
+}

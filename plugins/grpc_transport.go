@@ -1,0 +1,161 @@
+package plugins
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/callbackd/callbackd/plugins/pluginpb"
+)
+
+// ---- plugin side ----
+
+type transportServer struct {
+	pluginpb.UnimplementedTransportServiceServer
+	impl Transport
+}
+
+// Deliver serves one host's stream of deliveries. Each runs in its own
+// goroutine: the transport owns its HTTP concurrency.
+func (s *transportServer) Deliver(stream pluginpb.TransportService_DeliverServer) error {
+	return serveMux(stream.Context(), deliverServerStream{stream},
+		func(it *pluginpb.DeliverItem) (uint64, time.Duration) {
+			return it.GetId(), time.Duration(it.GetTimeoutNs())
+		},
+		s.deliver)
+}
+
+func (s *transportServer) deliver(ctx context.Context, it *pluginpb.DeliverItem) (res *pluginpb.DeliverResult) {
+	res = &pluginpb.DeliverResult{Id: it.GetId()}
+	defer func() {
+		if p := recover(); p != nil {
+			res = &pluginpb.DeliverResult{Id: it.GetId(), Error: panicError(p)}
+		}
+	}()
+	r, err := s.impl.Deliver(ctx, Delivery{
+		DeliveryID:   it.GetDeliveryId(),
+		Destination:  destinationFromPB(it.GetDestination()),
+		Notification: notificationFromPB(it.GetNotification()),
+	})
+	if err != nil {
+		res.Error = errorToPB(err)
+		return res
+	}
+	res.Result = resultToPB(r)
+	return res
+}
+
+type deliverServerStream struct {
+	s pluginpb.TransportService_DeliverServer
+}
+
+func (w deliverServerStream) send(items []*pluginpb.DeliverResult, _ []uint64) error {
+	return w.s.Send(&pluginpb.DeliverResponse{Items: items})
+}
+
+func (w deliverServerStream) recv() ([]*pluginpb.DeliverItem, []uint64, error) {
+	req, err := w.s.Recv()
+	if err != nil {
+		return nil, nil, err
+	}
+	return req.GetItems(), req.GetCancel(), nil
+}
+
+// ---- host side ----
+
+// TransportClient is the host's client of a plugin process's transport: a
+// Transport whose Deliver calls travel on one stream, which Start opens. It
+// is safe for concurrent use.
+type TransportClient struct {
+	client pluginpb.TransportServiceClient
+
+	mu   sync.Mutex
+	opts StreamOptions
+	mux  *clientMux[pluginpb.DeliverItem, pluginpb.DeliverResult]
+}
+
+var _ Transport = (*TransportClient)(nil)
+
+// NewTransportClient returns a client of the transport service on cc.
+func NewTransportClient(cc grpc.ClientConnInterface) *TransportClient {
+	return &TransportClient{client: pluginpb.NewTransportServiceClient(cc)}
+}
+
+// Start opens the stream. Calls made before Start fail with
+// ErrPluginUnavailable. o.Timeout should be the delivery timeout plus a
+// margin (SPEC §5: delivery.timeout + 5s).
+func (c *TransportClient) Start(o StreamOptions) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := c.client.Deliver(ctx)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("%w: %s: open deliver stream: %v", ErrPluginUnavailable, o.Plugin, err)
+	}
+	mux := newClientMux(o.Plugin, batchStream[pluginpb.DeliverItem, pluginpb.DeliverResult](deliverClientStream{st}), cancel,
+		func(it *pluginpb.DeliverItem, id uint64, timeout time.Duration) {
+			it.Id, it.TimeoutNs = id, int64(timeout)
+		},
+		(*pluginpb.DeliverResult).GetId,
+		o.OnEnd)
+	c.mu.Lock()
+	old := c.mux
+	c.opts, c.mux = o, mux
+	c.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	return nil
+}
+
+// Close ends the stream; calls in flight fail with ErrPluginUnavailable.
+func (c *TransportClient) Close() {
+	c.mu.Lock()
+	mux := c.mux
+	c.mu.Unlock()
+	if mux != nil {
+		mux.close()
+	}
+}
+
+// Deliver makes one delivery attempt through the plugin.
+func (c *TransportClient) Deliver(ctx context.Context, d Delivery) (Result, error) {
+	c.mu.Lock()
+	mux, o := c.mux, c.opts
+	c.mu.Unlock()
+	if mux == nil {
+		return Result{}, fmt.Errorf("%w: deliver stream not started", ErrPluginUnavailable)
+	}
+	ctx, cancel := withDeadline(ctx, o.timeout())
+	defer cancel()
+	res, err := mux.call(ctx, &pluginpb.DeliverItem{
+		DeliveryId:   d.DeliveryID,
+		Destination:  destinationToPB(d.Destination),
+		Notification: notificationToPB(d.Notification),
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	if res.Error != nil {
+		return Result{}, errorFromPB(o.Plugin, res.Error)
+	}
+	return resultFromPB(res.GetResult()), nil
+}
+
+type deliverClientStream struct {
+	s pluginpb.TransportService_DeliverClient
+}
+
+func (w deliverClientStream) send(items []*pluginpb.DeliverItem, cancel []uint64) error {
+	return w.s.Send(&pluginpb.DeliverRequest{Items: items, Cancel: cancel})
+}
+
+func (w deliverClientStream) recv() ([]*pluginpb.DeliverResult, []uint64, error) {
+	resp, err := w.s.Recv()
+	if err != nil {
+		return nil, nil, err
+	}
+	return resp.GetItems(), nil, nil
+}

@@ -1,0 +1,216 @@
+package plugins
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
+)
+
+// This file is the SDK for plugin authors: a plugin's main is one call.
+//
+//	func main() { plugins.ServeEncoder(myEncoder{}) }
+//
+// The process then speaks callbackd's protocol over stdio and a Unix
+// socket, logs through Logger into callbackd's log, and exits on its own
+// when its host is gone, even after kill -9 of callbackd.
+
+// EnvLogLevel is the environment variable through which the host tells a
+// plugin its log level (debug, info, warn, error).
+const EnvLogLevel = "CALLBACKD_PLUGIN_LOG_LEVEL"
+
+// hostStderr is the process's stderr as started: go-plugin's Serve
+// replaces os.Stderr, but what a plugin writes to the original one is what
+// the host reads and logs.
+var hostStderr io.Writer = os.Stderr
+
+// ServeConfig says what a plugin process serves. At least one field must
+// be set.
+type ServeConfig struct {
+	// Encoders are the encoders served, by name. The host picks, for an
+	// event type, the encoder named after it, else the only one.
+	Encoders map[string]Encoder
+	// Transport, if set, is the transport served.
+	Transport Transport
+	// Failure, if set, is the failure handler served.
+	Failure FailureHandler
+}
+
+// PluginSet returns the go-plugin plugin set that serves c, for tests
+// that run a plugin in-process (plugin.TestPluginGRPCConn).
+func (c ServeConfig) PluginSet() plugin.PluginSet {
+	set := plugin.PluginSet{}
+	var kinds []string
+	if len(c.Encoders) > 0 {
+		set[PluginEncoder] = &EncoderPlugin{Encoders: c.Encoders}
+		kinds = append(kinds, PluginEncoder)
+	}
+	if c.Transport != nil {
+		set[PluginTransport] = &TransportPlugin{Impl: c.Transport}
+		kinds = append(kinds, PluginTransport)
+	}
+	if c.Failure != nil {
+		set[PluginFailure] = &FailurePlugin{Impl: c.Failure}
+		kinds = append(kinds, PluginFailure)
+	}
+	set[pluginInfo] = &infoPlugin{kinds: kinds, encoders: c.Encoders}
+	return set
+}
+
+// ServeEncoder serves the encoders, each under the event type its Info
+// gives, and never returns. It is the whole main of an encoder plugin.
+func ServeEncoder(encoders ...Encoder) {
+	m := make(map[string]Encoder, len(encoders))
+	for _, e := range encoders {
+		info, err := e.Info(context.Background())
+		if err != nil {
+			fatalf("encoder info: %v", err)
+		}
+		if info.EventType == "" {
+			fatalf("encoder %T: Info gives no EventType", e)
+		}
+		if _, dup := m[info.EventType]; dup {
+			fatalf("two encoders for event type %q", info.EventType)
+		}
+		m[info.EventType] = e
+	}
+	Serve(ServeConfig{Encoders: m})
+}
+
+// ServeTransport serves the transport and never returns.
+func ServeTransport(t Transport) { Serve(ServeConfig{Transport: t}) }
+
+// ServeFailure serves the failure handler and never returns.
+func ServeFailure(f FailureHandler) { Serve(ServeConfig{Failure: f}) }
+
+// Serve serves c and never returns: the process exits when the host stops
+// it, when the host is gone (its parent process changes, or its last gRPC
+// connection closes and none follows within a few seconds), or with status
+// 1 when it was not started by a callbackd host.
+func Serve(c ServeConfig) {
+	if len(c.Encoders) == 0 && c.Transport == nil && c.Failure == nil {
+		fatalf("plugins.Serve: nothing to serve")
+	}
+	log := Logger()
+	watch := &hostWatch{log: log}
+	go watch.parent(os.Getppid())
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig: Handshake,
+		Plugins:         c.PluginSet(),
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			return grpc.NewServer(append(opts, grpc.StatsHandler(watch))...)
+		},
+		Logger: hclog.New(&hclog.LoggerOptions{
+			Name:       "go-plugin",
+			Level:      hclog.LevelFromString(logLevelName()),
+			Output:     hostStderr,
+			JSONFormat: true,
+		}),
+	})
+	// The host asked the plugin to stop.
+	os.Exit(0)
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(hostStderr, "callbackd plugin: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+// hostWatch ends the plugin when its host is gone. go-plugin stops a
+// plugin only when the host asks; a host killed with SIGKILL cannot, so the
+// plugin watches for itself: its parent process changing (it was
+// re-parented), and its last gRPC connection closing with none after it.
+type hostWatch struct {
+	log   *slog.Logger
+	mu    sync.Mutex
+	conns int
+	gen   int
+}
+
+// lastConnGrace is how long the plugin waits for a new connection after
+// the last one closed.
+const lastConnGrace = 3 * time.Second
+
+func (w *hostWatch) parent(ppid int) {
+	for {
+		time.Sleep(500 * time.Millisecond)
+		if os.Getppid() != ppid {
+			w.log.Warn("host process is gone, exiting", "parent_pid", ppid)
+			os.Exit(0)
+		}
+	}
+}
+
+func (w *hostWatch) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (w *hostWatch) HandleRPC(context.Context, stats.RPCStats)                       {}
+func (w *hostWatch) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+
+func (w *hostWatch) HandleConn(_ context.Context, s stats.ConnStats) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch s.(type) {
+	case *stats.ConnBegin:
+		w.conns++
+		w.gen++
+	case *stats.ConnEnd:
+		w.conns--
+		if w.conns > 0 {
+			return
+		}
+		gen := w.gen
+		time.AfterFunc(lastConnGrace, func() {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			if w.conns == 0 && w.gen == gen {
+				w.log.Warn("host connection is gone, exiting")
+				os.Exit(0)
+			}
+		})
+	}
+}
+
+// Logger returns the logger a plugin should log with: its records reach
+// callbackd's log, under the plugin's name, at the level callbackd runs at.
+// It writes hclog's JSON lines to the stderr the plugin started with,
+// which is what go-plugin forwards to the host.
+func Logger() *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(logLevelName()))
+	return slog.New(slog.NewJSONHandler(hostStderr, &slog.HandlerOptions{
+		Level: level,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) > 0 {
+				return a
+			}
+			switch a.Key {
+			case slog.TimeKey:
+				// The layout go-plugin parses.
+				return slog.String("@timestamp", a.Value.Time().Format("2006-01-02T15:04:05.000000Z07:00"))
+			case slog.LevelKey:
+				return slog.String("@level", strings.ToLower(a.Value.String()))
+			case slog.MessageKey:
+				return slog.String("@message", a.Value.String())
+			}
+			return a
+		},
+	}))
+}
+
+func logLevelName() string {
+	switch l := strings.ToLower(os.Getenv(EnvLogLevel)); l {
+	case "debug", "info", "warn", "error":
+		return l
+	}
+	return "info"
+}
