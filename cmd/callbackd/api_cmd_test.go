@@ -25,10 +25,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/callbackd/callbackd/api"
 	"github.com/callbackd/callbackd/config"
+	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/plugins/builtin"
 	"github.com/callbackd/callbackd/settings"
+	"github.com/callbackd/callbackd/subjects"
 	"github.com/callbackd/callbackd/testutil"
 )
 
@@ -90,10 +96,10 @@ func startTestAPI(t *testing.T, tweak func(*config.Config)) *apiEnv {
 	}
 	logs := &lockedBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	transport, err := buildTransport(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	transport := builtin.NewHTTPForm(builtin.HTTPFormOptions{
+		UserAgent: "callbackd/test",
+		Guard:     plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs()),
+	})
 	t.Cleanup(transport.Close)
 	adm, err := startAPI(ctx, cfg, log, apiDeps{
 		NC: js.NC, JS: js.JS, Store: store, View: view, Transport: transport,
@@ -333,4 +339,102 @@ func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
+}
+
+// The deliveries query and replayDeadLetters run on the real delivery log
+// and dead-letter stream through serve's adapters.
+func TestStartAPI_deliveries_and_replay_on_the_real_streams(t *testing.T) {
+	e := startTestAPI(t, nil)
+	ctx := testutil.Context(t)
+	tok, err := api.ReadToken(e.cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &api.Client{BaseURL: "http://" + e.adm.Addr.String(), Token: tok}
+
+	at := time.Now().UTC().Truncate(time.Second)
+	for i, outcome := range []string{deliverylog.OutcomeRetrying, deliverylog.OutcomeFailed, deliverylog.OutcomeDelivered} {
+		rec := deliverylog.Record{
+			DeliveryID: "d" + strconv.Itoa(i), EventType: "crawl_status", AccountID: "7", ProjectID: "10",
+			URL: "https://example.com/hook", Attempt: i + 1, StatusCode: 500, Outcome: outcome, At: at,
+		}
+		b, _ := json.Marshal(rec)
+		if _, err := e.js.JS.Publish(ctx, subjects.Log("7", "10", outcome), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got struct {
+		Deliveries struct {
+			Edges []struct {
+				Cursor string
+				Node   struct{ ID, DeliveryID, Status, ProjectID string }
+			}
+			PageInfo struct {
+				HasNextPage bool
+				EndCursor   *string
+			}
+		}
+	}
+	const q = `query($after: String, $s: DeliveryStatus) { deliveries(projectId: "TjAwNlByb2plY3QxMA", first: 2, after: $after, status: $s) {
+		edges { cursor node { id deliveryId status projectId } } pageInfo { hasNextPage endCursor } } }`
+	if err := c.Do(ctx, q, nil, &got); err != nil {
+		t.Fatal(err)
+	}
+	d := got.Deliveries
+	if len(d.Edges) != 2 || !d.PageInfo.HasNextPage || d.Edges[0].Node.DeliveryID != "d2" || d.Edges[0].Node.Status != "DELIVERED" ||
+		d.Edges[0].Node.ProjectID != "TjAwNlByb2plY3QxMA" {
+		t.Fatalf("page 1 = %+v", d)
+	}
+	if err := c.Do(ctx, q, map[string]any{"after": *d.PageInfo.EndCursor}, &got); err != nil {
+		t.Fatal(err)
+	}
+	if d := got.Deliveries; len(d.Edges) != 1 || d.Edges[0].Node.DeliveryID != "d0" || d.PageInfo.HasNextPage {
+		t.Fatalf("page 2 = %+v", d)
+	}
+	if err := c.Do(ctx, q, map[string]any{"s": "FAILED"}, &got); err != nil {
+		t.Fatal(err)
+	}
+	if d := got.Deliveries; len(d.Edges) != 1 || d.Edges[0].Node.DeliveryID != "d1" {
+		t.Fatalf("FAILED = %+v", d)
+	}
+	err = c.Do(ctx, q, map[string]any{"after": "not-a-cursor"}, &got)
+	var gerrs api.GraphQLErrors
+	if !errors.As(err, &gerrs) || gerrs[0].Field() != "after" {
+		t.Fatalf("bad cursor: %v", err)
+	}
+
+	// A dead letter, replayed back to its subject.
+	key := subjects.EventKey{Type: "crawl_status", AccountID: "7", ProjectID: "10"}
+	orig, _ := subjects.Event(key)
+	m := nats.NewMsg(subjects.DeadFor(key))
+	m.Data = []byte(`{"crawl_id":1}`)
+	m.Header.Set(subjects.HeaderReason, "delivery_failed")
+	m.Header.Set(subjects.HeaderSubject, orig)
+	m.Header.Set(subjects.HeaderDeliveryID, "abc")
+	if _, err := e.js.JS.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	var rp struct {
+		ReplayDeadLetters struct{ Matched, Replayed int }
+	}
+	const rq = `mutation($in: ReplayInput!) { replayDeadLetters(input: $in) { matched replayed } }`
+	if err := c.Do(ctx, rq, map[string]any{"in": map[string]any{"projectId": "10", "dryRun": true}}, &rp); err != nil {
+		t.Fatal(err)
+	}
+	if rp.ReplayDeadLetters.Matched != 1 || rp.ReplayDeadLetters.Replayed != 0 {
+		t.Fatalf("dry run = %+v", rp)
+	}
+	if err := c.Do(ctx, rq, map[string]any{"in": map[string]any{"reason": "delivery_failed"}}, &rp); err != nil {
+		t.Fatal(err)
+	}
+	if rp.ReplayDeadLetters.Matched != 1 || rp.ReplayDeadLetters.Replayed != 1 {
+		t.Fatalf("replay = %+v", rp)
+	}
+	s, err := e.js.JS.Stream(ctx, subjects.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := s.GetLastMsgForSubject(ctx, orig); err != nil || string(msg.Data) != `{"crawl_id":1}` {
+		t.Fatalf("replayed event: %v", err)
+	}
 }

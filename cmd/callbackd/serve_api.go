@@ -19,6 +19,7 @@ import (
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
 	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/plugins/host"
 	"github.com/callbackd/callbackd/settings"
 	"github.com/callbackd/callbackd/subjects"
 )
@@ -73,6 +74,20 @@ func newMetrics(cfg *config.Config, top dispatcher.Topology, log *slog.Logger, p
 		}
 	}
 	return api.NewMetrics(o)
+}
+
+// pluginHealth gives the plugin manager's readiness check (apiDeps.Plugins)
+// and restart count (newMetrics' pluginRestarts).
+func pluginHealth(m *host.Manager) (check func(context.Context) error, restarts api.ValueFunc) {
+	check = func(context.Context) error { return m.Healthy() }
+	restarts = func(context.Context) (float64, error) {
+		n := 0
+		for _, p := range m.Plugins() {
+			n += p.Restarts()
+		}
+		return float64(n), nil
+	}
+	return check, restarts
 }
 
 // startAPI serves the admin API on api.listen (TLS when api.tls is set)
