@@ -50,3 +50,9 @@ bench: ## run the Go benchmarks
 
 proto: ## regenerate plugins/pluginpb from plugins/proto (buf and the protoc plugins via go run)
 	cd plugins/proto && $(GO) run $(BUF) lint && $(GO) run $(BUF) generate
+
+GQLGEN      := github.com/99designs/gqlgen@v0.17.98
+
+.PHONY: gqlgen
+gqlgen: ## regenerate api/internal/gql from api/schema.graphql (commit the result)
+	cd api && $(GO) run $(GQLGEN) generate
