@@ -46,9 +46,9 @@ func ParseID(typ, s string) (string, error) {
 	num, ok := strings.CutPrefix(rest, typ)
 	if !ok || subjects.ValidateID(num) != nil {
 		if t := typeOf(rest); t != "" && t != typ {
-			return "", fmt.Errorf("%w: %s is the ID of a %s, not of a %s", ErrBadID, quoteShort(s), t, typ)
+			return "", fmt.Errorf("%w: %s is a global ID of type %s, expected %s", ErrBadID, quoteShort(s), t, typ)
 		}
-		return "", fmt.Errorf("%w: %s is not the ID of a %s", ErrBadID, quoteShort(s), typ)
+		return "", fmt.Errorf("%w: %s is not a global ID of type %s", ErrBadID, quoteShort(s), typ)
 	}
 	return num, nil
 }
