@@ -162,16 +162,15 @@ func newClientMux[Out, In any](plugin string, st batchStream[Out, In], stop func
 		done:     make(chan struct{}),
 	}
 	go func() {
-		if err := m.out.run(m.done, st.send); err != nil {
-			m.end(err)
+		if err := m.out.run(m.done, st.send); err != nil && m.end(err) && onEnd != nil {
+			onEnd(m.Err())
 		}
 	}()
 	go func() {
 		for {
 			replies, _, err := st.recv()
 			if err != nil {
-				m.end(err)
-				if onEnd != nil {
+				if m.end(err) && onEnd != nil {
 					onEnd(m.Err())
 				}
 				return
@@ -190,12 +189,13 @@ func newClientMux[Out, In any](plugin string, st batchStream[Out, In], stop func
 	return m
 }
 
-// end marks the stream ended with err; calls in flight and later calls fail.
-func (m *clientMux[Out, In]) end(err error) {
+// end marks the stream ended with err; calls in flight and later calls
+// fail. It reports whether this call ended it.
+func (m *clientMux[Out, In]) end(err error) bool {
 	m.mu.Lock()
 	if m.err != nil {
 		m.mu.Unlock()
-		return
+		return false
 	}
 	if err == nil || errors.Is(err, io.EOF) {
 		err = errors.New("stream closed")
@@ -206,6 +206,7 @@ func (m *clientMux[Out, In]) end(err error) {
 	m.mu.Unlock()
 	m.out.stop()
 	m.stop()
+	return true
 }
 
 // Err returns why the stream ended, nil while it is up.

@@ -6,8 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -103,6 +105,7 @@ func Serve(c ServeConfig) {
 	log := Logger()
 	watch := &hostWatch{log: log}
 	go watch.parent(os.Getppid())
+	go watch.term()
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
 		Plugins:         c.PluginSet(),
@@ -139,6 +142,22 @@ type hostWatch struct {
 // lastConnGrace is how long the plugin waits for a new connection after
 // the last one closed.
 const lastConnGrace = 3 * time.Second
+
+// termGrace is how long a plugin serves on after SIGTERM. A service
+// manager often signals the whole process group at once, host and plugins
+// alike, while the host still drains the deliveries in flight through its
+// plugins; the host stops them when it is done, or the plugins see it
+// exit.
+const termGrace = 90 * time.Second
+
+func (w *hostWatch) term() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGTERM)
+	<-ch
+	w.log.Info("SIGTERM: serving on until the host stops the plugin or exits", "at_most", termGrace)
+	time.Sleep(termGrace)
+	os.Exit(0)
+}
 
 func (w *hostWatch) parent(ppid int) {
 	for {
@@ -190,6 +209,9 @@ func Logger() *slog.Logger {
 	return slog.New(slog.NewJSONHandler(hostStderr, &slog.HandlerOptions{
 		Level: level,
 		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				return slog.String(a.Key, a.Value.Duration().String())
+			}
 			if len(groups) > 0 {
 				return a
 			}

@@ -16,6 +16,11 @@ import (
 var version = "dev"
 
 func main() {
+	// `callbackd plugin builtin` is a plugin process that a callbackd host
+	// started: it reads no config and touches no NATS.
+	if len(os.Args) > 1 && os.Args[1] == "plugin" {
+		os.Exit(runPluginCommand(os.Args[2:], os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()

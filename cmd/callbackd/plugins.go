@@ -1,39 +1,323 @@
 package main
 
 import (
-	"errors"
+	"context"
 	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
 
 	"github.com/callbackd/callbackd/config"
 	"github.com/callbackd/callbackd/plugins"
 	"github.com/callbackd/callbackd/plugins/builtin"
+	"github.com/callbackd/callbackd/plugins/host"
 )
 
-// buildEncoders maps each configured event type to its encoder.
-func buildEncoders(cfg *config.Config) (map[string]plugins.Encoder, error) {
-	builtins := builtin.Encoders()
-	out := make(map[string]plugins.Encoder, len(cfg.Plugins.Encoders))
-	for eventType, entry := range cfg.Plugins.Encoders {
-		if entry.Builtin == "" {
-			return nil, fmt.Errorf("plugins.encoders.%s: third-party plugin %q: not supported by this build yet", eventType, entry.Path)
-		}
-		enc, ok := builtins[entry.Builtin]
-		if !ok {
-			return nil, fmt.Errorf("plugins.encoders.%s: no built-in encoder %q (built-ins: %v)", eventType, entry.Builtin, builtin.EncoderNames())
-		}
-		out[eventType] = enc
-	}
-	return out, nil
+// pluginSet is every configured plugin, ready for the dispatcher: built-ins
+// in their own process (plugins.builtins: process) or in-process, and each
+// third-party plugin in its process. The dispatcher cannot tell which.
+type pluginSet struct {
+	// Encoders maps each configured event type to its encoder.
+	Encoders map[string]plugins.Encoder
+	// IDFields maps each event type to its encoder's resource ID fields.
+	IDFields map[string][]string
+	// Transport is plugins.transport.
+	Transport plugins.Transport
+	// Failure is plugins.failure.
+	Failure plugins.FailureHandler
+
+	manager *host.Manager // nil when nothing runs in a process
+	closers []func()
 }
 
-// buildTransport returns the configured transport.
-func buildTransport(cfg *config.Config) (*builtin.HTTPForm, error) {
-	if cfg.Plugins.Transport.Builtin != builtin.HTTPFormName {
-		return nil, errors.New("plugins.transport: only builtin:http-form is supported by this build yet")
+// Close stops every plugin process and releases in-process plugins.
+func (s *pluginSet) Close() {
+	if s.manager != nil {
+		s.manager.Close()
 	}
+	for _, c := range s.closers {
+		c()
+	}
+}
+
+// Healthy returns nil when every plugin process is running, else an error
+// naming those that are not (a /readyz check).
+func (s *pluginSet) Healthy() error {
+	if s.manager == nil {
+		return nil
+	}
+	return s.manager.Healthy()
+}
+
+// ReadyCheck is the plugins' /readyz check (apiDeps.Plugins).
+func (s *pluginSet) ReadyCheck(context.Context) error { return s.Healthy() }
+
+// RestartsMetric is the plugin-restarts metric (newMetrics' pluginRestarts).
+func (s *pluginSet) RestartsMetric(context.Context) (float64, error) {
+	return float64(s.Restarts()), nil
+}
+
+// Restarts returns how many times plugin processes were restarted, in all.
+func (s *pluginSet) Restarts() int {
+	if s.manager == nil {
+		return 0
+	}
+	n := 0
+	for _, p := range s.manager.Plugins() {
+		n += p.Restarts()
+	}
+	return n
+}
+
+// builtinProcessName names the process serving the built-ins in logs.
+const builtinProcessName = "builtin"
+
+// pluginUse is one config entry's use of a plugin.
+type pluginUse struct {
+	key       string // config key: plugins.encoders.<type>, plugins.transport, plugins.failure
+	kind      string // plugins.PluginEncoder, …
+	eventType string // for encoders
+	entry     config.PluginEntry
+}
+
+// pluginUses lists the configured plugins, encoders sorted by event type.
+func pluginUses(cfg *config.Config) []pluginUse {
+	var uses []pluginUse
+	types := make([]string, 0, len(cfg.Plugins.Encoders))
+	for t := range cfg.Plugins.Encoders {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	for _, t := range types {
+		uses = append(uses, pluginUse{key: "plugins.encoders." + t, kind: plugins.PluginEncoder, eventType: t, entry: cfg.Plugins.Encoders[t]})
+	}
+	uses = append(uses,
+		pluginUse{key: "plugins.transport", kind: plugins.PluginTransport, entry: cfg.Plugins.Transport},
+		pluginUse{key: "plugins.failure", kind: plugins.PluginFailure, entry: cfg.Plugins.Failure},
+	)
+	return uses
+}
+
+// checkBuiltin returns an error when a builtin:<name> entry names no
+// built-in of its kind.
+func checkBuiltin(u pluginUse) error {
+	var names []string
+	switch u.kind {
+	case plugins.PluginEncoder:
+		names = builtin.EncoderNames()
+	case plugins.PluginTransport:
+		names = []string{builtin.HTTPFormName}
+	case plugins.PluginFailure:
+		names = []string{builtin.SSOWebhookName}
+	}
+	for _, n := range names {
+		if n == u.entry.Builtin {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: no built-in %s %q (built-ins: %s)", u.key, u.kind, u.entry.Builtin, strings.Join(names, ", "))
+}
+
+// thirdPartyKey identifies one third-party process: entries that name the
+// same file with the same checksum, args and env share it.
+func thirdPartyKey(e config.PluginEntry) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\x00%s\x00%q\x00", e.Path, strings.ToLower(e.SHA256), e.Args)
+	keys := make([]string, 0, len(e.Env))
+	for k := range e.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%q=%q\x00", k, e.Env[k])
+	}
+	return b.String()
+}
+
+// builtinArgs are the arguments of `callbackd plugin builtin` that carry
+// the transport's settings into the built-in process.
+func builtinArgs(cfg *config.Config) []string {
+	args := []string{"plugin", "builtin",
+		"--delivery-timeout=" + cfg.Delivery.Timeout.String(),
+		"--user-agent=callbackd/" + version,
+	}
+	if cfg.Delivery.AllowPrivate {
+		args = append(args, "--allow-private")
+	}
+	for _, c := range cfg.Delivery.AllowCIDRs {
+		args = append(args, "--allow-cidr="+c)
+	}
+	return args
+}
+
+// newHTTPForm returns the built-in transport configured from cfg.
+func newHTTPForm(cfg *config.Config) *builtin.HTTPForm {
 	return builtin.NewHTTPForm(builtin.HTTPFormOptions{
 		Timeout:   cfg.Delivery.Timeout,
 		UserAgent: "callbackd/" + version,
 		Guard:     plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs()),
-	}), nil
+	})
+}
+
+// startPlugins launches every configured plugin (SPEC §5) and returns them
+// ready for use: all are running when it returns, or it returns an error
+// naming the plugin and the config key, with nothing left running.
+func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *pluginSet, err error) {
+	set := &pluginSet{Encoders: map[string]plugins.Encoder{}, IDFields: map[string][]string{}}
+	defer func() {
+		if err != nil {
+			set.Close()
+		}
+	}()
+	uses := pluginUses(cfg)
+	inprocess := cfg.Plugins.Builtins == "inprocess"
+
+	// What runs where: the built-ins' process serves every kind some
+	// entry takes from it; third-party entries share a process when they
+	// name the same file, checksum, args and env.
+	var builtinKinds []string
+	thirdParty := map[string]*host.Spec{}
+	var thirdOrder []string
+	for _, u := range uses {
+		if u.entry.Builtin != "" {
+			if err := checkBuiltin(u); err != nil {
+				return nil, err
+			}
+			if !inprocess && !contains(builtinKinds, u.kind) {
+				builtinKinds = append(builtinKinds, u.kind)
+			}
+			continue
+		}
+		k := thirdPartyKey(u.entry)
+		spec, ok := thirdParty[k]
+		if !ok {
+			spec = &host.Spec{Name: u.entry.Path, Path: u.entry.Path, SHA256: u.entry.SHA256, Args: u.entry.Args, Env: u.entry.Env}
+			thirdParty[k] = spec
+			thirdOrder = append(thirdOrder, k)
+		}
+		if !contains(spec.Kinds, u.kind) {
+			spec.Kinds = append(spec.Kinds, u.kind)
+		}
+	}
+
+	var builtinProc *host.Plugin
+	procs := map[string]*host.Plugin{}
+	if len(builtinKinds) > 0 || len(thirdParty) > 0 {
+		set.manager, err = host.NewManager(host.Options{
+			Dir:              cfg.Plugins.Dir,
+			Logger:           log.With("component", "plugins"),
+			LogLevel:         cfg.Log.Level,
+			CallTimeout:      cfg.Plugins.CallTimeout,
+			TransportTimeout: cfg.Delivery.Timeout + 5*time.Second,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(builtinKinds) > 0 {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("plugins: find callbackd's own executable to run the built-ins: %w", err)
+		}
+		builtinProc, err = set.manager.Launch(ctx, host.Spec{
+			Name: builtinProcessName, Builtin: true, Path: self,
+			Args: builtinArgs(cfg), Kinds: builtinKinds,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("plugins: built-in plugins: %w", err)
+		}
+	}
+	for _, k := range thirdOrder {
+		spec := thirdParty[k]
+		p, err := set.manager.Launch(ctx, *spec)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", keysUsing(uses, spec.Path), err)
+		}
+		procs[k] = p
+	}
+
+	// In-process built-ins, made once each, only when used.
+	var inEncoders map[string]plugins.Encoder
+	for _, u := range uses {
+		var proc *host.Plugin
+		switch {
+		case u.entry.Builtin != "" && !inprocess:
+			proc = builtinProc
+		case u.entry.Builtin == "":
+			proc = procs[thirdPartyKey(u.entry)]
+		}
+		switch u.kind {
+		case plugins.PluginEncoder:
+			var enc plugins.Encoder
+			var info plugins.EncoderInfo
+			if proc == nil {
+				if inEncoders == nil {
+					inEncoders = builtin.Encoders()
+				}
+				enc = inEncoders[u.entry.Builtin]
+				if info, err = enc.Info(ctx); err != nil {
+					return nil, fmt.Errorf("%s: %w", u.key, err)
+				}
+			} else {
+				name := u.eventType
+				if u.entry.Builtin != "" {
+					name = u.entry.Builtin
+				}
+				if enc, info, err = proc.Encoder(name); err != nil {
+					return nil, fmt.Errorf("%s: %w", u.key, err)
+				}
+			}
+			set.Encoders[u.eventType] = enc
+			set.IDFields[u.eventType] = info.IDFields
+		case plugins.PluginTransport:
+			if proc == nil {
+				t := newHTTPForm(cfg)
+				set.closers = append(set.closers, t.Close)
+				set.Transport = t
+			} else if set.Transport, err = proc.Transport(); err != nil {
+				return nil, fmt.Errorf("%s: %w", u.key, err)
+			}
+		case plugins.PluginFailure:
+			if proc == nil {
+				set.Failure = builtin.NewSSOWebhook()
+			} else if set.Failure, err = proc.Failure(); err != nil {
+				return nil, fmt.Errorf("%s: %w", u.key, err)
+			}
+		}
+	}
+	mode := "process"
+	if inprocess {
+		mode = "inprocess"
+	}
+	log.Info("plugins ready", "builtins", mode, "encoders", len(set.Encoders), "processes", len(procs)+btoi(builtinProc != nil))
+	return set, nil
+}
+
+// keysUsing names the config keys that use the plugin file path.
+func keysUsing(uses []pluginUse, path string) string {
+	var keys []string
+	for _, u := range uses {
+		if u.entry.Builtin == "" && u.entry.Path == path {
+			keys = append(keys, u.key)
+		}
+	}
+	return strings.Join(keys, ", ")
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -28,6 +28,7 @@ func newRootCmd() *cobra.Command {
 		newSettingsCmd("account"),
 		newSettingsCmd("sso-client"),
 		newDeliveriesCmd(), newReplayCmd(),
+		newPluginsCmd(), newPluginCmd(),
 		newVersionCmd(),
 	)
 	return root

@@ -12,7 +12,6 @@ import (
 
 	"github.com/callbackd/callbackd/config"
 	"github.com/callbackd/callbackd/dispatcher"
-	"github.com/callbackd/callbackd/plugins/builtin"
 	"github.com/callbackd/callbackd/settings"
 )
 
@@ -36,15 +35,14 @@ func newServeCmd() *cobra.Command {
 
 // serve runs callbackd until ctx is done (SIGINT/SIGTERM), then drains.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStreams bool) error {
-	encoders, err := buildEncoders(cfg)
+	// Plugins first: a refused or missing plugin stops start-up before
+	// NATS is touched.
+	ps, err := startPlugins(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	transport, err := buildTransport(cfg)
-	if err != nil {
-		return err
-	}
-	defer transport.Close()
+	defer ps.Close()
+	encoders, transport := ps.Encoders, ps.Transport
 
 	nc, srv, err := startNATS(ctx, cfg, log)
 	if err != nil {
@@ -100,7 +98,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		CallTimeout:        cfg.Plugins.CallTimeout,
 		Encoders:           encoders,
 		Transport:          transport,
-		Failure:            builtin.NewSSOWebhook(),
+		Failure:            ps.Failure,
 		MaxAttempts:        cfg.Delivery.MaxAttempts,
 		Backoff:            cfg.Delivery.Backoff,
 		PerHostConcurrency: cfg.Dispatcher.PerHostConcurrency,

@@ -48,13 +48,26 @@ func (h *slogHCLog) Log(level hclog.Level, msg string, args ...any) {
 	if !h.l.Enabled(ctx, lv) {
 		return
 	}
-	all := append(append([]any{}, h.args...), args...)
-	if len(all)%2 == 1 {
-		// hclog tolerates a dangling value; slog would print !BADKEY.
-		all = append(all[:len(all)-1], "extra", all[len(all)-1])
-	}
-	if h.name != "" {
-		all = append(all, "logger", h.name)
+	all := make([]any, 0, len(h.args)+len(args))
+	for _, kvs := range [][]any{h.args, args} {
+		for i := 0; i < len(kvs); i += 2 {
+			if i+1 == len(kvs) {
+				// hclog tolerates a dangling value; slog would print !BADKEY.
+				all = append(all, "extra", kvs[i])
+				break
+			}
+			switch kvs[i] {
+			case "timestamp":
+				// A plugin line's own time: slog stamps the record.
+				continue
+			case "plugin":
+				// go-plugin's name for the executable; plugin= is the
+				// configured name already.
+				all = append(all, "plugin_path", kvs[i+1])
+				continue
+			}
+			all = append(all, kvs[i], kvs[i+1])
+		}
 	}
 	h.l.Log(ctx, lv, msg, all...)
 }
