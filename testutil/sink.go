@@ -26,7 +26,7 @@ type Sink struct {
 
 	mu       sync.Mutex
 	requests []Request
-	respond  func(r Request) int
+	respond  func(r Request) (int, http.Header)
 	arrived  chan struct{}
 }
 
@@ -41,6 +41,12 @@ func NewSink(t testing.TB) *Sink {
 
 // Respond sets the function that picks each answer's status code.
 func (s *Sink) Respond(fn func(r Request) int) {
+	s.RespondWithHeaders(func(r Request) (int, http.Header) { return fn(r), nil })
+}
+
+// RespondWithHeaders sets the function that picks each answer's status code
+// and response headers.
+func (s *Sink) RespondWithHeaders(fn func(r Request) (int, http.Header)) {
 	s.mu.Lock()
 	s.respond = fn
 	s.mu.Unlock()
@@ -55,7 +61,11 @@ func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	code := http.StatusOK
 	if respond != nil {
-		code = respond(req)
+		var h http.Header
+		code, h = respond(req)
+		for k, v := range h {
+			w.Header()[k] = v
+		}
 	}
 	w.WriteHeader(code)
 	select {
