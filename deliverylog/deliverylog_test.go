@@ -461,3 +461,44 @@ func TestParseOutcome(t *testing.T) {
 		t.Errorf("ParseOutcome(ok) = %v", err)
 	}
 }
+
+func TestReader_pages_stay_exact_while_records_arrive(t *testing.T) {
+	js := setup(t)
+	recs := mix(300)
+	write(t, js, recs)
+	r := deliverylog.NewReader(js.JS)
+
+	// Keep logging to the same project while paging through it.
+	w := deliverylog.NewWriter(js.JS, testutil.Logger(t), deliverylog.WriterOptions{})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			w.Write(deliverylog.Record{DeliveryID: fmt.Sprintf("late%d", i), AccountID: "1", ProjectID: "10", Outcome: deliverylog.OutcomeDelivered})
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	got := ids(queryAll(t, r, deliverylog.Filter{ProjectID: "10", First: 9}))
+	close(stop)
+	wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The first page may include records that arrived before it was read;
+	// after that, every old record comes exactly once, in order.
+	want := expect(recs, func(r deliverylog.Record) bool { return r.ProjectID == "10" })
+	i := slices.IndexFunc(got, func(id string) bool { return !strings.HasPrefix(id, "late") })
+	if i < 0 || i > 9 || !slices.Equal(got[i:], want) {
+		t.Errorf("got %v\nwant late records, then %v", got, want)
+	}
+}

@@ -69,9 +69,11 @@ type Page struct {
 // records arrive. Query never reads the log's history one message at a
 // time: it counts matching records from a sequence on with a short-lived
 // filtered consumer (the server answers from its per-subject index),
-// searches for the sequence where a page starts, and reads just that page.
-// A page costs O(log n) such counts at worst and reads at most a quarter
-// more records than it returns.
+// searches for the sequence where a page starts, and reads from there: a
+// page costs O(log n) such counts at worst and reads about a quarter more
+// records than it returns. Counts only guide the search; a page is always
+// the newest matches below the cursor, so paging returns every record
+// exactly once even while records arrive or expire.
 type Reader struct {
 	js jetstream.JetStream
 }
@@ -125,9 +127,9 @@ func (r *Reader) Query(ctx context.Context, f Filter) (Page, error) {
 	if err != nil {
 		return Page{}, err
 	}
-	first := uint64(DefaultFirst)
+	first := DefaultFirst
 	if f.First > 0 {
-		first = uint64(min(f.First, MaxFirst))
+		first = min(f.First, MaxFirst)
 	}
 	s, err := r.js.Stream(ctx, subjects.LogStream)
 	if err != nil {
@@ -150,75 +152,50 @@ func (r *Reader) Query(ctx context.Context, f Filter) (Page, error) {
 	}
 	sc := scanner{s: s, filter: filter}
 
-	// low is where the search may start and total the matches from there
-	// on, newer than hi included.
-	low, total := state.FirstSeq, uint64(0)
-	if f.Since.IsZero() {
-		if total, err = sc.count(ctx, low); err != nil {
-			return Page{}, err
-		}
-	} else {
-		var ok bool
-		if low, total, ok, err = sc.firstSince(ctx, f.Since); err != nil || !ok {
-			return Page{}, err
-		}
+	// oldest is the oldest match there is (stored at or after Since), and
+	// total how many match from it on, newer than hi included.
+	from := jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: state.FirstSeq}
+	if !f.Since.IsZero() {
+		since := f.Since
+		from = jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since}
 	}
-	// above is the number of matches newer than hi. Without a cursor hi is
-	// the newest record, so it is 0 but for records arriving meanwhile,
-	// which the read below leaves out anyway.
-	var above uint64
-	if f.After != "" && hi+1 > low {
-		if above, err = sc.count(ctx, hi+1); err != nil {
-			return Page{}, err
-		}
-	}
-	if total <= above || hi < low {
-		return Page{}, nil
-	}
-
-	// Find the largest a with count(a) ≥ above+first: the page starts
-	// there. count falls from total at low to above at hi+1; interpolate,
-	// bisecting every other step so that uneven logs converge too.
-	a, ca := low, total
-	slack := max(first/4, 16)
-	target := above + first
-	if ca > target+slack {
-		b, cb := hi+1, above
-		for step := 0; ca > target+slack && b-a > 1 && step < 128; step++ {
-			var m uint64
-			if step%2 == 0 {
-				want := target + slack/2
-				frac := float64(ca-want) / float64(ca-cb)
-				m = a + uint64(frac*float64(b-a))
-			} else {
-				m = a + (b-a)/2
-			}
-			m = min(max(m, a+1), b-1)
-			cm, err := sc.count(ctx, m)
-			if err != nil {
-				return Page{}, err
-			}
-			if cm >= target {
-				a, ca = m, cm
-			} else {
-				b, cb = m, cm
-			}
-		}
-	}
-
-	entries, err := sc.read(ctx, a, hi, int(ca-above)+int(slack))
-	if err != nil {
+	oldest, total, ok, err := sc.first(ctx, from)
+	if err != nil || !ok || oldest > hi {
 		return Page{}, err
 	}
+
+	// Counts guide where to read; they are not exact while records arrive,
+	// so what the page holds and HasNext come from what was read: the
+	// newest matches at or below hi, contiguous, and whether the oldest
+	// match is older than the page. A round that comes up short (counts
+	// thrown off by arrivals) reads on below where it began.
 	var p Page
-	n := min(uint64(len(entries)), first)
-	for i := len(entries) - 1; i >= len(entries)-int(n); i-- {
-		p.Records = append(p.Records, entries[i])
+	for round := 0; round < 4 && len(p.Records) < first && hi >= oldest; round++ {
+		need := first - len(p.Records)
+		cLow := total
+		if round > 0 {
+			if cLow, err = sc.count(ctx, oldest); err != nil {
+				return Page{}, err
+			}
+		}
+		a, err := sc.pageStart(ctx, oldest, cLow, hi, state.LastSeq, need)
+		if err != nil {
+			return Page{}, err
+		}
+		got, err := sc.newest(ctx, a, hi, need)
+		if err != nil {
+			return Page{}, err
+		}
+		p.Records = append(p.Records, got...)
+		if a <= oldest {
+			break
+		}
+		hi = a - 1
 	}
-	if len(p.Records) > 0 {
-		p.EndCursor = p.Records[len(p.Records)-1].Cursor()
+	if n := len(p.Records); n > 0 {
+		p.EndCursor = p.Records[n-1].Cursor()
+		p.HasNext = oldest < p.Records[n-1].Seq
 	}
-	p.HasNext = uint64(len(entries)) > first || total > ca
 	return p, nil
 }
 
@@ -338,12 +315,11 @@ func (sc scanner) count(ctx context.Context, from uint64) (uint64, error) {
 	return c.CachedInfo().NumPending, nil
 }
 
-// firstSince returns the sequence of the first match stored at or after
-// since and how many match from there on; ok is false when none does.
-func (sc scanner) firstSince(ctx context.Context, since time.Time) (seq, n uint64, ok bool, err error) {
-	c, done, err := sc.consumer(ctx, jetstream.ConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since, HeadersOnly: true,
-	})
+// first returns the sequence of the first match from where cfg starts and
+// how many match from there on; ok is false when none does.
+func (sc scanner) first(ctx context.Context, cfg jetstream.ConsumerConfig) (seq, n uint64, ok bool, err error) {
+	cfg.HeadersOnly = true
+	c, done, err := sc.consumer(ctx, cfg)
 	if err != nil {
 		return 0, 0, false, err
 	}
@@ -368,9 +344,56 @@ func (sc scanner) firstSince(ctx context.Context, since time.Time) (seq, n uint6
 	return 0, 0, false, nil
 }
 
-// read returns the matches with sequences from from to hi, oldest first, at
-// most limit of them.
-func (sc scanner) read(ctx context.Context, from, hi uint64, limit int) ([]Entry, error) {
+// pageStart returns the sequence from which [a, hi] holds about need
+// matches (a little more, never much more unless records arrive
+// meanwhile), or oldest when fewer than that match from there. cLow is the
+// count from oldest; last the newest sequence when the query began.
+func (sc scanner) pageStart(ctx context.Context, oldest, cLow, hi, last uint64, need int) (uint64, error) {
+	slack := uint64(max(need/4, 16))
+	// above: matches newer than hi. Without a cursor hi is the newest
+	// record, and arrivals since are too few to be worth a count.
+	var above uint64
+	if hi < last {
+		var err error
+		if above, err = sc.count(ctx, hi+1); err != nil {
+			return 0, err
+		}
+	}
+	target := above + uint64(need)
+	if cLow <= target+slack {
+		return oldest, nil
+	}
+	// count falls from cLow at oldest to above at hi+1. Find the largest
+	// a with count(a) ≥ target, give or take slack: interpolate, and
+	// bisect every other step so that an uneven log converges too.
+	a, ca := oldest, cLow
+	b, cb := hi+1, above
+	for step := 0; ca > target+slack && b-a > 1 && step < 128; step++ {
+		var m uint64
+		if step%2 == 0 && ca > cb {
+			want := target + slack/2
+			frac := float64(ca-want) / float64(ca-cb)
+			m = a + uint64(frac*float64(b-a))
+		} else {
+			m = a + (b-a)/2
+		}
+		m = min(max(m, a+1), b-1)
+		cm, err := sc.count(ctx, m)
+		if err != nil {
+			return 0, err
+		}
+		if cm >= target {
+			a, ca = m, cm
+		} else {
+			b, cb = m, cm
+		}
+	}
+	return a, nil
+}
+
+// newest returns the newest n matches with sequences from from to hi,
+// newest first. It reads every match in that range, keeping n at a time.
+func (sc scanner) newest(ctx context.Context, from, hi uint64, n int) ([]Entry, error) {
 	c, done, err := sc.consumer(ctx, jetstream.ConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
 	})
@@ -378,38 +401,53 @@ func (sc scanner) read(ctx context.Context, from, hi uint64, limit int) ([]Entry
 		return nil, err
 	}
 	defer done()
-	var out []Entry
-	for len(out) < limit {
-		b, err := c.FetchNoWait(min(limit-len(out), MaxFirst))
+	ring := make([]Entry, 0, n)
+	next := 0 // where the ring's oldest entry is once it is full
+	keep := func(e Entry) {
+		if len(ring) < n {
+			ring = append(ring, e)
+			return
+		}
+		ring[next] = e
+		next = (next + 1) % n
+	}
+	batch := min(max(n+n/4, 16), MaxFirst)
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		b, err := c.FetchNoWait(batch)
 		if err != nil {
 			return nil, fmt.Errorf("delivery log: read: %w", err)
 		}
-		got := 0
+		got, end := 0, false
 		for m := range b.Messages() {
 			got++
 			md, err := m.Metadata()
-			if err != nil {
+			if err != nil || end {
 				continue
 			}
 			if md.Sequence.Stream > hi {
-				return out, nil
+				end = true
+				continue
 			}
 			if e, ok := decode(m); ok {
-				out = append(out, e)
+				keep(e)
 			}
 			if md.NumPending == 0 {
-				return out, nil
+				end = true
 			}
 		}
 		if err := b.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			return nil, fmt.Errorf("delivery log: read: %w", err)
 		}
-		if got == 0 {
-			return out, nil
+		if end || got == 0 {
+			break
 		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
+	}
+	out := make([]Entry, 0, len(ring))
+	for i := len(ring) - 1; i >= 0; i-- {
+		out = append(out, ring[(next+i)%len(ring)])
 	}
 	return out, nil
 }
