@@ -33,9 +33,10 @@ running it again.
 --reason is one of invalid_event, delivery_failed, destination_not_allowed,
 callback_failed_undeliverable. --event-type ` + subjects.DeadInvalidType + ` selects events whose subject did
 not parse. --since and --until take a duration back from now (30m, 2h, 7d) or
-an RFC 3339 time, and bound when the events were dead-lettered; without
---until, what is dead-lettered after the count is left for another run.
-Without --yes it asks before replaying.`,
+an RFC 3339 time, and bound when the events were dead-lettered (on the NATS
+server's clock). Without --yes it asks before replaying; letters that die
+between the question and the replay are replayed too, and events that fail
+again during the replay are left for another run.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			now := time.Now()
@@ -46,7 +47,6 @@ Without --yes it asks before replaying.`,
 				}
 				f.Since = t
 			}
-			f.Until = now
 			if until != "" {
 				t, err := parseWhen(until, now)
 				if err != nil {
@@ -79,7 +79,7 @@ Without --yes it asks before replaying.`,
 	fl.StringVar(&f.EventType, "event-type", "", "only this event type ("+subjects.DeadInvalidType+": events whose subject did not parse)")
 	fl.StringVar(&f.Reason, "reason", "", "only this Callbackd-Reason")
 	fl.StringVar(&since, "since", "", "only dead letters since this long ago (1h, 7d) or this RFC 3339 time")
-	fl.StringVar(&until, "until", "", "only dead letters until this long ago or this RFC 3339 time (default: now)")
+	fl.StringVar(&until, "until", "", "only dead letters until this long ago or this RFC 3339 time")
 	fl.BoolVar(&f.DryRun, "dry-run", false, "count what would be replayed; change nothing")
 	fl.BoolVarP(&yes, "yes", "y", false, "replay without asking")
 	return cmd
