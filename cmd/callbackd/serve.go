@@ -10,7 +10,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/callbackd/callbackd/api"
 	"github.com/callbackd/callbackd/config"
+	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
 	"github.com/callbackd/callbackd/settings"
 )
@@ -82,6 +84,15 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		return err
 	}
 
+	// The delivery log is written asynchronously; it is flushed after the
+	// dispatcher has drained (defers run last-in first-out).
+	logw := deliverylog.NewWriter(js, log.With("component", "deliverylog"), deliverylog.WriterOptions{})
+	defer func() {
+		fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer fcancel()
+		_ = logw.Close(fctx)
+	}()
+
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	view := settings.NewView(log.With("component", "settings"))
@@ -89,7 +100,12 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	wg.Go(func() { _ = view.Run(runCtx, store.KV()) })
 	defer wg.Wait()
 
-	metrics := newMetrics(cfg, top, log, nil)
+	var pluginsReady func(context.Context) error
+	var pluginRestarts api.ValueFunc
+	if ps.manager != nil {
+		pluginsReady, pluginRestarts = pluginHealth(ps.manager)
+	}
+	metrics := newMetrics(cfg, top, log, pluginRestarts)
 	d, err := dispatcher.New(js, top, view, dispatcher.Options{
 		Workers:            cfg.Dispatcher.Workers,
 		MaxPayload:         int64(cfg.Dispatcher.MaxPayload),
@@ -105,11 +121,12 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		MaxInFlight:        cfg.Delivery.MaxInFlight,
 		Logger:             log.With("component", "dispatcher"),
 		Observer:           metrics,
+		Recorder:           logw,
 	})
 	if err != nil {
 		return err
 	}
-	adm, err := startAPI(ctx, cfg, log, apiDeps{NC: nc, JS: js, Store: store, View: view, Transport: transport, Metrics: metrics})
+	adm, err := startAPI(ctx, cfg, log, apiDeps{NC: nc, JS: js, Store: store, View: view, Transport: transport, Metrics: metrics, Plugins: pluginsReady})
 	if err != nil {
 		return err
 	}
