@@ -126,6 +126,9 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 		Prefix:      EnvPrefix,
 		EnvironFunc: func() []string { return environ },
 		TransformFunc: func(name, value string) (string, any) {
+			if nonConfigEnv[name] {
+				return "", nil
+			}
 			key := envKey(name)
 			t, ok := settable(key)
 			if !ok {
@@ -256,6 +259,10 @@ func settable(key string) (reflect.Type, bool) {
 	}
 	return t, true
 }
+
+// nonConfigEnv are CALLBACKD_ variables that are not config keys but are
+// read elsewhere (the CLI's admin token), so they are not warned about.
+var nonConfigEnv = map[string]bool{"CALLBACKD_TOKEN": true, "CALLBACKD_TEST_LOG": true}
 
 // unknownKeys returns a KeyError per key of the file's map that Config does
 // not have.
