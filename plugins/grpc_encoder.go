@@ -132,32 +132,31 @@ func sortedKeys[V any](m map[string]V) []string {
 // carries every Encode call of every encoder of the process on one stream;
 // Start opens it. It is safe for concurrent use.
 type EncoderClient struct {
-	client pluginpb.EncoderServiceClient
+	cc grpc.ClientConnInterface
 
 	mu   sync.Mutex
 	opts StreamOptions
-	mux  *clientMux[pluginpb.EncodeItem, pluginpb.EncodeResult]
+	mux  *clientMux[encodeItem, encodeResult]
 }
 
 // NewEncoderClient returns a client of the encoder service on cc.
 func NewEncoderClient(cc grpc.ClientConnInterface) *EncoderClient {
-	return &EncoderClient{client: pluginpb.NewEncoderServiceClient(cc)}
+	return &EncoderClient{cc: cc}
 }
 
 // Start opens the stream. Calls made before Start fail with
 // ErrPluginUnavailable.
 func (c *EncoderClient) Start(o StreamOptions) error {
 	ctx, cancel := context.WithCancel(context.Background())
-	st, err := c.client.Encode(ctx)
+	st, err := c.cc.NewStream(ctx, &pluginpb.EncoderService_ServiceDesc.Streams[0],
+		pluginpb.EncoderService_Encode_FullMethodName, grpc.ForceCodecV2(wireCodec{}))
 	if err != nil {
 		cancel()
 		return fmt.Errorf("%w: %s: open encode stream: %v", ErrPluginUnavailable, o.Plugin, err)
 	}
-	mux := newClientMux(o.Plugin, batchStream[pluginpb.EncodeItem, pluginpb.EncodeResult](encodeClientStream{st}), cancel,
-		func(it *pluginpb.EncodeItem, id uint64, timeout time.Duration) {
-			it.Id, it.TimeoutNs = id, int64(timeout)
-		},
-		(*pluginpb.EncodeResult).GetId,
+	mux := newClientMux(o.Plugin, batchStream[encodeItem, encodeResult](encodeClientStream{st}), cancel,
+		func(it *encodeItem, id uint64, timeout time.Duration) { it.id, it.timeout = id, timeout },
+		func(r *encodeResult) uint64 { return r.id },
 		o.OnEnd)
 	c.mu.Lock()
 	old := c.mux
@@ -186,26 +185,26 @@ func (c *EncoderClient) Encoder(name string, info EncoderInfo) Encoder {
 	return &remoteEncoder{c: c, name: name, info: info}
 }
 
-func (c *EncoderClient) current() (*clientMux[pluginpb.EncodeItem, pluginpb.EncodeResult], StreamOptions) {
+func (c *EncoderClient) current() (*clientMux[encodeItem, encodeResult], StreamOptions) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.mux, c.opts
 }
 
 type encodeClientStream struct {
-	s pluginpb.EncoderService_EncodeClient
+	s grpc.ClientStream
 }
 
-func (w encodeClientStream) send(items []*pluginpb.EncodeItem, cancel []uint64) error {
-	return w.s.Send(&pluginpb.EncodeRequest{Items: items, Cancel: cancel})
+func (w encodeClientStream) send(items []*encodeItem, cancel []uint64) error {
+	return w.s.SendMsg(&encodeBatch{items: items, cancel: cancel})
 }
 
-func (w encodeClientStream) recv() ([]*pluginpb.EncodeResult, []uint64, error) {
-	resp, err := w.s.Recv()
-	if err != nil {
+func (w encodeClientStream) recv() ([]*encodeResult, []uint64, error) {
+	var r encodeReplies
+	if err := w.s.RecvMsg(&r); err != nil {
 		return nil, nil, err
 	}
-	return resp.GetItems(), nil, nil
+	return r.items, nil, nil
 }
 
 // remoteEncoder is one encoder of a plugin process.
@@ -226,12 +225,12 @@ func (e *remoteEncoder) Encode(ctx context.Context, ev Event) (Encoded, error) {
 	}
 	ctx, cancel := withDeadline(ctx, o.timeout())
 	defer cancel()
-	res, err := mux.call(ctx, &pluginpb.EncodeItem{Encoder: e.name, Event: eventToPB(ev)})
+	res, err := mux.call(ctx, &encodeItem{encoder: e.name, ev: ev})
 	if err != nil {
 		return Encoded{}, err
 	}
-	if res.Error != nil {
-		return Encoded{}, errorFromPB(o.Plugin, res.Error)
+	if res.err != nil {
+		return Encoded{}, res.err.asError(o.Plugin)
 	}
-	return Encoded{Notification: notificationFromPB(res.Notification), SkipReason: res.GetSkipReason()}, nil
+	return res.out, nil
 }

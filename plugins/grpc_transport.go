@@ -70,18 +70,18 @@ func (w deliverServerStream) recv() ([]*pluginpb.DeliverItem, []uint64, error) {
 // Transport whose Deliver calls travel on one stream, which Start opens. It
 // is safe for concurrent use.
 type TransportClient struct {
-	client pluginpb.TransportServiceClient
+	cc grpc.ClientConnInterface
 
 	mu   sync.Mutex
 	opts StreamOptions
-	mux  *clientMux[pluginpb.DeliverItem, pluginpb.DeliverResult]
+	mux  *clientMux[deliverItem, deliverResult]
 }
 
 var _ Transport = (*TransportClient)(nil)
 
 // NewTransportClient returns a client of the transport service on cc.
 func NewTransportClient(cc grpc.ClientConnInterface) *TransportClient {
-	return &TransportClient{client: pluginpb.NewTransportServiceClient(cc)}
+	return &TransportClient{cc: cc}
 }
 
 // Start opens the stream. Calls made before Start fail with
@@ -89,16 +89,15 @@ func NewTransportClient(cc grpc.ClientConnInterface) *TransportClient {
 // margin (SPEC §5: delivery.timeout + 5s).
 func (c *TransportClient) Start(o StreamOptions) error {
 	ctx, cancel := context.WithCancel(context.Background())
-	st, err := c.client.Deliver(ctx)
+	st, err := c.cc.NewStream(ctx, &pluginpb.TransportService_ServiceDesc.Streams[0],
+		pluginpb.TransportService_Deliver_FullMethodName, grpc.ForceCodecV2(wireCodec{}))
 	if err != nil {
 		cancel()
 		return fmt.Errorf("%w: %s: open deliver stream: %v", ErrPluginUnavailable, o.Plugin, err)
 	}
-	mux := newClientMux(o.Plugin, batchStream[pluginpb.DeliverItem, pluginpb.DeliverResult](deliverClientStream{st}), cancel,
-		func(it *pluginpb.DeliverItem, id uint64, timeout time.Duration) {
-			it.Id, it.TimeoutNs = id, int64(timeout)
-		},
-		(*pluginpb.DeliverResult).GetId,
+	mux := newClientMux(o.Plugin, batchStream[deliverItem, deliverResult](deliverClientStream{st}), cancel,
+		func(it *deliverItem, id uint64, timeout time.Duration) { it.id, it.timeout = id, timeout },
+		func(r *deliverResult) uint64 { return r.id },
 		o.OnEnd)
 	c.mu.Lock()
 	old := c.mux
@@ -130,32 +129,28 @@ func (c *TransportClient) Deliver(ctx context.Context, d Delivery) (Result, erro
 	}
 	ctx, cancel := withDeadline(ctx, o.timeout())
 	defer cancel()
-	res, err := mux.call(ctx, &pluginpb.DeliverItem{
-		DeliveryId:   d.DeliveryID,
-		Destination:  destinationToPB(d.Destination),
-		Notification: notificationToPB(d.Notification),
-	})
+	res, err := mux.call(ctx, &deliverItem{d: d})
 	if err != nil {
 		return Result{}, err
 	}
-	if res.Error != nil {
-		return Result{}, errorFromPB(o.Plugin, res.Error)
+	if res.err != nil {
+		return Result{}, res.err.asError(o.Plugin)
 	}
-	return resultFromPB(res.GetResult()), nil
+	return res.res, nil
 }
 
 type deliverClientStream struct {
-	s pluginpb.TransportService_DeliverClient
+	s grpc.ClientStream
 }
 
-func (w deliverClientStream) send(items []*pluginpb.DeliverItem, cancel []uint64) error {
-	return w.s.Send(&pluginpb.DeliverRequest{Items: items, Cancel: cancel})
+func (w deliverClientStream) send(items []*deliverItem, cancel []uint64) error {
+	return w.s.SendMsg(&deliverBatch{items: items, cancel: cancel})
 }
 
-func (w deliverClientStream) recv() ([]*pluginpb.DeliverResult, []uint64, error) {
-	resp, err := w.s.Recv()
-	if err != nil {
+func (w deliverClientStream) recv() ([]*deliverResult, []uint64, error) {
+	var r deliverReplies
+	if err := w.s.RecvMsg(&r); err != nil {
 		return nil, nil, err
 	}
-	return resp.GetItems(), nil, nil
+	return r.items, nil, nil
 }

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"testing"
@@ -14,6 +17,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 
 	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/plugins/builtin"
 )
 
 // The test binary doubles as the plugins under test: run as
@@ -23,6 +27,10 @@ import (
 func TestMain(m *testing.M) {
 	if len(os.Args) >= 3 && os.Args[1] == "__plugin" {
 		servePlugin(os.Args[2])
+		os.Exit(0)
+	}
+	if len(os.Args) >= 2 && os.Args[1] == "__sink" {
+		runSink()
 		os.Exit(0)
 	}
 	if len(os.Args) >= 3 && os.Args[1] == "__host" {
@@ -60,6 +68,14 @@ func servePlugin(name string) {
 			Plugins:         plugins.ServeConfig{Transport: testTransport{}}.PluginSet(),
 			GRPCServer:      plugin.DefaultGRPCServer,
 		})
+	case "builtin":
+		plugins.Serve(plugins.ServeConfig{
+			Encoders:  builtin.Encoders(),
+			Transport: builtin.NewHTTPForm(builtin.HTTPFormOptions{UserAgent: "callbackd/test", Guard: plugins.NewGuard(true, nil), MaxIdleConnsPerHost: 256}),
+			Failure:   builtin.NewSSOWebhook(),
+		})
+	case "noop":
+		plugins.ServeEncoder(noopEncoder{})
 	case "env":
 		// Reports its environment through the transport's result.
 		plugins.ServeTransport(envTransport{})
@@ -168,4 +184,40 @@ func runHost(execDir string) {
 	}
 	fmt.Println(p.PID())
 	select {}
+}
+
+// runSink answers every request with 204 on a loopback port it prints,
+// until its stdin closes: a webhook receiver in its own process, as a real
+// one would be, for the benchmarks.
+func runSink() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("http://" + ln.Addr().String())
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin); os.Exit(0) }()
+	_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+}
+
+// noopEncoder answers every event with the same notification: the cost of
+// the plugin boundary alone.
+type noopEncoder struct{}
+
+var noopNotification = func() plugins.Notification {
+	var n plugins.Notification
+	for i := 0; i < 10; i++ {
+		n.Fields = append(n.Fields, plugins.Field{Name: "field_" + strconv.Itoa(i), Value: plugins.String("value number " + strconv.Itoa(i))})
+	}
+	return n
+}()
+
+func (noopEncoder) Info(context.Context) (plugins.EncoderInfo, error) {
+	return plugins.EncoderInfo{EventType: "crawl_status"}, nil
+}
+
+func (noopEncoder) Encode(context.Context, plugins.Event) (plugins.Encoded, error) {
+	return plugins.Encoded{Notification: noopNotification}, nil
 }
