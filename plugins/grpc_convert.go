@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/callbackd/callbackd/plugins/pluginpb"
 )
@@ -21,9 +22,9 @@ func notificationToPB(n Notification) *pluginpb.Notification {
 	slab := make([]pluginpb.Field, len(n.Fields))
 	fields := make([]*pluginpb.Field, len(n.Fields))
 	for i, f := range n.Fields {
-		slab[i].Name = f.Name
+		slab[i].Name = bytesOf(f.Name)
 		slab[i].Kind = pluginpb.Kind(f.Value.Kind)
-		slab[i].Text = f.Value.Text
+		slab[i].Text = bytesOf(f.Value.Text)
 		fields[i] = &slab[i]
 	}
 	return &pluginpb.Notification{Fields: fields}
@@ -35,18 +36,18 @@ func notificationFromPB(n *pluginpb.Notification) Notification {
 	}
 	fields := make([]Field, len(n.Fields))
 	for i, f := range n.Fields {
-		fields[i] = Field{Name: f.GetName(), Value: Value{Kind: Kind(f.GetKind()), Text: f.GetText()}}
+		fields[i] = Field{Name: str(f.GetName()), Value: Value{Kind: Kind(f.GetKind()), Text: str(f.GetText())}}
 	}
 	return Notification{Fields: fields}
 }
 
 func destinationToPB(d Destination) *pluginpb.Destination {
-	out := &pluginpb.Destination{Url: d.URL}
+	out := &pluginpb.Destination{Url: bytesOf(d.URL)}
 	if len(d.Headers) > 0 {
 		slab := make([]pluginpb.Header, len(d.Headers))
 		out.Headers = make([]*pluginpb.Header, len(d.Headers))
 		for i, h := range d.Headers {
-			slab[i].Key, slab[i].Value = h.Key, h.Value
+			slab[i].Key, slab[i].Value = bytesOf(h.Key), bytesOf(h.Value)
 			out.Headers[i] = &slab[i]
 		}
 	}
@@ -54,11 +55,11 @@ func destinationToPB(d Destination) *pluginpb.Destination {
 }
 
 func destinationFromPB(d *pluginpb.Destination) Destination {
-	out := Destination{URL: d.GetUrl()}
+	out := Destination{URL: str(d.GetUrl())}
 	if len(d.GetHeaders()) > 0 {
 		out.Headers = make([]Header, len(d.Headers))
 		for i, h := range d.Headers {
-			out.Headers[i] = Header{Key: h.GetKey(), Value: h.GetValue()}
+			out.Headers[i] = Header{Key: str(h.GetKey()), Value: str(h.GetValue())}
 		}
 	}
 	return out
@@ -81,10 +82,10 @@ func eventFromPB(ev *pluginpb.Event) Event {
 func resultToPB(r Result) *pluginpb.Result {
 	return &pluginpb.Result{
 		StatusCode:      int32(r.StatusCode),
-		Outcome:         string(r.Outcome),
+		Outcome:         bytesOf(string(r.Outcome)),
 		RetryAfterNs:    int64(r.RetryAfter),
-		Error:           r.Error,
-		ResponseExcerpt: r.ResponseExcerpt,
+		Error:           bytesOf(r.Error),
+		ResponseExcerpt: bytesOf(r.ResponseExcerpt),
 		DurationNs:      int64(r.Duration),
 	}
 }
@@ -92,10 +93,10 @@ func resultToPB(r Result) *pluginpb.Result {
 func resultFromPB(r *pluginpb.Result) Result {
 	return Result{
 		StatusCode:      int(r.GetStatusCode()),
-		Outcome:         Outcome(r.GetOutcome()),
+		Outcome:         Outcome(str(r.GetOutcome())),
 		RetryAfter:      time.Duration(r.GetRetryAfterNs()),
-		Error:           r.GetError(),
-		ResponseExcerpt: r.GetResponseExcerpt(),
+		Error:           str(r.GetError()),
+		ResponseExcerpt: str(r.GetResponseExcerpt()),
 		Duration:        time.Duration(r.GetDurationNs()),
 	}
 }
@@ -106,9 +107,9 @@ func failureToPB(f Failure) *pluginpb.Failure {
 		AccountId:    f.AccountID,
 		ProjectId:    f.ProjectID,
 		DeliveryId:   f.DeliveryID,
-		CallbackUrl:  f.CallbackURL,
+		CallbackUrl:  bytesOf(f.CallbackURL),
 		StatusCode:   int32(f.StatusCode),
-		Error:        f.Error,
+		Error:        bytesOf(f.Error),
 		Attempts:     int32(f.Attempts),
 		Notification: notificationToPB(f.Notification),
 		IdFields:     f.IDFields,
@@ -128,9 +129,9 @@ func failureFromPB(f *pluginpb.Failure) Failure {
 		AccountID:    f.GetAccountId(),
 		ProjectID:    f.GetProjectId(),
 		DeliveryID:   f.GetDeliveryId(),
-		CallbackURL:  f.GetCallbackUrl(),
+		CallbackURL:  str(f.GetCallbackUrl()),
 		StatusCode:   int(f.GetStatusCode()),
-		Error:        f.GetError(),
+		Error:        str(f.GetError()),
 		Attempts:     int(f.GetAttempts()),
 		Notification: notificationFromPB(f.GetNotification()),
 		IDFields:     f.GetIdFields(),
@@ -163,7 +164,7 @@ func errorToPB(err error) *pluginpb.Error {
 	case errors.Is(err, context.Canceled):
 		code = pluginpb.ErrorCode_ERROR_CODE_CANCELED
 	}
-	return &pluginpb.Error{Code: code, Message: err.Error()}
+	return &pluginpb.Error{Code: code, Message: []byte(err.Error())}
 }
 
 // errorFromPB makes the host's error of a plugin's error: an invalid event
@@ -174,16 +175,39 @@ func errorFromPB(plugin string, e *pluginpb.Error) error {
 	if e == nil {
 		return nil
 	}
-	switch e.GetCode() {
+	return codeError(plugin, e.GetCode(), string(e.GetMessage()))
+}
+
+func codeError(plugin string, code pluginpb.ErrorCode, msg string) error {
+	switch code {
 	case pluginpb.ErrorCode_ERROR_CODE_INVALID_EVENT:
 		// The plugin's own message already says what is wrong; the
 		// dispatcher dead-letters with it, so it is kept as it is.
-		return &invalidError{msg: e.GetMessage()}
+		return &invalidError{msg: msg}
 	case pluginpb.ErrorCode_ERROR_CODE_DEADLINE_EXCEEDED:
-		return fmt.Errorf("plugin %s: %s: %w", plugin, e.GetMessage(), context.DeadlineExceeded)
+		return fmt.Errorf("plugin %s: %s: %w", plugin, msg, context.DeadlineExceeded)
 	case pluginpb.ErrorCode_ERROR_CODE_CANCELED:
-		return fmt.Errorf("plugin %s: %s: %w", plugin, e.GetMessage(), context.Canceled)
+		return fmt.Errorf("plugin %s: %s: %w", plugin, msg, context.Canceled)
 	default:
-		return fmt.Errorf("%w: %s: %s", ErrPluginFailed, plugin, e.GetMessage())
+		return fmt.Errorf("%w: %s: %s", ErrPluginFailed, plugin, msg)
 	}
+}
+
+// bytesOf views s as bytes without a copy, for messages that are only
+// marshalled: nothing may write to the result.
+func bytesOf(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return unsafe.Slice(unsafe.StringData(s), len(s))
+}
+
+// str views b as a string without a copy. b must be a buffer nothing
+// writes to again: the fields of a message just unmarshalled, which
+// protobuf copies out of the wire buffer.
+func str(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }

@@ -78,7 +78,7 @@ func (s *encoderServer) encode(ctx context.Context, it *pluginpb.EncodeItem) (re
 	if enc == nil {
 		res.Error = &pluginpb.Error{
 			Code:    pluginpb.ErrorCode_ERROR_CODE_UNKNOWN_ENCODER,
-			Message: fmt.Sprintf("no encoder %q in this plugin (it serves %v)", it.GetEncoder(), sortedKeys(s.encoders)),
+			Message: fmt.Appendf(nil, "no encoder %q in this plugin (it serves %v)", it.GetEncoder(), sortedKeys(s.encoders)),
 		}
 		return res
 	}
@@ -92,7 +92,7 @@ func (s *encoderServer) encode(ctx context.Context, it *pluginpb.EncodeItem) (re
 		res.Error = errorToPB(err)
 		return res
 	}
-	res.SkipReason = out.SkipReason
+	res.SkipReason = bytesOf(out.SkipReason)
 	res.Notification = notificationToPB(out.Notification)
 	return res
 }
@@ -114,7 +114,7 @@ func (w encodeServerStream) recv() ([]*pluginpb.EncodeItem, []uint64, error) {
 }
 
 func panicError(p any) *pluginpb.Error {
-	return &pluginpb.Error{Code: pluginpb.ErrorCode_ERROR_CODE_INTERNAL, Message: fmt.Sprintf("panic: %v", p)}
+	return &pluginpb.Error{Code: pluginpb.ErrorCode_ERROR_CODE_INTERNAL, Message: fmt.Appendf(nil, "panic: %v", p)}
 }
 
 func sortedKeys[V any](m map[string]V) []string {

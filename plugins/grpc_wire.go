@@ -327,7 +327,7 @@ func parseNotification(s string) (Notification, error) {
 
 // asError is the host's error for e (see errorFromPB).
 func (e *wireError) asError(plugin string) error {
-	return errorFromPB(plugin, &pluginpb.Error{Code: pluginpb.ErrorCode(e.code), Message: e.message})
+	return codeError(plugin, pluginpb.ErrorCode(e.code), e.message)
 }
 
 func parseError(s string) (*wireError, error) {

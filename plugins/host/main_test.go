@@ -74,6 +74,8 @@ func servePlugin(name string) {
 			Transport: builtin.NewHTTPForm(builtin.HTTPFormOptions{UserAgent: "callbackd/test", Guard: plugins.NewGuard(true, nil), MaxIdleConnsPerHost: 256}),
 			Failure:   builtin.NewSSOWebhook(),
 		})
+	case "builtin-guarded":
+		plugins.Serve(plugins.ServeConfig{Transport: builtin.NewHTTPForm(builtin.HTTPFormOptions{UserAgent: "callbackd/test"})})
 	case "noop":
 		plugins.ServeEncoder(noopEncoder{})
 	case "env":

@@ -153,11 +153,15 @@ func (ErrorCode) EnumDescriptor() ([]byte, []int) {
 
 // Field is one named JSON scalar of a notification. text holds a string as
 // it is, a number as its JSON literal, a bool as true/false, null as "".
+//
+// Free text travels as bytes throughout this file: proto3 strings must be
+// valid UTF-8, and a notification, a header value or an error text that is
+// not would otherwise break the whole stream, not just its own item.
 type Field struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Name          []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Kind          Kind                   `protobuf:"varint,2,opt,name=kind,proto3,enum=callbackd.plugin.v1.Kind" json:"kind,omitempty"`
-	Text          string                 `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
+	Text          []byte                 `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,11 +196,11 @@ func (*Field) Descriptor() ([]byte, []int) {
 	return file_callbackd_plugin_v1_plugin_proto_rawDescGZIP(), []int{0}
 }
 
-func (x *Field) GetName() string {
+func (x *Field) GetName() []byte {
 	if x != nil {
 		return x.Name
 	}
-	return ""
+	return nil
 }
 
 func (x *Field) GetKind() Kind {
@@ -206,11 +210,11 @@ func (x *Field) GetKind() Kind {
 	return Kind_KIND_NULL
 }
 
-func (x *Field) GetText() string {
+func (x *Field) GetText() []byte {
 	if x != nil {
 		return x.Text
 	}
-	return ""
+	return nil
 }
 
 // Notification is an ordered list of fields; the order is the contract.
@@ -260,8 +264,8 @@ func (x *Notification) GetFields() []*Field {
 
 type Header struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -296,23 +300,23 @@ func (*Header) Descriptor() ([]byte, []int) {
 	return file_callbackd_plugin_v1_plugin_proto_rawDescGZIP(), []int{2}
 }
 
-func (x *Header) GetKey() string {
+func (x *Header) GetKey() []byte {
 	if x != nil {
 		return x.Key
 	}
-	return ""
+	return nil
 }
 
-func (x *Header) GetValue() string {
+func (x *Header) GetValue() []byte {
 	if x != nil {
 		return x.Value
 	}
-	return ""
+	return nil
 }
 
 type Destination struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Url           string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	Url           []byte                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
 	Headers       []*Header              `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -348,11 +352,11 @@ func (*Destination) Descriptor() ([]byte, []int) {
 	return file_callbackd_plugin_v1_plugin_proto_rawDescGZIP(), []int{3}
 }
 
-func (x *Destination) GetUrl() string {
+func (x *Destination) GetUrl() []byte {
 	if x != nil {
 		return x.Url
 	}
-	return ""
+	return nil
 }
 
 func (x *Destination) GetHeaders() []*Header {
@@ -365,7 +369,7 @@ func (x *Destination) GetHeaders() []*Header {
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Code          ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=callbackd.plugin.v1.ErrorCode" json:"code,omitempty"`
-	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Message       []byte                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -407,11 +411,11 @@ func (x *Error) GetCode() ErrorCode {
 	return ErrorCode_ERROR_CODE_INTERNAL
 }
 
-func (x *Error) GetMessage() string {
+func (x *Error) GetMessage() []byte {
 	if x != nil {
 		return x.Message
 	}
-	return ""
+	return nil
 }
 
 type DescribeRequest struct {
@@ -718,7 +722,7 @@ type EncodeResult struct {
 	Id           uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	Notification *Notification          `protobuf:"bytes,2,opt,name=notification,proto3" json:"notification,omitempty"`
 	// skip_reason is set when the event is skipped by rule.
-	SkipReason    string `protobuf:"bytes,3,opt,name=skip_reason,json=skipReason,proto3" json:"skip_reason,omitempty"`
+	SkipReason    []byte `protobuf:"bytes,3,opt,name=skip_reason,json=skipReason,proto3" json:"skip_reason,omitempty"`
 	Error         *Error `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -768,11 +772,11 @@ func (x *EncodeResult) GetNotification() *Notification {
 	return nil
 }
 
-func (x *EncodeResult) GetSkipReason() string {
+func (x *EncodeResult) GetSkipReason() []byte {
 	if x != nil {
 		return x.SkipReason
 	}
-	return ""
+	return nil
 }
 
 func (x *EncodeResult) GetError() *Error {
@@ -960,10 +964,10 @@ type Result struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	StatusCode int32                  `protobuf:"varint,1,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
 	// outcome: delivered, retryable, final or not_allowed.
-	Outcome         string `protobuf:"bytes,2,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Outcome         []byte `protobuf:"bytes,2,opt,name=outcome,proto3" json:"outcome,omitempty"`
 	RetryAfterNs    int64  `protobuf:"varint,3,opt,name=retry_after_ns,json=retryAfterNs,proto3" json:"retry_after_ns,omitempty"`
-	Error           string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
-	ResponseExcerpt string `protobuf:"bytes,5,opt,name=response_excerpt,json=responseExcerpt,proto3" json:"response_excerpt,omitempty"`
+	Error           []byte `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	ResponseExcerpt []byte `protobuf:"bytes,5,opt,name=response_excerpt,json=responseExcerpt,proto3" json:"response_excerpt,omitempty"`
 	DurationNs      int64  `protobuf:"varint,6,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -1006,11 +1010,11 @@ func (x *Result) GetStatusCode() int32 {
 	return 0
 }
 
-func (x *Result) GetOutcome() string {
+func (x *Result) GetOutcome() []byte {
 	if x != nil {
 		return x.Outcome
 	}
-	return ""
+	return nil
 }
 
 func (x *Result) GetRetryAfterNs() int64 {
@@ -1020,18 +1024,18 @@ func (x *Result) GetRetryAfterNs() int64 {
 	return 0
 }
 
-func (x *Result) GetError() string {
+func (x *Result) GetError() []byte {
 	if x != nil {
 		return x.Error
 	}
-	return ""
+	return nil
 }
 
-func (x *Result) GetResponseExcerpt() string {
+func (x *Result) GetResponseExcerpt() []byte {
 	if x != nil {
 		return x.ResponseExcerpt
 	}
-	return ""
+	return nil
 }
 
 func (x *Result) GetDurationNs() int64 {
@@ -1203,9 +1207,9 @@ type Failure struct {
 	AccountId   string                 `protobuf:"bytes,2,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
 	ProjectId   string                 `protobuf:"bytes,3,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
 	DeliveryId  string                 `protobuf:"bytes,4,opt,name=delivery_id,json=deliveryId,proto3" json:"delivery_id,omitempty"`
-	CallbackUrl string                 `protobuf:"bytes,5,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
+	CallbackUrl []byte                 `protobuf:"bytes,5,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
 	StatusCode  int32                  `protobuf:"varint,6,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
-	Error       string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	Error       []byte                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	Attempts    int32                  `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// failed_at_unix_ns is the time of failure in Unix nanoseconds, 0 when unset.
 	FailedAtUnixNs int64         `protobuf:"varint,9,opt,name=failed_at_unix_ns,json=failedAtUnixNs,proto3" json:"failed_at_unix_ns,omitempty"`
@@ -1275,11 +1279,11 @@ func (x *Failure) GetDeliveryId() string {
 	return ""
 }
 
-func (x *Failure) GetCallbackUrl() string {
+func (x *Failure) GetCallbackUrl() []byte {
 	if x != nil {
 		return x.CallbackUrl
 	}
-	return ""
+	return nil
 }
 
 func (x *Failure) GetStatusCode() int32 {
@@ -1289,11 +1293,11 @@ func (x *Failure) GetStatusCode() int32 {
 	return 0
 }
 
-func (x *Failure) GetError() string {
+func (x *Failure) GetError() []byte {
 	if x != nil {
 		return x.Error
 	}
-	return ""
+	return nil
 }
 
 func (x *Failure) GetAttempts() int32 {
@@ -1485,20 +1489,20 @@ const file_callbackd_plugin_v1_plugin_proto_rawDesc = "" +
 	"\n" +
 	" callbackd/plugin/v1/plugin.proto\x12\x13callbackd.plugin.v1\"^\n" +
 	"\x05Field\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
+	"\x04name\x18\x01 \x01(\fR\x04name\x12-\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x19.callbackd.plugin.v1.KindR\x04kind\x12\x12\n" +
-	"\x04text\x18\x03 \x01(\tR\x04text\"B\n" +
+	"\x04text\x18\x03 \x01(\fR\x04text\"B\n" +
 	"\fNotification\x122\n" +
 	"\x06fields\x18\x01 \x03(\v2\x1a.callbackd.plugin.v1.FieldR\x06fields\"0\n" +
 	"\x06Header\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"V\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"V\n" +
 	"\vDestination\x12\x10\n" +
-	"\x03url\x18\x01 \x01(\tR\x03url\x125\n" +
+	"\x03url\x18\x01 \x01(\fR\x03url\x125\n" +
 	"\aheaders\x18\x02 \x03(\v2\x1b.callbackd.plugin.v1.HeaderR\aheaders\"U\n" +
 	"\x05Error\x122\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x1e.callbackd.plugin.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x11\n" +
+	"\amessage\x18\x02 \x01(\fR\amessage\"\x11\n" +
 	"\x0fDescribeRequest\"f\n" +
 	"\x10DescribeResponse\x12\x14\n" +
 	"\x05kinds\x18\x01 \x03(\tR\x05kinds\x12<\n" +
@@ -1527,7 +1531,7 @@ const file_callbackd_plugin_v1_plugin_proto_rawDesc = "" +
 	"\fEncodeResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12E\n" +
 	"\fnotification\x18\x02 \x01(\v2!.callbackd.plugin.v1.NotificationR\fnotification\x12\x1f\n" +
-	"\vskip_reason\x18\x03 \x01(\tR\n" +
+	"\vskip_reason\x18\x03 \x01(\fR\n" +
 	"skipReason\x120\n" +
 	"\x05error\x18\x04 \x01(\v2\x1a.callbackd.plugin.v1.ErrorR\x05error\"^\n" +
 	"\rEncodeRequest\x125\n" +
@@ -1546,10 +1550,10 @@ const file_callbackd_plugin_v1_plugin_proto_rawDesc = "" +
 	"\x06Result\x12\x1f\n" +
 	"\vstatus_code\x18\x01 \x01(\x05R\n" +
 	"statusCode\x12\x18\n" +
-	"\aoutcome\x18\x02 \x01(\tR\aoutcome\x12$\n" +
+	"\aoutcome\x18\x02 \x01(\fR\aoutcome\x12$\n" +
 	"\x0eretry_after_ns\x18\x03 \x01(\x03R\fretryAfterNs\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\x12)\n" +
-	"\x10response_excerpt\x18\x05 \x01(\tR\x0fresponseExcerpt\x12\x1f\n" +
+	"\x05error\x18\x04 \x01(\fR\x05error\x12)\n" +
+	"\x10response_excerpt\x18\x05 \x01(\fR\x0fresponseExcerpt\x12\x1f\n" +
 	"\vduration_ns\x18\x06 \x01(\x03R\n" +
 	"durationNs\"\x86\x01\n" +
 	"\rDeliverResult\x12\x0e\n" +
@@ -1570,10 +1574,10 @@ const file_callbackd_plugin_v1_plugin_proto_rawDesc = "" +
 	"project_id\x18\x03 \x01(\tR\tprojectId\x12\x1f\n" +
 	"\vdelivery_id\x18\x04 \x01(\tR\n" +
 	"deliveryId\x12!\n" +
-	"\fcallback_url\x18\x05 \x01(\tR\vcallbackUrl\x12\x1f\n" +
+	"\fcallback_url\x18\x05 \x01(\fR\vcallbackUrl\x12\x1f\n" +
 	"\vstatus_code\x18\x06 \x01(\x05R\n" +
 	"statusCode\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\x12\x1a\n" +
+	"\x05error\x18\a \x01(\fR\x05error\x12\x1a\n" +
 	"\battempts\x18\b \x01(\x05R\battempts\x12)\n" +
 	"\x11failed_at_unix_ns\x18\t \x01(\x03R\x0efailedAtUnixNs\x12E\n" +
 	"\fnotification\x18\n" +
