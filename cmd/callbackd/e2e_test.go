@@ -1,0 +1,315 @@
+package main_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callbackd/callbackd/testutil"
+)
+
+// End-to-end tests of the real callbackd binary: built once per test run,
+// started as a subprocess with a config file, driven through its NATS
+// listener and its CLI, delivering to an httptest sink.
+
+const (
+	// startWait bounds start-up and shutdown: generous, since these run on
+	// small machines next to other builds.
+	startWait = 30 * time.Second
+	waitLong  = 20 * time.Second
+
+	seedAccount = "123123"
+	seedProject = "1123123"
+
+	crawlSeed = `{"message":"crawl_status","resource":"crawl","crawl_id":124234,"project_id":1123123,"account_id":123123,` +
+		`"user_id":123123,"partner_account_id":"123123","partner_user_id":"3333312","status":"finished",` +
+		`"href":"/accounts/123123/projects/1123123/crawls/124234"}`
+	crawlSeedBody = "message=crawl_status&resource=crawl&crawl_id=124234&project_id=1123123&account_id=123123" +
+		"&user_id=123123&partner_account_id=123123&partner_user_id=3333312&status=finished" +
+		"&href=%2Faccounts%2F123123%2Fprojects%2F1123123%2Fcrawls%2F124234"
+)
+
+func crawlBody(id int, a, p string) string {
+	c := strconv.Itoa(id)
+	return "message=crawl_status&resource=crawl&crawl_id=" + c + "&project_id=" + p + "&account_id=" + a +
+		"&user_id=&partner_account_id=&partner_user_id=&status=finished" +
+		"&href=%2Faccounts%2F" + a + "%2Fprojects%2F" + p + "%2Fcrawls%2F" + c
+}
+
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test of the callbackd binary; skipped with -short")
+	}
+}
+
+// writeConfig writes a config file for a callbackd on free loopback ports
+// with its data in a temporary directory, plus extra YAML, and returns its
+// path.
+func writeConfig(t *testing.T, natsAddr, apiAddr, extra string) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`data_dir: %s
+nats:
+  listen: %s
+delivery:
+  allow_private: true
+api:
+  listen: %s
+log:
+  level: debug
+%s`, filepath.Join(dir, "data"), natsAddr, apiAddr, extra)
+	path := filepath.Join(dir, "callbackd.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// served is a running `callbackd serve`.
+type served struct {
+	bin     string
+	config  string
+	apiAddr string
+	proc    *testutil.Process
+	js      jetstream.JetStream
+}
+
+// startServe starts `callbackd serve --config <file>` and waits until its
+// NATS listener holds the CALLBACKS stream and its admin API answers. At
+// cleanup it is sent SIGTERM (so that it stops its plugin processes) and
+// killed only if it does not exit.
+func startServe(t *testing.T) *served {
+	t.Helper()
+	bin := testutil.BuildBinary(t)
+	natsAddr, apiAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
+	s := &served{bin: bin, config: writeConfig(t, natsAddr, apiAddr, ""), apiAddr: apiAddr}
+	s.proc = testutil.StartBinary(t, bin, "serve", "--config", s.config)
+	t.Cleanup(func() {
+		if !s.proc.Exited() {
+			_ = s.proc.Signal(syscall.SIGTERM)
+			select {
+			case <-s.proc.Done():
+			case <-time.After(startWait):
+				t.Errorf("serve did not exit within %s of SIGTERM at cleanup", startWait)
+			}
+		}
+	})
+
+	var nc *nats.Conn
+	testutil.CheckFor(t, startWait, 50*time.Millisecond, func() error {
+		if s.proc.Exited() {
+			t.Fatalf("serve exited with %d while starting\n%s", s.proc.ExitCode(), s.proc.Stderr())
+		}
+		if nc == nil {
+			c, err := nats.Connect("nats://"+natsAddr, nats.Timeout(time.Second), nats.MaxReconnects(-1))
+			if err != nil {
+				return err
+			}
+			nc = c
+			t.Cleanup(nc.Close)
+			if s.js, err = jetstream.New(nc); err != nil {
+				return err
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if _, err := s.js.Stream(ctx, "CALLBACKS"); err != nil {
+			return fmt.Errorf("stream CALLBACKS: %w", err)
+		}
+		resp, err := http.Get("http://" + apiAddr + "/healthz")
+		if err != nil {
+			return err
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET /healthz: %s", resp.Status)
+		}
+		return nil
+	})
+	return s
+}
+
+// cli runs a callbackd command against the served instance's config and
+// fails the test unless it exits 0.
+func (s *served) cli(t *testing.T, args ...string) string {
+	t.Helper()
+	stdout, stderr, code := testutil.RunBinary(t, waitLong, s.bin, append(args, "--config", s.config)...)
+	if code != 0 {
+		t.Fatalf("callbackd %s: exit %d\n--- stdout\n%s--- stderr\n%s", strings.Join(args, " "), code, stdout, stderr)
+	}
+	return stdout
+}
+
+func (s *served) publish(t *testing.T, subject, payload, msgID string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	var opts []jetstream.PublishOpt
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	if _, err := s.js.Publish(ctx, subject, []byte(payload), opts...); err != nil {
+		t.Fatalf("publish %s: %v", subject, err)
+	}
+}
+
+// waitRouted publishes probe events to the project until one reaches the
+// sink: settings written through the API take effect on the dispatcher
+// shortly after the answer (SPEC §4: within 1 s), and an event that came
+// first would be acked as no_destination.
+func (s *served) waitRouted(t *testing.T, sink *testutil.Sink, account, project string) {
+	t.Helper()
+	probe := 900000
+	testutil.CheckFor(t, waitLong, 200*time.Millisecond, func() error {
+		for _, r := range sink.Requests() {
+			if strings.Contains(r.Body, "&crawl_id=9") && strings.Contains(r.Body, "&project_id="+project+"&") {
+				return nil
+			}
+		}
+		probe++
+		s.publish(t, "callbacks.event.crawl_status."+account+"."+project, `{"crawl_id":`+strconv.Itoa(probe)+`}`, "")
+		return fmt.Errorf("no probe delivered yet")
+	})
+}
+
+func findBody(sink *testutil.Sink, body string) (testutil.Request, bool) {
+	for _, r := range sink.Requests() {
+		if r.Body == body {
+			return r, true
+		}
+	}
+	return testutil.Request{}, false
+}
+
+func waitBody(t *testing.T, sink *testutil.Sink, body string) testutil.Request {
+	t.Helper()
+	var got testutil.Request
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		var ok bool
+		if got, ok = findBody(sink, body); !ok {
+			return fmt.Errorf("no request with body %s among %d", body, len(sink.Requests()))
+		}
+		return nil
+	})
+	return got
+}
+
+// The spine, on the real binary: a project URL set with the CLI, the seed's
+// crawl event published with a NATS client to serve's listener, and the
+// exact POST at the sink.
+func TestServe_delivers_the_seed_crawl_event(t *testing.T) {
+	skipShort(t)
+	sink := testutil.NewSink(t)
+	s := startServe(t)
+	out := s.cli(t, "project", "set", seedProject, "--url", sink.URL+"/webhook", "--header", "Authorization: Bearer t")
+	if !strings.Contains(out, sink.URL+"/webhook") {
+		t.Errorf("project set printed %q, want the URL in it", out)
+	}
+	s.waitRouted(t, sink, seedAccount, seedProject)
+
+	s.publish(t, "callbacks.event.crawl_status."+seedAccount+"."+seedProject, crawlSeed, "e2e-seed")
+	r := waitBody(t, sink, crawlSeedBody)
+	if r.Method != http.MethodPost || r.Path != "/webhook" {
+		t.Errorf("request = %s %s, want POST /webhook", r.Method, r.Path)
+	}
+	checks := map[string]string{
+		"Content-Type":  "application/x-www-form-urlencoded",
+		"User-Agent":    "callbackd/" + testutil.BinaryVersion,
+		"Authorization": "Bearer t",
+	}
+	sum := sha256.Sum256([]byte("e2e-seed"))
+	checks["Callback-Delivery-Id"] = hex.EncodeToString(sum[:])[:16]
+	for k, want := range checks {
+		if got := r.Header[k]; !slices.Equal(got, []string{want}) {
+			t.Errorf("%s = %q, want [%s]", k, got, want)
+		}
+	}
+	testutil.WaitStreamEmpty(t, s.js, "CALLBACKS", waitLong)
+}
+
+// `callbackd publish` puts an event on the stream that serve delivers.
+func TestPublish_command_event_is_delivered(t *testing.T) {
+	skipShort(t)
+	sink := testutil.NewSink(t)
+	s := startServe(t)
+	s.cli(t, "project", "set", "5", "--url", sink.URL+"/p5")
+	s.waitRouted(t, sink, "4", "5")
+
+	out := s.cli(t, "publish", "crawl_status", "--account", "4", "--project", "5", "--data", `{"crawl_id":7}`)
+	if !strings.Contains(out, "callbacks.event.crawl_status.4.5") {
+		t.Errorf("publish printed %q, want the subject in it", out)
+	}
+	r := waitBody(t, sink, crawlBody(7, "4", "5"))
+	if r.Path != "/p5" {
+		t.Errorf("delivered to %s, want /p5", r.Path)
+	}
+}
+
+// SIGTERM stops serve promptly with exit status 0.
+func TestServe_exits_zero_on_SIGTERM(t *testing.T) {
+	skipShort(t)
+	s := startServe(t)
+	if err := s.proc.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := s.proc.Wait(t, startWait); code != 0 {
+		t.Fatalf("serve exited with %d after SIGTERM, want 0\n%s", code, s.proc.Stderr())
+	}
+	if strings.Contains(s.proc.Stderr(), "panic:") {
+		t.Errorf("serve panicked on the way out:\n%s", s.proc.Stderr())
+	}
+}
+
+// `callbackd version` prints the version stamped at build time.
+func TestVersion_prints_the_version(t *testing.T) {
+	skipShort(t)
+	bin := testutil.BuildBinary(t)
+	stdout, stderr, code := testutil.RunBinary(t, waitLong, bin, "version")
+	if code != 0 {
+		t.Fatalf("callbackd version: exit %d\n%s", code, stderr)
+	}
+	if want := "callbackd " + testutil.BinaryVersion + "\n"; stdout != want {
+		t.Errorf("callbackd version printed %q, want %q", stdout, want)
+	}
+}
+
+// An unknown key in the config file stops serve at once with a non-zero
+// status and a message naming the key.
+func TestServe_unknown_config_key_fails_naming_it(t *testing.T) {
+	skipShort(t)
+	bin := testutil.BuildBinary(t)
+	tests := []struct {
+		name  string
+		extra string
+		key   string
+	}{
+		{"nested", "dispatcher:\n  wokers: 8\n", "dispatcher.wokers"},
+		{"top level", "colour: blue\n", "colour"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := writeConfig(t, testutil.FreeAddr(t), testutil.FreeAddr(t), tt.extra)
+			_, stderr, code := testutil.RunBinary(t, startWait, bin, "serve", "--config", cfg)
+			if code == 0 {
+				t.Fatalf("serve with %q exited 0, want a failure", tt.extra)
+			}
+			if !strings.Contains(stderr, tt.key) {
+				t.Errorf("stderr does not name %s:\n%s", tt.key, stderr)
+			}
+		})
+	}
+}
