@@ -1,5 +1,6 @@
 // Package embedded runs callbackd's in-process NATS server with JetStream:
-// the single-binary edge install needs no separate NATS.
+// the single-binary edge install needs no separate NATS, and several
+// callbackd instances can form a JetStream cluster of their embedded servers.
 package embedded
 
 import (
@@ -9,10 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -20,34 +19,17 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// Options configure the embedded server. The zero value of every field but
-// DataDir is usable.
-type Options struct {
-	// DataDir holds the JetStream store (DataDir/jetstream) and the server
-	// name file. Required.
-	DataDir string
-	// Listen is the client listener as host:port; "" means in-process only
-	// (no TCP listener). Port 0 picks a free port.
-	Listen string
-	// ServerName is the server's name; empty means one generated on first
-	// start and kept in DataDir/server_name, so it is stable across restarts.
-	ServerName string
-	// ReadyTimeout bounds the wait for the server to accept clients (0 → 10s).
-	ReadyTimeout time.Duration
-	// Logger receives the server's logs; nil discards them.
-	Logger *slog.Logger
-	// Debug turns on the server's debug logs.
-	Debug bool
-}
-
 // Server is a running embedded NATS server.
 type Server struct {
-	ns  *server.Server
-	log *slog.Logger
+	ns   *server.Server
+	log  *slog.Logger
+	auth Auth
 }
 
 // Start starts the server and waits until it accepts clients and JetStream is
-// enabled. The context bounds the wait.
+// enabled. The context bounds the wait. In a cluster, JetStream is enabled
+// before the cluster has elected its meta leader: a caller that creates
+// streams waits for that (a JetStream API call succeeding) itself.
 func Start(ctx context.Context, o Options) (*Server, error) {
 	if o.DataDir == "" {
 		return nil, errors.New("embedded nats: data dir is required")
@@ -62,24 +44,9 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 			return nil, err
 		}
 	}
-	opts := &server.Options{
-		ServerName: name,
-		JetStream:  true,
-		StoreDir:   o.DataDir, // the server adds "jetstream/"
-		NoSigs:     true, // callbackd owns SIGINT/SIGTERM
-		Debug:      o.Debug,
-	}
-	if o.Listen == "" {
-		opts.DontListen = true
-	} else {
-		host, port, err := splitHostPort(o.Listen)
-		if err != nil {
-			return nil, fmt.Errorf("embedded nats: nats.listen %q: %w", o.Listen, err)
-		}
-		opts.Host, opts.Port = host, port
-		if port == 0 {
-			opts.Port = server.RANDOM_PORT
-		}
+	opts, err := o.serverOptions(name)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -109,18 +76,32 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		ns.WaitForShutdown()
 		return nil, errors.New("embedded nats: JetStream did not start (see the server log)")
 	}
-	return &Server{ns: ns, log: log}, nil
+	return &Server{ns: ns, log: log, auth: o.Auth}, nil
 }
 
-// Connect opens a client connection to the server: in-process when there is
-// no listener, else over TCP. Extra options are appended.
+// Connect opens an in-process client connection to the server, with the
+// server's credentials when it requires some. Extra options are appended.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
-	all := append([]nats.Option{nats.Name("callbackd"), nats.InProcessServer(s.ns)}, opts...)
+	all := []nats.Option{nats.Name("callbackd"), nats.InProcessServer(s.ns)}
+	all = append(all, s.auth.ClientOptions()...)
+	all = append(all, opts...)
 	nc, err := nats.Connect("", all...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to embedded nats: %w", err)
 	}
 	return nc, nil
+}
+
+// ClientOptions are the nats.go options that present these credentials;
+// none when a is not set.
+func (a Auth) ClientOptions() []nats.Option {
+	switch {
+	case a.User != "":
+		return []nats.Option{nats.UserInfo(a.User, a.Password)}
+	case a.Token != "":
+		return []nats.Option{nats.Token(a.Token)}
+	}
+	return nil
 }
 
 // ClientURL is the URL of the client listener, "" when in-process only.
@@ -130,6 +111,12 @@ func (s *Server) ClientURL() string {
 	}
 	return s.ns.ClientURL()
 }
+
+// Clustered reports whether the server is a node of a JetStream cluster.
+func (s *Server) Clustered() bool { return s.ns.JetStreamIsClustered() }
+
+// Name is the server's name.
+func (s *Server) Name() string { return s.ns.Name() }
 
 // NATS returns the underlying server, for tests and advanced wiring.
 func (s *Server) NATS() *server.Server { return s.ns }
@@ -162,29 +149,3 @@ func stableName(dataDir string) (string, error) {
 	}
 	return name, nil
 }
-
-func splitHostPort(hp string) (string, int, error) {
-	host, p, err := net.SplitHostPort(hp)
-	if err != nil {
-		return "", 0, err
-	}
-	port, err := strconv.Atoi(p)
-	if err != nil || port < 0 || port > 65535 {
-		return "", 0, fmt.Errorf("port %q is not a number from 0 to 65535", p)
-	}
-	if host == "" {
-		host = "0.0.0.0"
-	}
-	return host, port, nil
-}
-
-// slogAdapter sends nats-server's logs to slog.
-type slogAdapter struct{ l *slog.Logger }
-
-// Notices (the start-up banner among them) are debug noise for callbackd.
-func (a slogAdapter) Noticef(f string, v ...any) { a.l.Debug(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Warnf(f string, v ...any)   { a.l.Warn(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Fatalf(f string, v ...any)  { a.l.Error(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Errorf(f string, v ...any)  { a.l.Error(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Debugf(f string, v ...any)  { a.l.Debug(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Tracef(f string, v ...any)  { a.l.Debug(fmt.Sprintf(f, v...)) }
