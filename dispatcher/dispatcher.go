@@ -173,8 +173,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return err
 }
 
-// consume runs one consumer's loop: a free worker slot first, then the next
-// message, so nothing pulled waits without a worker.
+// consume runs one consumer's loop: the next message, then a worker slot
+// (shared by both consumers) to handle it.
 func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, name string) error {
 	it, err := c.Messages(jetstream.PullMaxMessages(d.o.Workers))
 	if err != nil {
@@ -191,11 +191,9 @@ func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, name str
 	work := context.WithoutCancel(ctx)
 	d.log.Info("consuming", "consumer", name, "workers", d.o.Workers)
 	for {
-		d.workers <- struct{}{}
 		d.waitFresh(ctx)
 		m, err := it.Next()
 		if err != nil {
-			<-d.workers
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return nil
 			}
@@ -209,9 +207,11 @@ func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, name str
 		if ctx.Err() != nil {
 			// Pulled but not started before shutdown: hand it back.
 			d.nak(m, handBackDelay)
-			<-d.workers
 			continue
 		}
+		// The slot is taken once there is a message, so an idle consumer
+		// holds none; pulling ahead is bounded by PullMaxMessages.
+		d.workers <- struct{}{}
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()

@@ -462,9 +462,6 @@ func TestDispatcher_dedup_by_Nats_Msg_Id(t *testing.T) {
 // dispatcher.workers: 1 is a valid configuration: events still flow, one
 // at a time.
 func TestDispatcher_one_worker_delivers(t *testing.T) {
-	t.Skip("bug: dispatcher.consume takes a slot of the shared d.workers semaphore before it.Next(); " +
-		"with Workers 1 the idle retrier loop holds the only slot while it waits for a retry, so the " +
-		"dispatcher consumer never gets one and nothing is delivered (dispatcher/dispatcher.go, consume)")
 	sink := testutil.NewSink(t)
 	h := newHarness(t, harnessOptions{Workers: 1})
 	h.setProject("1", sink.URL)

@@ -59,6 +59,10 @@ func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
 	s.requests = append(s.requests, req)
 	respond := s.respond
 	s.mu.Unlock()
+	select {
+	case s.arrived <- struct{}{}:
+	default:
+	}
 	code := http.StatusOK
 	if respond != nil {
 		var h http.Header
@@ -68,10 +72,6 @@ func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	w.WriteHeader(code)
-	select {
-	case s.arrived <- struct{}{}:
-	default:
-	}
 }
 
 // Requests returns a copy of what the sink received so far.

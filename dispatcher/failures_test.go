@@ -1,0 +1,329 @@
+package dispatcher_test
+
+import (
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/settings"
+	"github.com/callbackd/callbackd/subjects"
+	"github.com/callbackd/callbackd/testutil"
+)
+
+// setSSO gives account the SSO client 77 with its webhook at url.
+func (h *harness) setSSO(account, url string, headers ...settings.Header) {
+	h.t.Helper()
+	ctx := h.ctx
+	client := "77"
+	if _, err := h.store.UpdateAccount(ctx, account, func(a *settings.Account) error { a.SSOClientID = &client; return nil }); err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.store.UpdateSSOClient(ctx, client, func(c *settings.SSOClient) error {
+		c.WebhookURL, c.WebhookHeaders = &url, headers
+		return nil
+	}); err != nil {
+		h.t.Fatal(err)
+	}
+	testutil.CheckFor(h.t, waitLong, 10*time.Millisecond, func() error {
+		if d := h.view.SSOWebhook(account); d == nil || d.URL != url {
+			return errString("SSO webhook not in the view yet")
+		}
+		return nil
+	})
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
+
+// codes answers with the given status codes in turn, the last repeating.
+func codes(cs ...int) func(testutil.Request) int {
+	var mu sync.Mutex
+	n := 0
+	return func(testutil.Request) int {
+		mu.Lock()
+		defer mu.Unlock()
+		c := cs[min(n, len(cs)-1)]
+		n++
+		return c
+	}
+}
+
+func TestDispatcher_retryable_failures_are_retried_with_the_same_delivery_id(t *testing.T) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 4, Backoff: []time.Duration{50 * time.Millisecond}})
+	sink := testutil.NewSink(t)
+	sink.Respond(codes(500, 503, 408, 200))
+	h.setProject("2", sink.URL+"/cb")
+	h.waitDestination("1", "2", sink.URL+"/cb")
+
+	h.publish(eventSubject("crawl_status", "1", "2"), crawl(7), "evt-7")
+	reqs := sink.WaitFor(t, 4, waitLong)
+	for i, r := range reqs {
+		if got := r.Header.Get("Callback-Delivery-Id"); got != idFromMsgID("evt-7") {
+			t.Errorf("attempt %d: Callback-Delivery-Id %q, want %q", i+1, got, idFromMsgID("evt-7"))
+		}
+		if r.Body != crawlBody(7, "1", "2") {
+			t.Errorf("attempt %d: body %q", i+1, r.Body)
+		}
+	}
+	h.waitEventsEmpty()
+	testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
+	if n := len(h.dead()); n != 0 {
+		t.Errorf("%d dead letters after a delivery that succeeded on attempt 4", n)
+	}
+}
+
+func TestDispatcher_retry_waits_in_CALLBACKS_RETRY_with_its_headers(t *testing.T) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 3, Backoff: []time.Duration{time.Hour}})
+	sink := testutil.NewSink(t)
+	sink.Respond(codes(502))
+	h.setProject("2", sink.URL)
+	h.waitDestination("1", "2", sink.URL)
+
+	before := time.Now()
+	h.publish(eventSubject("crawl_status", "1", "2"), crawl(8), "evt-8")
+	sink.WaitFor(t, 1, waitLong)
+	got := testutil.WaitStreamMsgs(t, h.js, subjects.RetryStream, 1, waitLong, nil)
+	m := got[0]
+	if m.Subject != "callbacks.retry.event.crawl_status.1.2" {
+		t.Errorf("retry subject = %q", m.Subject)
+	}
+	if a := m.Header.Get(subjects.HeaderAttempt); a != "2" {
+		t.Errorf("%s = %q, want 2", subjects.HeaderAttempt, a)
+	}
+	if id := m.Header.Get(subjects.HeaderDeliveryID); id != idFromMsgID("evt-8") {
+		t.Errorf("%s = %q", subjects.HeaderDeliveryID, id)
+	}
+	nb, err := time.Parse(time.RFC3339, m.Header.Get(subjects.HeaderNotBefore))
+	if err != nil || nb.Before(before.Add(59*time.Minute)) || nb.After(time.Now().Add(61*time.Minute)) {
+		t.Errorf("%s = %q (%v), want about an hour from now", subjects.HeaderNotBefore, m.Header.Get(subjects.HeaderNotBefore), err)
+	}
+	if !strings.HasPrefix(m.Header.Get(subjects.HeaderMsgID), idFromMsgID("evt-8")+":2") {
+		t.Errorf("retry Nats-Msg-Id = %q", m.Header.Get(subjects.HeaderMsgID))
+	}
+	if string(m.Data) != string(crawl(8)) {
+		t.Errorf("retry payload = %q", m.Data)
+	}
+	// The original was acked once the retry was stored, and the waiting
+	// retry holds no worker: another event is delivered meanwhile.
+	h.waitEventsEmpty()
+	sink.Respond(codes(200))
+	h.publish(eventSubject("crawl_status", "1", "2"), crawl(9), "")
+	waitRequestWithBody(t, sink, crawlBody(9, "1", "2"))
+}
+
+func TestDispatcher_retry_after_is_honoured(t *testing.T) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 2, Backoff: []time.Duration{50 * time.Millisecond, 3 * time.Second}})
+	sink := testutil.NewSink(t)
+	var mu sync.Mutex
+	n := 0
+	sink.RespondWithHeaders(func(testutil.Request) (int, http.Header) {
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		if n == 1 {
+			return http.StatusTooManyRequests, http.Header{"Retry-After": {"1"}}
+		}
+		return http.StatusOK, nil
+	})
+	h.setProject("2", sink.URL)
+	h.waitDestination("1", "2", sink.URL)
+	h.publish(eventSubject("crawl_status", "1", "2"), crawl(1), "")
+	reqs := sink.WaitFor(t, 2, waitLong)
+	if gap := reqs[1].At.Sub(reqs[0].At); gap < 950*time.Millisecond {
+		t.Errorf("retry after %s, want at least the Retry-After of 1s (backoff was 50ms)", gap)
+	}
+}
+
+func TestDispatcher_failed_for_good_reports_callback_failed_to_the_SSO_client(t *testing.T) {
+	tests := []struct {
+		name         string
+		codes        []int
+		maxAttempts  int
+		wantAttempts int
+		wantStatus   string
+	}{
+		{"attempts spent", []int{500}, 2, 2, "500"},
+		{"final status at once", []int{400}, 4, 1, "400"},
+		{"redirect is final", []int{302}, 4, 1, "302"},
+		{"seed literally: one attempt", []int{503}, 1, 1, "503"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, harnessOptions{MaxAttempts: tt.maxAttempts, Backoff: []time.Duration{20 * time.Millisecond}, Failure: true})
+			customer, sso := testutil.NewSink(t), testutil.NewSink(t)
+			customer.Respond(codes(tt.codes...))
+			h.setProject("1123123", customer.URL+"/webhook?token=secret")
+			h.setSSO("123123", sso.URL+"/sso", settings.Header{Key: "Authorization", Value: "Bearer sso"})
+			h.waitDestination("123123", "1123123", customer.URL+"/webhook?token=secret")
+
+			subj := eventSubject("crawl_status", "123123", "1123123")
+			h.publish(subj, []byte(crawlSeed), "seed-1")
+			got := sso.WaitFor(t, 1, waitLong)[0]
+			if n := len(customer.Requests()); n != tt.wantAttempts {
+				t.Errorf("customer got %d attempts, want %d", n, tt.wantAttempts)
+			}
+			if got.Header.Get("Authorization") != "Bearer sso" {
+				t.Errorf("SSO webhook without the client's header: %v", got.Header)
+			}
+			if got.Header.Get("Content-Type") != "application/x-www-form-urlencoded" {
+				t.Errorf("Content-Type = %q", got.Header.Get("Content-Type"))
+			}
+			form, err := url.ParseQuery(got.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantOrder := []string{"message", "resource", "failed_message", "callback_url", "status_code", "error",
+				"attempts", "delivery_id", "account_id", "project_id", "user_id", "partner_account_id",
+				"partner_user_id", "crawl_id", "failed_at"}
+			if keys := formKeys(got.Body); strings.Join(keys, ",") != strings.Join(wantOrder, ",") {
+				t.Errorf("callback_failed fields\n got %v\nwant %v", keys, wantOrder)
+			}
+			want := map[string]string{
+				"message": "callback_failed", "resource": "api_callback", "failed_message": "crawl_status",
+				"callback_url": customer.URL + "/webhook", "status_code": tt.wantStatus,
+				"attempts": strconv.Itoa(tt.wantAttempts), "delivery_id": idFromMsgID("seed-1"),
+				"account_id": "123123", "project_id": "1123123", "user_id": "123123",
+				"partner_account_id": "123123", "partner_user_id": "3333312", "crawl_id": "124234",
+			}
+			for k, v := range want {
+				if form.Get(k) != v {
+					t.Errorf("%s = %q, want %q", k, form.Get(k), v)
+				}
+			}
+			if _, err := time.Parse(time.RFC3339, form.Get("failed_at")); err != nil || !strings.HasSuffix(form.Get("failed_at"), "Z") {
+				t.Errorf("failed_at = %q, want RFC 3339 UTC", form.Get("failed_at"))
+			}
+			if form.Get("error") == "" {
+				t.Error("error is empty")
+			}
+			dl := h.waitDeadFor(subj, []byte(crawlSeed))
+			checkDeadLetter(t, dl, "callbacks.dead.crawl_status.123123.1123123", dispatcher.ReasonDeliveryFailed,
+				tt.wantStatus, strconv.Itoa(tt.wantAttempts), subj, []byte(crawlSeed), idFromMsgID("seed-1"))
+			h.waitEventsEmpty()
+		})
+	}
+}
+
+func TestDispatcher_no_SSO_client_sends_nothing_but_still_dead_letters(t *testing.T) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 1, Failure: true})
+	customer := testutil.NewSink(t)
+	customer.Respond(codes(500))
+	h.setProject("2", customer.URL)
+	h.waitDestination("1", "2", customer.URL)
+	subj := eventSubject("crawl_status", "1", "2")
+	h.publish(subj, crawl(3), "")
+	h.waitDeadFor(subj, crawl(3))
+	h.waitEventsEmpty()
+	if n := testutil.StreamLen(t, h.js, subjects.RetryStream); n != 0 {
+		t.Errorf("%d messages in CALLBACKS_RETRY", n)
+	}
+}
+
+func TestDispatcher_failed_callback_failed_is_dead_lettered_and_never_reported(t *testing.T) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 2, Backoff: []time.Duration{20 * time.Millisecond}, Failure: true})
+	customer, sso := testutil.NewSink(t), testutil.NewSink(t)
+	customer.Respond(codes(500))
+	sso.Respond(codes(500))
+	h.setProject("2", customer.URL)
+	h.setSSO("1", sso.URL)
+	h.waitDestination("1", "2", customer.URL)
+
+	subj := eventSubject("crawl_status", "1", "2")
+	h.publish(subj, crawl(4), "loop-1")
+	got := testutil.WaitStreamMsgs(t, h.js, subjects.DeadStream, 2, waitLong, nil)
+	reasons := map[string]string{}
+	for _, m := range got {
+		reasons[m.Header.Get(subjects.HeaderReason)] = m.Subject
+		if id := m.Header.Get(subjects.HeaderDeliveryID); id != idFromMsgID("loop-1") {
+			t.Errorf("dead letter %s with delivery id %q", m.Subject, id)
+		}
+	}
+	if reasons[dispatcher.ReasonDeliveryFailed] != "callbacks.dead.crawl_status.1.2" ||
+		reasons[dispatcher.ReasonCallbackFailedUndeliverable] != "callbacks.dead.callback_failed.1.2" {
+		t.Errorf("dead letters %v", reasons)
+	}
+	h.waitEventsEmpty()
+	testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
+	// The notice got the same attempts as any delivery, and nothing more.
+	if n := len(sso.Requests()); n != 2 {
+		t.Errorf("SSO webhook got %d requests, want 2 (its attempts) and no report of its own failure", n)
+	}
+	if n := len(h.dead()); n != 2 {
+		t.Errorf("%d dead letters, want 2", n)
+	}
+}
+
+func TestDispatcher_refused_destination_is_final(t *testing.T) {
+	// The guard allows 127.0.0.1 only; 127.0.0.2 is refused at dial time,
+	// before any packet leaves.
+	h := newHarness(t, harnessOptions{MaxAttempts: 4, Guard: true, AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, Failure: true})
+	sso := testutil.NewSink(t)
+	_, port, _ := strings.Cut(strings.TrimPrefix(sso.URL, "http://"), ":")
+	refused := "http://127.0.0.2:" + port + "/cb"
+	h.setProject("2", refused)
+	h.setSSO("1", sso.URL)
+	h.waitDestination("1", "2", refused)
+	subj := eventSubject("crawl_status", "1", "2")
+	h.publish(subj, crawl(5), "")
+	dl := h.waitDeadFor(subj, crawl(5))
+	if r := dl.Header.Get(subjects.HeaderReason); r != dispatcher.ReasonDestinationNotAllowed {
+		t.Errorf("reason = %q, want %s", r, dispatcher.ReasonDestinationNotAllowed)
+	}
+	req := sso.WaitFor(t, 1, waitLong)[0]
+	if f, _ := url.ParseQuery(req.Body); f.Get("status_code") != "" || f.Get("attempts") != "1" {
+		t.Errorf("callback_failed for a refused destination: %q", req.Body)
+	}
+}
+
+func TestDispatcher_slow_host_does_not_starve_others(t *testing.T) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 1, PerHostConcurrency: 2, Workers: 4, DeliveryTimeout: 30 * time.Second})
+	slow, fast := testutil.NewSink(t), testutil.NewSink(t)
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	slow.Respond(func(testutil.Request) int { <-release; return 200 })
+	h.setProject("10", slow.URL)
+	h.setProject("20", fast.URL)
+	h.waitDestination("1", "10", slow.URL)
+	h.waitDestination("1", "20", fast.URL)
+
+	for i := range 20 {
+		h.publish(eventSubject("crawl_status", "1", "10"), crawl(100+i), "")
+	}
+	for i := range 10 {
+		h.publish(eventSubject("crawl_status", "1", "20"), crawl(200+i), "")
+	}
+	// All of the fast host's events arrive while the slow one holds its two
+	// slots: the slow host's backlog is parked, not holding workers.
+	fast.WaitFor(t, 10, waitLong)
+	if n := len(slow.Requests()); n > 2 {
+		t.Errorf("slow host has %d requests in flight, cap is 2", n)
+	}
+	once.Do(func() { close(release) })
+	slow.WaitFor(t, 20, waitLong)
+	h.waitEventsEmpty()
+	testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
+	seen := map[string]int{}
+	for _, r := range slow.Requests() {
+		seen[r.Header.Get("Callback-Delivery-Id")]++
+	}
+	if len(seen) != 20 {
+		t.Errorf("slow host got %d distinct deliveries, want 20", len(seen))
+	}
+}
+
+func formKeys(body string) []string {
+	var keys []string
+	for _, kv := range strings.Split(body, "&") {
+		k, _, _ := strings.Cut(kv, "=")
+		keys = append(keys, k)
+	}
+	return keys
+}
