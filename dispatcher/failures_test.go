@@ -1,16 +1,22 @@
 package dispatcher_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/plugins"
 	"github.com/callbackd/callbackd/settings"
 	"github.com/callbackd/callbackd/subjects"
 	"github.com/callbackd/callbackd/testutil"
@@ -326,4 +332,94 @@ func formKeys(body string) []string {
 		keys = append(keys, k)
 	}
 	return keys
+}
+
+// downEncoder stands for an encoder plugin that is down: every call fails
+// with an infrastructure error, never ErrInvalidEvent.
+type downEncoder struct{ calls atomic.Int64 }
+
+func (e *downEncoder) Info(context.Context) (plugins.EncoderInfo, error) {
+	return plugins.EncoderInfo{EventType: "crawl_status"}, nil
+}
+
+func (e *downEncoder) Encode(context.Context, plugins.Event) (plugins.Encoded, error) {
+	e.calls.Add(1)
+	return plugins.Encoded{}, errors.New("plugin unavailable")
+}
+
+func TestDispatcher_plugin_errors_cost_no_attempt_and_are_capped(t *testing.T) {
+	enc := &downEncoder{}
+	h := newHarness(t, harnessOptions{
+		MaxAttempts: 4, MaxDeliveries: 2,
+		Encoders: map[string]plugins.Encoder{"crawl_status": enc},
+	})
+	sink := testutil.NewSink(t)
+	h.setProject("2", sink.URL)
+	h.waitDestination("1", "2", sink.URL)
+	subj := eventSubject("crawl_status", "1", "2")
+	start := time.Now()
+	h.publish(subj, crawl(1), "")
+	// Handed back after 1 s, then 2 s; the third delivery is over the cap.
+	dl := h.waitDeadFor(subj, crawl(1))
+	if took := time.Since(start); took < 2500*time.Millisecond {
+		t.Errorf("dead-lettered after %s: the hand-backs were not delayed (1 s, then 2 s)", took)
+	}
+	if got := enc.calls.Load(); got != 2 {
+		t.Errorf("encoder called %d times, want 2 (max_deliveries)", got)
+	}
+	if r := dl.Header.Get(subjects.HeaderReason); r != dispatcher.ReasonDeliveryFailed {
+		t.Errorf("reason %q, want %s", r, dispatcher.ReasonDeliveryFailed)
+	}
+	if a := dl.Header.Get(subjects.HeaderAttempts); a != "0" {
+		t.Errorf("%s = %q: plugin errors are not delivery attempts", subjects.HeaderAttempts, a)
+	}
+	if n := len(sink.Requests()); n != 0 {
+		t.Errorf("sink got %d requests", n)
+	}
+	h.waitEventsEmpty()
+}
+
+func TestDispatcher_every_attempt_is_in_the_delivery_log(t *testing.T) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 3, Backoff: []time.Duration{20 * time.Millisecond}, Log: true})
+	sink := testutil.NewSink(t)
+	sink.Respond(codes(500, 200))
+	h.setProject("2", sink.URL+"/cb?token=secret")
+	h.waitDestination("1", "2", sink.URL+"/cb?token=secret")
+	h.publish(eventSubject("crawl_status", "1", "2"), crawl(1), "log-1")
+	h.publish(eventSubject("crawl_status", "1", "2"), []byte(`{"crawl_id":2,"crawl_type":"test_suite_build"}`), "")
+	h.publish(eventSubject("crawl_status", "1", "3"), crawl(3), "")
+
+	r := deliverylog.NewReader(h.js)
+	var page deliverylog.Page
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		var err error
+		page, err = r.Query(h.ctx, deliverylog.Filter{AccountID: "1", First: 50})
+		if err != nil {
+			return err
+		}
+		if len(page.Records) < 4 {
+			return fmt.Errorf("%d records", len(page.Records))
+		}
+		return nil
+	})
+	byOutcome := map[string]deliverylog.Entry{}
+	for _, e := range page.Records {
+		byOutcome[e.Outcome] = e
+	}
+	retrying, delivered := byOutcome[deliverylog.OutcomeRetrying], byOutcome[deliverylog.OutcomeDelivered]
+	if retrying.Attempt != 1 || retrying.StatusCode != 500 || retrying.DeliveryID != idFromMsgID("log-1") {
+		t.Errorf("retrying record = %+v", retrying.Record)
+	}
+	if delivered.Attempt != 2 || delivered.StatusCode != 200 || delivered.DeliveryID != idFromMsgID("log-1") {
+		t.Errorf("delivered record = %+v", delivered.Record)
+	}
+	if delivered.URL != sink.URL+"/cb" {
+		t.Errorf("logged URL %q keeps its query", delivered.URL)
+	}
+	if _, ok := byOutcome[deliverylog.OutcomeSkipped]; !ok {
+		t.Error("no skipped record")
+	}
+	if e, ok := byOutcome[deliverylog.OutcomeNoDestination]; !ok || e.ProjectID != "3" {
+		t.Errorf("no no_destination record for project 3: %+v", e)
+	}
 }

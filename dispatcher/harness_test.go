@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
 	"github.com/callbackd/callbackd/plugins"
 	"github.com/callbackd/callbackd/plugins/builtin"
@@ -96,6 +97,12 @@ type harnessOptions struct {
 	// refused) except for AllowCIDRs; without it every address is allowed.
 	Guard      bool
 	AllowCIDRs []netip.Prefix
+	// Encoders replace the built-in encoders when set.
+	Encoders map[string]plugins.Encoder
+	// MaxDeliveries caps hand-backs (0 → the dispatcher's default).
+	MaxDeliveries int
+	// Log writes the delivery log to CALLBACKS_LOG.
+	Log bool
 	// Manual leaves the settings view and the dispatcher unstarted: the
 	// test calls startView and startDispatcher itself.
 	Manual bool
@@ -163,11 +170,23 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	if o.Failure {
 		failure = builtin.NewSSOWebhook()
 	}
+	encoders := o.Encoders
+	if encoders == nil {
+		encoders = builtin.Encoders()
+	}
+	var recorder dispatcher.Recorder
+	if o.Log {
+		w := deliverylog.NewWriter(h.js, log, deliverylog.WriterOptions{})
+		t.Cleanup(func() { _ = w.Close(context.Background()) })
+		recorder = w
+	}
 	h.d, err = dispatcher.New(h.js, top, h.view, dispatcher.Options{
 		Workers:            o.Workers,
 		MaxPayload:         o.MaxPayload,
+		MaxDeliveries:      o.MaxDeliveries,
+		Recorder:           recorder,
 		DeliveryTimeout:    o.DeliveryTimeout,
-		Encoders:           builtin.Encoders(),
+		Encoders:           encoders,
 		Transport:          transport,
 		Failure:            failure,
 		MaxAttempts:        o.MaxAttempts,
