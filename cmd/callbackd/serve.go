@@ -51,7 +51,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		return err
 	}
 	defer func() {
-		_ = nc.Drain()
+		closeNATS(nc)
 		if srv != nil {
 			srv.Shutdown()
 		}
@@ -64,22 +64,32 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		return fmt.Errorf("jetstream: %w", err)
 	}
 
-	top, err := dispatcher.EnsureStreams(ctx, js, dispatcher.StreamOptions{
-		Replicas:        cfg.NATS.Replicas,
-		Duplicates:      cfg.NATS.Duplicates,
-		RetentionEvents: cfg.Retention.Events,
-		RetentionDead:   cfg.Retention.Dead,
-		RetentionLog:    cfg.Retention.Log,
-		LogBytes:        int64(cfg.Retention.LogBytes),
-		AckWait:         cfg.AckWait(),
-		MaxAckPending:   cfg.Dispatcher.MaxAckPending,
-		MaxRetryPending: cfg.Dispatcher.MaxRetryPending,
-		Update:          updateStreams,
-	}, log)
+	// In a cluster that is still forming, creating replicated streams fails
+	// until enough nodes have joined: retried, bounded.
+	var top dispatcher.Topology
+	err = ensureJetStream(ctx, log, "streams", func(ctx context.Context) (err error) {
+		top, err = dispatcher.EnsureStreams(ctx, js, dispatcher.StreamOptions{
+			Replicas:        cfg.NATS.Replicas,
+			Duplicates:      cfg.NATS.Duplicates,
+			RetentionEvents: cfg.Retention.Events,
+			RetentionDead:   cfg.Retention.Dead,
+			RetentionLog:    cfg.Retention.Log,
+			LogBytes:        int64(cfg.Retention.LogBytes),
+			AckWait:         cfg.AckWait(),
+			MaxAckPending:   cfg.Dispatcher.MaxAckPending,
+			MaxRetryPending: cfg.Dispatcher.MaxRetryPending,
+			Update:          updateStreams,
+		}, log)
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	store, err := settings.OpenStore(ctx, js, settings.StoreOptions{Replicas: cfg.NATS.Replicas})
+	var store *settings.Store
+	err = ensureJetStream(ctx, log, "settings bucket", func(ctx context.Context) (err error) {
+		store, err = settings.OpenStore(ctx, js, settings.StoreOptions{Replicas: cfg.NATS.Replicas})
+		return err
+	})
 	if err != nil {
 		return err
 	}
