@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callbackd/callbackd/deadletters"
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
 	"github.com/callbackd/callbackd/plugins"
@@ -58,6 +59,22 @@ func codes(cs ...int) func(testutil.Request) int {
 		c := cs[min(n, len(cs)-1)]
 		n++
 		return c
+	}
+}
+
+// firstFails answers 500 to the first attempt of each delivery id, then 200.
+func firstFails() func(testutil.Request) int {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	return func(r testutil.Request) int {
+		mu.Lock()
+		defer mu.Unlock()
+		id := r.Header.Get("Callback-Delivery-Id")
+		if seen[id] {
+			return 200
+		}
+		seen[id] = true
+		return 500
 	}
 }
 
@@ -421,5 +438,145 @@ func TestDispatcher_every_attempt_is_in_the_delivery_log(t *testing.T) {
 	}
 	if e, ok := byOutcome[deliverylog.OutcomeNoDestination]; !ok || e.ProjectID != "3" {
 		t.Errorf("no no_destination record for project 3: %+v", e)
+	}
+}
+
+func TestDispatcher_restart_while_retries_are_pending_loses_none(t *testing.T) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 3, Backoff: []time.Duration{1500 * time.Millisecond}})
+	sink := testutil.NewSink(t)
+	sink.Respond(firstFails())
+	h.setProject("2", sink.URL)
+	h.waitDestination("1", "2", sink.URL)
+	for i := range 5 {
+		h.publish(eventSubject("crawl_status", "1", "2"), crawl(i+1), fmt.Sprintf("restart-%d", i))
+	}
+	// The first attempt of each fails; their retries wait in CALLBACKS_RETRY.
+	testutil.WaitStreamMsgs(t, h.js, subjects.RetryStream, 5, waitLong, nil)
+	h.stopDispatcher()
+	select {
+	case <-h.runDone:
+	case <-time.After(waitLong):
+		t.Fatal("dispatcher did not stop")
+	}
+	h.startDispatcher()
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		for i := range 5 {
+			id := idFromMsgID(fmt.Sprintf("restart-%d", i))
+			if n := len(requestsWithID(sink, id)); n < 2 {
+				return fmt.Errorf("%s: %d attempts", id, n)
+			}
+		}
+		return nil
+	})
+	testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
+	if n := len(h.dead()); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
+}
+
+func TestDispatcher_replayed_dead_letters_are_delivered_with_their_delivery_id(t *testing.T) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 1})
+	sink := testutil.NewSink(t)
+	sink.Respond(codes(500))
+	h.setProject("2", sink.URL)
+	h.waitDestination("1", "2", sink.URL)
+	subj := eventSubject("crawl_status", "1", "2")
+	h.publish(subj, crawl(1), "replay-me")
+	h.waitDeadFor(subj, crawl(1))
+
+	sink.Respond(codes(200))
+	res, err := deadletters.Replay(h.ctx, h.js, deadletters.Filter{ProjectID: "2"}, nil)
+	if err != nil || res.Replayed != 1 {
+		t.Fatalf("Replay = %+v, %v", res, err)
+	}
+	reqs := sink.WaitFor(t, 2, waitLong)
+	if id := reqs[1].Header.Get("Callback-Delivery-Id"); id != idFromMsgID("replay-me") {
+		t.Errorf("replayed delivery has Callback-Delivery-Id %q, want the original %q", id, idFromMsgID("replay-me"))
+	}
+	if reqs[1].Body != crawlBody(1, "1", "2") {
+		t.Errorf("replayed body %q", reqs[1].Body)
+	}
+	h.waitEventsEmpty()
+	testutil.WaitStreamEmpty(t, h.js, subjects.DeadStream, waitLong)
+}
+
+// Endpoints that never answer, more of them than workers/per_host, must
+// not hold up a healthy endpoint's events interleaved with theirs.
+func TestDispatcher_dead_endpoints_do_not_starve_a_healthy_one(t *testing.T) {
+	const deadHosts = 4 // workers 4 / per_host 2 = 2 hosts could fill the workers
+	h := newHarness(t, harnessOptions{MaxAttempts: 1, Workers: 4, PerHostConcurrency: 2, DeliveryTimeout: 30 * time.Second})
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+
+	var mu sync.Mutex
+	var order []string // completion order: "healthy" or "dead"
+	done := func(kind string) {
+		mu.Lock()
+		order = append(order, kind)
+		mu.Unlock()
+	}
+	healthy := testutil.NewSink(t)
+	healthy.Respond(func(testutil.Request) int { done("healthy"); return 200 })
+	h.setProject("100", healthy.URL)
+	for i := range deadHosts {
+		s := testutil.NewSink(t)
+		s.Respond(func(testutil.Request) int { <-release; done("dead"); return 200 })
+		h.setProject(strconv.Itoa(200+i), s.URL)
+		h.waitDestination("1", strconv.Itoa(200+i), s.URL)
+	}
+	h.waitDestination("1", "100", healthy.URL)
+
+	const healthyEvents = 20
+	for i := range healthyEvents {
+		for d := range deadHosts {
+			h.publish(eventSubject("crawl_status", "1", strconv.Itoa(200+d)), crawl(1000+i*deadHosts+d), "")
+		}
+		h.publish(eventSubject("crawl_status", "1", "100"), crawl(i+1), "")
+	}
+	healthy.WaitFor(t, healthyEvents, waitLong)
+	unblock()
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(order) < healthyEvents+deadHosts*healthyEvents {
+			return fmt.Errorf("%d of %d completions", len(order), healthyEvents+deadHosts*healthyEvents)
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range healthyEvents {
+		if order[i] != "healthy" {
+			t.Fatalf("completion %d was a dead endpoint's, before all %d healthy deliveries: %v", i, healthyEvents, order[:healthyEvents])
+		}
+	}
+}
+
+func TestDispatcher_waiting_retries_do_not_stop_fresh_events(t *testing.T) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 10, Workers: 4, Backoff: []time.Duration{200 * time.Millisecond}})
+	dead, healthy := testutil.NewSink(t), testutil.NewSink(t)
+	dead.Respond(codes(503))
+	h.setProject("1", dead.URL)
+	h.setProject("2", healthy.URL)
+	h.waitDestination("1", "1", dead.URL)
+	h.waitDestination("1", "2", healthy.URL)
+	for i := range 300 {
+		h.publish(eventSubject("crawl_status", "1", "1"), crawl(i+1), "")
+	}
+	// A burst of retries for the dead endpoint is waiting now.
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if n := testutil.StreamLen(t, h.js, subjects.RetryStream); n < 100 {
+			return fmt.Errorf("%d retries waiting", n)
+		}
+		return nil
+	})
+	for i := range 20 {
+		h.publish(eventSubject("crawl_status", "1", "2"), crawl(i+1), "")
+	}
+	healthy.WaitFor(t, 20, waitLong)
+	if n := testutil.StreamLen(t, h.js, subjects.RetryStream); n == 0 {
+		t.Error("the retries were all gone before the fresh events arrived; the test proves nothing")
 	}
 }
