@@ -132,7 +132,7 @@ type pluginRow struct {
 
 func pluginRows(cfg *config.Config, running func(name string) string) []*pluginRow {
 	var rows []*pluginRow
-	self, _ := os.Executable()
+	self, _ := selfExecutable()
 	for _, u := range pluginUses(cfg) {
 		r := &pluginRow{use: u}
 		if u.entry.Builtin != "" {
@@ -245,7 +245,7 @@ func probePlugins(ctx context.Context, cfg *config.Config, rows []*pluginRow) {
 		return
 	}
 	defer m.Close()
-	self, _ := os.Executable()
+	self, _ := selfExecutable()
 	done := map[string]string{}
 	for _, r := range rows {
 		e := r.use.entry

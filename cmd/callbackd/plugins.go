@@ -71,6 +71,10 @@ func (s *pluginSet) Restarts() int {
 	return n
 }
 
+// selfExecutable finds the binary that serves the built-ins: callbackd's
+// own. Tests point it at a built callbackd.
+var selfExecutable = os.Executable
+
 // builtinProcessName names the process serving the built-ins in logs.
 const builtinProcessName = "builtin"
 
@@ -217,7 +221,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 		}
 	}
 	if len(builtinKinds) > 0 {
-		self, err := os.Executable()
+		self, err := selfExecutable()
 		if err != nil {
 			return nil, fmt.Errorf("plugins: find callbackd's own executable to run the built-ins: %w", err)
 		}

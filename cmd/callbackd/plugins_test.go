@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/callbackd/callbackd/config"
+	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/plugins/builtin"
+	"github.com/callbackd/callbackd/plugins/host"
+	"github.com/callbackd/callbackd/plugins/plugintest"
+	"github.com/callbackd/callbackd/testutil"
+)
+
+// useBuiltBinary makes startPlugins re-execute a built callbackd (the test
+// binary is not one).
+func useBuiltBinary(t *testing.T) string {
+	t.Helper()
+	bin := testutil.BuildBinary(t)
+	old := selfExecutable
+	selfExecutable = func() (string, error) { return bin, nil }
+	t.Cleanup(func() { selfExecutable = old })
+	return bin
+}
+
+func pluginsConfig(t *testing.T, mode string) *config.Config {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Plugins.Builtins = mode
+	cfg.Plugins.Dir = t.TempDir()
+	cfg.Delivery.AllowPrivate = true // the suites' receivers are on loopback
+	cfg.Delivery.Timeout = 10 * time.Second
+	return cfg
+}
+
+func startTestPlugins(t *testing.T, cfg *config.Config) *pluginSet {
+	t.Helper()
+	ps, err := startPlugins(context.Background(), cfg, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ps.Close)
+	return ps
+}
+
+// TestStartPlugins_both_modes_pass_the_conformance_suites runs the
+// conformance suites against what startPlugins hands the dispatcher, with
+// the built-ins in-process and served by `callbackd plugin builtin`.
+func TestStartPlugins_both_modes_pass_the_conformance_suites(t *testing.T) {
+	useBuiltBinary(t)
+	for _, mode := range []string{"inprocess", "process"} {
+		t.Run(mode, func(t *testing.T) {
+			ps := startTestPlugins(t, pluginsConfig(t, mode))
+			if (ps.manager != nil) != (mode == "process") {
+				t.Fatalf("manager = %v in mode %s", ps.manager, mode)
+			}
+			if err := ps.Healthy(); err != nil {
+				t.Fatalf("Healthy() = %v", err)
+			}
+			for _, name := range builtin.EncoderNames() {
+				t.Run(name, func(t *testing.T) {
+					plugintest.TestEncoder(t, func(*testing.T) plugins.Encoder { return ps.Encoders[name] }, plugintest.BuiltinEncoderCases(name))
+				})
+			}
+			if got := ps.IDFields["report_download_available"]; strings.Join(got, ",") != "crawl_id,report_download_id" {
+				t.Errorf("IDFields = %v", ps.IDFields)
+			}
+			t.Run("http-form", func(t *testing.T) {
+				plugintest.TestTransport(t, func(*testing.T) plugins.Transport { return ps.Transport }, plugintest.TransportOptions{})
+			})
+			t.Run("sso-webhook", func(t *testing.T) {
+				plugintest.TestFailure(t, func(*testing.T) plugins.FailureHandler { return ps.Failure }, plugintest.BuiltinFailureCases())
+			})
+		})
+	}
+}
+
+// TestStartPlugins_transport_settings_reach_the_builtin_process checks that
+// the outbound policy and the User-Agent are those of the config in the
+// built-in process too.
+func TestStartPlugins_transport_settings_reach_the_builtin_process(t *testing.T) {
+	useBuiltBinary(t)
+	cfg := pluginsConfig(t, "process")
+	cfg.Delivery.AllowPrivate = false
+	ps := startTestPlugins(t, cfg)
+	sink := testutil.NewSink(t)
+	res, err := ps.Transport.Deliver(context.Background(), plugins.Delivery{DeliveryID: "d", Destination: plugins.Destination{URL: sink.URL}})
+	if err != nil || res.Outcome != plugins.OutcomeNotAllowed {
+		t.Fatalf("private address with allow_private false: %+v, %v", res, err)
+	}
+
+	cfg = pluginsConfig(t, "process")
+	cfg.Delivery.AllowPrivate = false
+	cfg.Delivery.AllowCIDRs = []string{"127.0.0.0/8"}
+	ps = startTestPlugins(t, cfg)
+	res, err = ps.Transport.Deliver(context.Background(), plugins.Delivery{DeliveryID: "d", Destination: plugins.Destination{URL: sink.URL}})
+	if err != nil || res.Outcome != plugins.OutcomeDelivered {
+		t.Fatalf("allow_cidrs 127.0.0.0/8: %+v, %v", res, err)
+	}
+	if reqs := sink.Requests(); len(reqs) != 1 || reqs[0].Header.Get("User-Agent") != "callbackd/"+version {
+		t.Fatalf("requests %+v", reqs)
+	}
+}
+
+func TestStartPlugins_refusals_name_the_config_key(t *testing.T) {
+	writable := t.TempDir()
+	if err := os.Chmod(writable, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]struct {
+		dir   string
+		entry config.PluginEntry
+		want  []string
+	}{
+		"missing file": {
+			entry: config.PluginEntry{Path: "crawl_failed", SHA256: strings.Repeat("0", 64)},
+			want:  []string{"plugins.encoders.crawl_failed", "plugin refused", "no such file"},
+		},
+		"writable dir": {
+			dir:   writable,
+			entry: config.PluginEntry{Path: "crawl_failed", SHA256: strings.Repeat("0", 64)},
+			want:  []string{"plugins.encoders.crawl_failed", "writable"},
+		},
+		"unknown built-in": {
+			entry: config.PluginEntry{Builtin: "crawl_failed"},
+			want:  []string{"plugins.encoders.crawl_failed", `no built-in encoder "crawl_failed"`},
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := pluginsConfig(t, "inprocess")
+			if c.dir != "" {
+				cfg.Plugins.Dir = c.dir
+			}
+			cfg.Plugins.Encoders["crawl_failed"] = c.entry
+			_, err := startPlugins(context.Background(), cfg, testutil.Logger(t))
+			if err == nil {
+				t.Fatal("started")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("err %q should say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestStartPlugins_wrong_checksum_is_refused points an entry at a real
+// executable with another checksum.
+func TestStartPlugins_wrong_checksum_is_refused(t *testing.T) {
+	bin := useBuiltBinary(t)
+	cfg := pluginsConfig(t, "inprocess")
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cfg.Plugins.Dir, "callbackd"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Plugins.Transport = config.PluginEntry{Path: "callbackd", SHA256: strings.Repeat("ab", 32), Args: []string{"plugin", "builtin"}}
+	_, err = startPlugins(context.Background(), cfg, testutil.Logger(t))
+	if !errors.Is(err, host.ErrRefused) || !strings.Contains(err.Error(), "plugins.transport") || !strings.Contains(err.Error(), "checksum mismatch") {
+		t.Fatalf("err = %v", err)
+	}
+
+	// With the right checksum, the same file runs as a third-party
+	// transport, with a clean environment.
+	sum, err := host.Checksum(filepath.Join(cfg.Plugins.Dir, "callbackd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Plugins.Transport.SHA256 = sum
+	cfg.Plugins.Transport.Args = []string{"plugin", "builtin", "--allow-private"}
+	ps := startTestPlugins(t, cfg)
+	sink := testutil.NewSink(t)
+	res, err := ps.Transport.Deliver(context.Background(), plugins.Delivery{DeliveryID: "d", Destination: plugins.Destination{URL: sink.URL}})
+	if err != nil || res.Outcome != plugins.OutcomeDelivered {
+		t.Fatalf("%+v, %v", res, err)
+	}
+}
+
+func TestPluginCommand_is_not_for_people(t *testing.T) {
+	bin := testutil.BuildBinary(t)
+	_, stderr, code := testutil.RunBinary(t, time.Minute, bin, "plugin", "builtin")
+	if code != 1 || !strings.Contains(stderr, "This binary is a plugin") {
+		t.Errorf("plugin builtin by hand: exit %d, stderr %q", code, stderr)
+	}
+	_, stderr, code = testutil.RunBinary(t, time.Minute, bin, "plugin", "nope")
+	if code != 2 || !strings.Contains(stderr, "usage") {
+		t.Errorf("plugin nope: exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestPluginsList(t *testing.T) {
+	bin := testutil.BuildBinary(t)
+	dir := filepath.Join(t.TempDir(), "plugins")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "other"), []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(t.TempDir(), "callbackd.yaml")
+	cfg := "data_dir: " + t.TempDir() + "\napi: {listen: \"" + testutil.FreeAddr(t) + "\", token: test-token-0123456789}\nplugins:\n  dir: " + dir +
+		"\n  encoders:\n    other_event: {path: other, sha256: \"" + strings.Repeat("0", 64) + "\"}\n"
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code := testutil.RunBinary(t, 2*time.Minute, bin, "plugins", "list", "--config", cfgPath, "--probe")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"plugins.encoders.crawl_status", "builtin:crawl_status", "built in",
+		"plugins.encoders.other_event", "MISMATCH", "FAILED: plugin other: plugin refused: checksum mismatch",
+		"plugins.transport", "builtin:http-form", "ok, serves encoder, transport, failure",
+		"unknown (serve not reachable)",
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout)
+		}
+	}
+}
