@@ -40,12 +40,16 @@ func (d Description) Serves(kind string) bool {
 // process serves.
 type infoPlugin struct {
 	plugin.NetRPCUnsupportedPlugin
-	kinds    []string
-	encoders map[string]Encoder
+	kinds     []string
+	encoders  map[string]Encoder
+	transport Transport
 }
 
 func (p *infoPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 	pluginpb.RegisterPluginServiceServer(s, &infoServer{kinds: p.kinds, encoders: p.encoders})
+	if len(p.encoders) > 0 && p.transport != nil {
+		pluginpb.RegisterPipelineServiceServer(s, &pipelineServer{enc: newEncoderServer(p.encoders), tr: p.transport})
+	}
 	return nil
 }
 

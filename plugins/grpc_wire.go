@@ -74,14 +74,7 @@ type encodeBatch struct {
 func (b *encodeBatch) appendWire(dst []byte) []byte {
 	var item, ev []byte
 	for _, it := range b.items {
-		ev = appendString(ev[:0], 1, it.ev.Type)
-		ev = appendString(ev, 2, it.ev.AccountID)
-		ev = appendString(ev, 3, it.ev.ProjectID)
-		ev = appendString(ev, 4, it.ev.DeliveryID)
-		if len(it.ev.Payload) > 0 {
-			ev = protowire.AppendTag(ev, 5, protowire.BytesType)
-			ev = protowire.AppendBytes(ev, it.ev.Payload)
-		}
+		ev = appendEvent(ev[:0], it.ev)
 		item = appendVarint(item[:0], 1, it.id)
 		item = appendString(item, 2, it.encoder)
 		item = appendVarint(item, 3, uint64(it.timeout))
@@ -107,18 +100,12 @@ type deliverBatch struct {
 }
 
 func (b *deliverBatch) appendWire(dst []byte) []byte {
-	var item, sub, hdr []byte
+	var item, sub []byte
 	for _, it := range b.items {
 		item = appendVarint(item[:0], 1, it.id)
 		item = appendVarint(item, 2, uint64(it.timeout))
 		item = appendString(item, 3, it.d.DeliveryID)
-		sub = appendString(sub[:0], 1, it.d.Destination.URL)
-		for _, h := range it.d.Destination.Headers {
-			hdr = appendString(hdr[:0], 1, h.Key)
-			hdr = appendString(hdr, 2, h.Value)
-			sub = protowire.AppendTag(sub, 2, protowire.BytesType)
-			sub = protowire.AppendBytes(sub, hdr)
-		}
+		sub = appendDestination(sub[:0], it.d.Destination)
 		item = protowire.AppendTag(item, 4, protowire.BytesType)
 		item = protowire.AppendBytes(item, sub)
 		sub = appendNotification(sub[:0], it.d.Notification)
@@ -128,6 +115,32 @@ func (b *deliverBatch) appendWire(dst []byte) []byte {
 		dst = protowire.AppendBytes(dst, item)
 	}
 	return appendPacked(dst, 2, b.cancel)
+}
+
+// appendEvent appends an Event message's fields.
+func appendEvent(dst []byte, ev Event) []byte {
+	dst = appendString(dst, 1, ev.Type)
+	dst = appendString(dst, 2, ev.AccountID)
+	dst = appendString(dst, 3, ev.ProjectID)
+	dst = appendString(dst, 4, ev.DeliveryID)
+	if len(ev.Payload) > 0 {
+		dst = protowire.AppendTag(dst, 5, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, ev.Payload)
+	}
+	return dst
+}
+
+// appendDestination appends a Destination message's fields.
+func appendDestination(dst []byte, d Destination) []byte {
+	dst = appendString(dst, 1, d.URL)
+	var hdr []byte
+	for _, h := range d.Headers {
+		hdr = appendString(hdr[:0], 1, h.Key)
+		hdr = appendString(hdr, 2, h.Value)
+		dst = protowire.AppendTag(dst, 2, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, hdr)
+	}
+	return dst
 }
 
 // appendNotification appends a Notification message's fields.
@@ -203,25 +216,29 @@ func (r *encodeReplies) unmarshalWire(s string) error {
 			return nil
 		}
 		res := &encodeResult{}
-		err := eachField(b, func(num protowire.Number, typ protowire.Type, v uint64, b string) error {
-			switch {
-			case num == 1 && typ == protowire.VarintType:
-				res.id = v
-			case num == 2 && typ == protowire.BytesType:
-				n, err := parseNotification(b)
-				res.out.Notification = n
-				return err
-			case num == 3 && typ == protowire.BytesType:
-				res.out.SkipReason = b
-			case num == 4 && typ == protowire.BytesType:
-				e, err := parseError(b)
-				res.err = e
-				return err
-			}
-			return nil
-		})
+		err := parseEncodeResult(b, res)
 		r.items = append(r.items, res)
 		return err
+	})
+}
+
+func parseEncodeResult(s string, res *encodeResult) error {
+	return eachField(s, func(num protowire.Number, typ protowire.Type, v uint64, b string) error {
+		switch {
+		case num == 1 && typ == protowire.VarintType:
+			res.id = v
+		case num == 2 && typ == protowire.BytesType:
+			n, err := parseNotification(b)
+			res.out.Notification = n
+			return err
+		case num == 3 && typ == protowire.BytesType:
+			res.out.SkipReason = b
+		case num == 4 && typ == protowire.BytesType:
+			e, err := parseError(b)
+			res.err = e
+			return err
+		}
+		return nil
 	})
 }
 
@@ -254,28 +271,7 @@ func (r *deliverReplies) unmarshalWire(s string) error {
 			case num == 1 && typ == protowire.VarintType:
 				dr.id = v
 			case num == 2 && typ == protowire.BytesType:
-				return eachField(b, func(num protowire.Number, typ protowire.Type, v uint64, b string) error {
-					res := &dr.res
-					switch {
-					case num == 1 && typ == protowire.VarintType:
-						res.StatusCode = int(int32(v))
-					case num == 2 && typ == protowire.BytesType:
-						if o, ok := outcomes[b]; ok {
-							res.Outcome = o
-						} else {
-							res.Outcome = Outcome(b)
-						}
-					case num == 3 && typ == protowire.VarintType:
-						res.RetryAfter = time.Duration(int64(v))
-					case num == 4 && typ == protowire.BytesType:
-						res.Error = b
-					case num == 5 && typ == protowire.BytesType:
-						res.ResponseExcerpt = b
-					case num == 6 && typ == protowire.VarintType:
-						res.Duration = time.Duration(int64(v))
-					}
-					return nil
-				})
+				return parseResult(b, &dr.res)
 			case num == 3 && typ == protowire.BytesType:
 				e, err := parseError(b)
 				dr.err = e
@@ -285,6 +281,30 @@ func (r *deliverReplies) unmarshalWire(s string) error {
 		})
 		r.items = append(r.items, dr)
 		return err
+	})
+}
+
+func parseResult(s string, res *Result) error {
+	return eachField(s, func(num protowire.Number, typ protowire.Type, v uint64, b string) error {
+		switch {
+		case num == 1 && typ == protowire.VarintType:
+			res.StatusCode = int(int32(v))
+		case num == 2 && typ == protowire.BytesType:
+			if o, ok := outcomes[b]; ok {
+				res.Outcome = o
+			} else {
+				res.Outcome = Outcome(b)
+			}
+		case num == 3 && typ == protowire.VarintType:
+			res.RetryAfter = time.Duration(int64(v))
+		case num == 4 && typ == protowire.BytesType:
+			res.Error = b
+		case num == 5 && typ == protowire.BytesType:
+			res.ResponseExcerpt = b
+		case num == 6 && typ == protowire.VarintType:
+			res.Duration = time.Duration(int64(v))
+		}
+		return nil
 	})
 }
 

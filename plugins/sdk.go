@@ -64,7 +64,10 @@ func (c ServeConfig) PluginSet() plugin.PluginSet {
 		set[PluginFailure] = &FailurePlugin{Impl: c.Failure}
 		kinds = append(kinds, PluginFailure)
 	}
-	set[pluginInfo] = &infoPlugin{kinds: kinds, encoders: c.Encoders}
+	if len(c.Encoders) > 0 && c.Transport != nil {
+		kinds = append(kinds, PluginPipeline)
+	}
+	set[pluginInfo] = &infoPlugin{kinds: kinds, encoders: c.Encoders, transport: c.Transport}
 	return set
 }
 

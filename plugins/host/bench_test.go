@@ -46,6 +46,31 @@ func BenchmarkPluginRoundTrip(b *testing.B) {
 		tr, _ := p.Transport()
 		runRoundTrip(b, enc, tr, sinkURL)
 	})
+	b.Run("process-one-crossing", func(b *testing.B) {
+		m := newManager(b, Options{})
+		p, err := m.Launch(context.Background(), benchSpec(b, "builtin"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		enc, _, err := p.Encoder("crawl_status")
+		if err != nil {
+			b.Fatal(err)
+		}
+		tr, _ := p.Transport()
+		ed := plugins.Pipeline(enc, tr)
+		dest := &plugins.Destination{URL: sinkURL, Headers: []plugins.Header{{Key: "X-Api-Key", Value: "k"}}}
+		var seq atomicCounter
+		parallel(b, func(ctx context.Context) error {
+			id := strconv.FormatInt(seq.next(), 10)
+			dctx, cancel := context.WithTimeout(ctx, 40*time.Second)
+			defer cancel()
+			out, err := ed.EncodeDeliver(dctx, plugins.Event{Type: "crawl_status", AccountID: "123123", ProjectID: "1123123", DeliveryID: id, Payload: crawlStatusPayload}, dest, 5*time.Second)
+			if err == nil && (!out.Delivered || out.Result.Outcome != plugins.OutcomeDelivered) {
+				b.Errorf("deliver: %+v", out)
+			}
+			return err
+		})
+	})
 }
 
 // BenchmarkPluginHop measures each hop alone: encode, encode with an

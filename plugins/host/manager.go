@@ -235,19 +235,24 @@ type Plugin struct {
 
 // proc is one run of a plugin process.
 type proc struct {
-	client   *plugin.Client
-	pid      int
-	started  time.Time
-	desc     plugins.Description
-	encoders map[string]plugins.Encoder
-	encConn  *plugins.EncoderClient
-	tr       *plugins.TransportClient
-	fh       *plugins.FailureClient
+	client    *plugin.Client
+	pid       int
+	started   time.Time
+	desc      plugins.Description
+	encoders  map[string]plugins.Encoder
+	encConn   *plugins.EncoderClient
+	tr        *plugins.TransportClient
+	fh        *plugins.FailureClient
+	pipe      *plugins.PipelineClient
+	pipelines map[string]plugins.EncodeDeliverer
 }
 
 func (pr *proc) kill() {
 	if pr.encConn != nil {
 		pr.encConn.Close()
+	}
+	if pr.pipe != nil {
+		pr.pipe.Close()
 	}
 	if pr.tr != nil {
 		pr.tr.Close()
@@ -369,6 +374,33 @@ func (h *encoderHandle) Encode(ctx context.Context, ev plugins.Event) (plugins.E
 		return plugins.Encoded{}, fmt.Errorf("%w: %s no longer serves encoder %q", plugins.ErrPluginUnavailable, h.p.spec.Name, h.name)
 	}
 	return enc.Encode(ctx, ev)
+}
+
+// PipelineWith gives the one-crossing EncodeDeliverer when tr is the
+// transport of the same process and the process serves PipelineService.
+func (h *encoderHandle) PipelineWith(tr plugins.Transport) plugins.EncodeDeliverer {
+	th, ok := tr.(transportHandle)
+	if !ok || th.p != h.p || !h.p.desc.Serves(plugins.PluginPipeline) {
+		return nil
+	}
+	return &pipelineHandle{p: h.p, name: h.name}
+}
+
+type pipelineHandle struct {
+	p    *Plugin
+	name string
+}
+
+func (h *pipelineHandle) EncodeDeliver(ctx context.Context, ev plugins.Event, dest *plugins.Destination, encodeTimeout time.Duration) (plugins.EncodeDelivered, error) {
+	pr := h.p.cur.Load()
+	if pr == nil || pr.pipelines == nil {
+		return plugins.EncodeDelivered{}, h.p.down()
+	}
+	ed, ok := pr.pipelines[h.name]
+	if !ok {
+		return plugins.EncodeDelivered{}, fmt.Errorf("%w: %s no longer serves encoder %q", plugins.ErrPluginUnavailable, h.p.spec.Name, h.name)
+	}
+	return ed.EncodeDeliver(ctx, ev, dest, encodeTimeout)
 }
 
 type transportHandle struct{ p *Plugin }
@@ -659,6 +691,19 @@ func (p *Plugin) start(ctx context.Context) (*proc, error) {
 		pr.tr = raw.(*plugins.TransportClient)
 		if err := pr.tr.Start(plugins.StreamOptions{Plugin: p.spec.Name, Timeout: o.TransportTimeout, OnEnd: onEnd}); err != nil {
 			return nil, err
+		}
+	}
+	if desc.Serves(plugins.PluginPipeline) && pr.encConn != nil && pr.tr != nil {
+		gc, ok := rpc.(*plugin.GRPCClient)
+		if ok {
+			pr.pipe = plugins.NewPipelineClient(gc.Conn)
+			if err := pr.pipe.Start(plugins.StreamOptions{Plugin: p.spec.Name, Timeout: o.CallTimeout + o.TransportTimeout, OnEnd: onEnd}); err != nil {
+				return nil, err
+			}
+			pr.pipelines = make(map[string]plugins.EncodeDeliverer, len(desc.Encoders))
+			for _, e := range desc.Encoders {
+				pr.pipelines[e.Name] = pr.pipe.EncodeDeliverer(e.Name)
+			}
 		}
 	}
 	if desc.Serves(plugins.PluginFailure) {

@@ -1483,6 +1483,266 @@ func (x *OnFailureResponse) GetError() *Error {
 	return nil
 }
 
+// A process that serves encoders and a transport also serves
+// PipelineService: the host sends an event and its destination once, and
+// gets back the notification and the delivery's result. That halves the
+// crossings of an event when callbackd's transport lives in the same
+// process as its encoder (the built-ins do).
+type EncodeDeliverItem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// timeout_ns bounds the whole item; 0 for none.
+	TimeoutNs int64  `protobuf:"varint,2,opt,name=timeout_ns,json=timeoutNs,proto3" json:"timeout_ns,omitempty"`
+	Encoder   string `protobuf:"bytes,3,opt,name=encoder,proto3" json:"encoder,omitempty"`
+	Event     *Event `protobuf:"bytes,4,opt,name=event,proto3" json:"event,omitempty"`
+	// destination is absent when the event has none: encode only.
+	Destination *Destination `protobuf:"bytes,5,opt,name=destination,proto3" json:"destination,omitempty"`
+	// encode_timeout_ns bounds the encoding alone; 0 for none.
+	EncodeTimeoutNs int64 `protobuf:"varint,6,opt,name=encode_timeout_ns,json=encodeTimeoutNs,proto3" json:"encode_timeout_ns,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *EncodeDeliverItem) Reset() {
+	*x = EncodeDeliverItem{}
+	mi := &file_callbackd_plugin_v1_plugin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncodeDeliverItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncodeDeliverItem) ProtoMessage() {}
+
+func (x *EncodeDeliverItem) ProtoReflect() protoreflect.Message {
+	mi := &file_callbackd_plugin_v1_plugin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncodeDeliverItem.ProtoReflect.Descriptor instead.
+func (*EncodeDeliverItem) Descriptor() ([]byte, []int) {
+	return file_callbackd_plugin_v1_plugin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *EncodeDeliverItem) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *EncodeDeliverItem) GetTimeoutNs() int64 {
+	if x != nil {
+		return x.TimeoutNs
+	}
+	return 0
+}
+
+func (x *EncodeDeliverItem) GetEncoder() string {
+	if x != nil {
+		return x.Encoder
+	}
+	return ""
+}
+
+func (x *EncodeDeliverItem) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *EncodeDeliverItem) GetDestination() *Destination {
+	if x != nil {
+		return x.Destination
+	}
+	return nil
+}
+
+func (x *EncodeDeliverItem) GetEncodeTimeoutNs() int64 {
+	if x != nil {
+		return x.EncodeTimeoutNs
+	}
+	return 0
+}
+
+type EncodeDeliverResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// encoded is the encoder's answer (its id is not used).
+	Encoded *EncodeResult `protobuf:"bytes,2,opt,name=encoded,proto3" json:"encoded,omitempty"`
+	// result is set when a delivery was attempted.
+	Result *Result `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
+	// deliver_error is the transport's own error (the attempt did not
+	// count), when it gave one.
+	DeliverError  *Error `protobuf:"bytes,4,opt,name=deliver_error,json=deliverError,proto3" json:"deliver_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EncodeDeliverResult) Reset() {
+	*x = EncodeDeliverResult{}
+	mi := &file_callbackd_plugin_v1_plugin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncodeDeliverResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncodeDeliverResult) ProtoMessage() {}
+
+func (x *EncodeDeliverResult) ProtoReflect() protoreflect.Message {
+	mi := &file_callbackd_plugin_v1_plugin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncodeDeliverResult.ProtoReflect.Descriptor instead.
+func (*EncodeDeliverResult) Descriptor() ([]byte, []int) {
+	return file_callbackd_plugin_v1_plugin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *EncodeDeliverResult) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *EncodeDeliverResult) GetEncoded() *EncodeResult {
+	if x != nil {
+		return x.Encoded
+	}
+	return nil
+}
+
+func (x *EncodeDeliverResult) GetResult() *Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *EncodeDeliverResult) GetDeliverError() *Error {
+	if x != nil {
+		return x.DeliverError
+	}
+	return nil
+}
+
+type EncodeDeliverRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*EncodeDeliverItem   `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	Cancel        []uint64               `protobuf:"varint,2,rep,packed,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EncodeDeliverRequest) Reset() {
+	*x = EncodeDeliverRequest{}
+	mi := &file_callbackd_plugin_v1_plugin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncodeDeliverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncodeDeliverRequest) ProtoMessage() {}
+
+func (x *EncodeDeliverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_callbackd_plugin_v1_plugin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncodeDeliverRequest.ProtoReflect.Descriptor instead.
+func (*EncodeDeliverRequest) Descriptor() ([]byte, []int) {
+	return file_callbackd_plugin_v1_plugin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *EncodeDeliverRequest) GetItems() []*EncodeDeliverItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *EncodeDeliverRequest) GetCancel() []uint64 {
+	if x != nil {
+		return x.Cancel
+	}
+	return nil
+}
+
+type EncodeDeliverResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*EncodeDeliverResult `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EncodeDeliverResponse) Reset() {
+	*x = EncodeDeliverResponse{}
+	mi := &file_callbackd_plugin_v1_plugin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EncodeDeliverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EncodeDeliverResponse) ProtoMessage() {}
+
+func (x *EncodeDeliverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_callbackd_plugin_v1_plugin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EncodeDeliverResponse.ProtoReflect.Descriptor instead.
+func (*EncodeDeliverResponse) Descriptor() ([]byte, []int) {
+	return file_callbackd_plugin_v1_plugin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *EncodeDeliverResponse) GetItems() []*EncodeDeliverResult {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
 var File_callbackd_plugin_v1_plugin_proto protoreflect.FileDescriptor
 
 const file_callbackd_plugin_v1_plugin_proto_rawDesc = "" +
@@ -1592,7 +1852,25 @@ const file_callbackd_plugin_v1_plugin_proto_rawDesc = "" +
 	"\afailure\x18\x01 \x01(\v2\x1c.callbackd.plugin.v1.FailureR\afailure\"\x80\x01\n" +
 	"\x11OnFailureResponse\x129\n" +
 	"\boutbound\x18\x01 \x03(\v2\x1d.callbackd.plugin.v1.OutboundR\boutbound\x120\n" +
-	"\x05error\x18\x02 \x01(\v2\x1a.callbackd.plugin.v1.ErrorR\x05error*F\n" +
+	"\x05error\x18\x02 \x01(\v2\x1a.callbackd.plugin.v1.ErrorR\x05error\"\xfe\x01\n" +
+	"\x11EncodeDeliverItem\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1d\n" +
+	"\n" +
+	"timeout_ns\x18\x02 \x01(\x03R\ttimeoutNs\x12\x18\n" +
+	"\aencoder\x18\x03 \x01(\tR\aencoder\x120\n" +
+	"\x05event\x18\x04 \x01(\v2\x1a.callbackd.plugin.v1.EventR\x05event\x12B\n" +
+	"\vdestination\x18\x05 \x01(\v2 .callbackd.plugin.v1.DestinationR\vdestination\x12*\n" +
+	"\x11encode_timeout_ns\x18\x06 \x01(\x03R\x0fencodeTimeoutNs\"\xd8\x01\n" +
+	"\x13EncodeDeliverResult\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12;\n" +
+	"\aencoded\x18\x02 \x01(\v2!.callbackd.plugin.v1.EncodeResultR\aencoded\x123\n" +
+	"\x06result\x18\x03 \x01(\v2\x1b.callbackd.plugin.v1.ResultR\x06result\x12?\n" +
+	"\rdeliver_error\x18\x04 \x01(\v2\x1a.callbackd.plugin.v1.ErrorR\fdeliverError\"l\n" +
+	"\x14EncodeDeliverRequest\x12<\n" +
+	"\x05items\x18\x01 \x03(\v2&.callbackd.plugin.v1.EncodeDeliverItemR\x05items\x12\x16\n" +
+	"\x06cancel\x18\x02 \x03(\x04R\x06cancel\"W\n" +
+	"\x15EncodeDeliverResponse\x12>\n" +
+	"\x05items\x18\x01 \x03(\v2(.callbackd.plugin.v1.EncodeDeliverResultR\x05items*F\n" +
 	"\x04Kind\x12\r\n" +
 	"\tKIND_NULL\x10\x00\x12\x0f\n" +
 	"\vKIND_STRING\x10\x01\x12\x0f\n" +
@@ -1611,7 +1889,9 @@ const file_callbackd_plugin_v1_plugin_proto_rawDesc = "" +
 	"\x10TransportService\x12X\n" +
 	"\aDeliver\x12#.callbackd.plugin.v1.DeliverRequest\x1a$.callbackd.plugin.v1.DeliverResponse(\x010\x012s\n" +
 	"\x15FailureHandlerService\x12Z\n" +
-	"\tOnFailure\x12%.callbackd.plugin.v1.OnFailureRequest\x1a&.callbackd.plugin.v1.OnFailureResponseB1Z/github.com/callbackd/callbackd/plugins/pluginpbb\x06proto3"
+	"\tOnFailure\x12%.callbackd.plugin.v1.OnFailureRequest\x1a&.callbackd.plugin.v1.OnFailureResponse2}\n" +
+	"\x0fPipelineService\x12j\n" +
+	"\rEncodeDeliver\x12).callbackd.plugin.v1.EncodeDeliverRequest\x1a*.callbackd.plugin.v1.EncodeDeliverResponse(\x010\x01B1Z/github.com/callbackd/callbackd/plugins/pluginpbb\x06proto3"
 
 var (
 	file_callbackd_plugin_v1_plugin_proto_rawDescOnce sync.Once
@@ -1626,32 +1906,36 @@ func file_callbackd_plugin_v1_plugin_proto_rawDescGZIP() []byte {
 }
 
 var file_callbackd_plugin_v1_plugin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_callbackd_plugin_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_callbackd_plugin_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_callbackd_plugin_v1_plugin_proto_goTypes = []any{
-	(Kind)(0),                 // 0: callbackd.plugin.v1.Kind
-	(ErrorCode)(0),            // 1: callbackd.plugin.v1.ErrorCode
-	(*Field)(nil),             // 2: callbackd.plugin.v1.Field
-	(*Notification)(nil),      // 3: callbackd.plugin.v1.Notification
-	(*Header)(nil),            // 4: callbackd.plugin.v1.Header
-	(*Destination)(nil),       // 5: callbackd.plugin.v1.Destination
-	(*Error)(nil),             // 6: callbackd.plugin.v1.Error
-	(*DescribeRequest)(nil),   // 7: callbackd.plugin.v1.DescribeRequest
-	(*DescribeResponse)(nil),  // 8: callbackd.plugin.v1.DescribeResponse
-	(*Event)(nil),             // 9: callbackd.plugin.v1.Event
-	(*EncoderInfo)(nil),       // 10: callbackd.plugin.v1.EncoderInfo
-	(*EncodeItem)(nil),        // 11: callbackd.plugin.v1.EncodeItem
-	(*EncodeResult)(nil),      // 12: callbackd.plugin.v1.EncodeResult
-	(*EncodeRequest)(nil),     // 13: callbackd.plugin.v1.EncodeRequest
-	(*EncodeResponse)(nil),    // 14: callbackd.plugin.v1.EncodeResponse
-	(*DeliverItem)(nil),       // 15: callbackd.plugin.v1.DeliverItem
-	(*Result)(nil),            // 16: callbackd.plugin.v1.Result
-	(*DeliverResult)(nil),     // 17: callbackd.plugin.v1.DeliverResult
-	(*DeliverRequest)(nil),    // 18: callbackd.plugin.v1.DeliverRequest
-	(*DeliverResponse)(nil),   // 19: callbackd.plugin.v1.DeliverResponse
-	(*Failure)(nil),           // 20: callbackd.plugin.v1.Failure
-	(*Outbound)(nil),          // 21: callbackd.plugin.v1.Outbound
-	(*OnFailureRequest)(nil),  // 22: callbackd.plugin.v1.OnFailureRequest
-	(*OnFailureResponse)(nil), // 23: callbackd.plugin.v1.OnFailureResponse
+	(Kind)(0),                     // 0: callbackd.plugin.v1.Kind
+	(ErrorCode)(0),                // 1: callbackd.plugin.v1.ErrorCode
+	(*Field)(nil),                 // 2: callbackd.plugin.v1.Field
+	(*Notification)(nil),          // 3: callbackd.plugin.v1.Notification
+	(*Header)(nil),                // 4: callbackd.plugin.v1.Header
+	(*Destination)(nil),           // 5: callbackd.plugin.v1.Destination
+	(*Error)(nil),                 // 6: callbackd.plugin.v1.Error
+	(*DescribeRequest)(nil),       // 7: callbackd.plugin.v1.DescribeRequest
+	(*DescribeResponse)(nil),      // 8: callbackd.plugin.v1.DescribeResponse
+	(*Event)(nil),                 // 9: callbackd.plugin.v1.Event
+	(*EncoderInfo)(nil),           // 10: callbackd.plugin.v1.EncoderInfo
+	(*EncodeItem)(nil),            // 11: callbackd.plugin.v1.EncodeItem
+	(*EncodeResult)(nil),          // 12: callbackd.plugin.v1.EncodeResult
+	(*EncodeRequest)(nil),         // 13: callbackd.plugin.v1.EncodeRequest
+	(*EncodeResponse)(nil),        // 14: callbackd.plugin.v1.EncodeResponse
+	(*DeliverItem)(nil),           // 15: callbackd.plugin.v1.DeliverItem
+	(*Result)(nil),                // 16: callbackd.plugin.v1.Result
+	(*DeliverResult)(nil),         // 17: callbackd.plugin.v1.DeliverResult
+	(*DeliverRequest)(nil),        // 18: callbackd.plugin.v1.DeliverRequest
+	(*DeliverResponse)(nil),       // 19: callbackd.plugin.v1.DeliverResponse
+	(*Failure)(nil),               // 20: callbackd.plugin.v1.Failure
+	(*Outbound)(nil),              // 21: callbackd.plugin.v1.Outbound
+	(*OnFailureRequest)(nil),      // 22: callbackd.plugin.v1.OnFailureRequest
+	(*OnFailureResponse)(nil),     // 23: callbackd.plugin.v1.OnFailureResponse
+	(*EncodeDeliverItem)(nil),     // 24: callbackd.plugin.v1.EncodeDeliverItem
+	(*EncodeDeliverResult)(nil),   // 25: callbackd.plugin.v1.EncodeDeliverResult
+	(*EncodeDeliverRequest)(nil),  // 26: callbackd.plugin.v1.EncodeDeliverRequest
+	(*EncodeDeliverResponse)(nil), // 27: callbackd.plugin.v1.EncodeDeliverResponse
 }
 var file_callbackd_plugin_v1_plugin_proto_depIdxs = []int32{
 	0,  // 0: callbackd.plugin.v1.Field.kind:type_name -> callbackd.plugin.v1.Kind
@@ -1677,19 +1961,28 @@ var file_callbackd_plugin_v1_plugin_proto_depIdxs = []int32{
 	20, // 20: callbackd.plugin.v1.OnFailureRequest.failure:type_name -> callbackd.plugin.v1.Failure
 	21, // 21: callbackd.plugin.v1.OnFailureResponse.outbound:type_name -> callbackd.plugin.v1.Outbound
 	6,  // 22: callbackd.plugin.v1.OnFailureResponse.error:type_name -> callbackd.plugin.v1.Error
-	7,  // 23: callbackd.plugin.v1.PluginService.Describe:input_type -> callbackd.plugin.v1.DescribeRequest
-	13, // 24: callbackd.plugin.v1.EncoderService.Encode:input_type -> callbackd.plugin.v1.EncodeRequest
-	18, // 25: callbackd.plugin.v1.TransportService.Deliver:input_type -> callbackd.plugin.v1.DeliverRequest
-	22, // 26: callbackd.plugin.v1.FailureHandlerService.OnFailure:input_type -> callbackd.plugin.v1.OnFailureRequest
-	8,  // 27: callbackd.plugin.v1.PluginService.Describe:output_type -> callbackd.plugin.v1.DescribeResponse
-	14, // 28: callbackd.plugin.v1.EncoderService.Encode:output_type -> callbackd.plugin.v1.EncodeResponse
-	19, // 29: callbackd.plugin.v1.TransportService.Deliver:output_type -> callbackd.plugin.v1.DeliverResponse
-	23, // 30: callbackd.plugin.v1.FailureHandlerService.OnFailure:output_type -> callbackd.plugin.v1.OnFailureResponse
-	27, // [27:31] is the sub-list for method output_type
-	23, // [23:27] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	9,  // 23: callbackd.plugin.v1.EncodeDeliverItem.event:type_name -> callbackd.plugin.v1.Event
+	5,  // 24: callbackd.plugin.v1.EncodeDeliverItem.destination:type_name -> callbackd.plugin.v1.Destination
+	12, // 25: callbackd.plugin.v1.EncodeDeliverResult.encoded:type_name -> callbackd.plugin.v1.EncodeResult
+	16, // 26: callbackd.plugin.v1.EncodeDeliverResult.result:type_name -> callbackd.plugin.v1.Result
+	6,  // 27: callbackd.plugin.v1.EncodeDeliverResult.deliver_error:type_name -> callbackd.plugin.v1.Error
+	24, // 28: callbackd.plugin.v1.EncodeDeliverRequest.items:type_name -> callbackd.plugin.v1.EncodeDeliverItem
+	25, // 29: callbackd.plugin.v1.EncodeDeliverResponse.items:type_name -> callbackd.plugin.v1.EncodeDeliverResult
+	7,  // 30: callbackd.plugin.v1.PluginService.Describe:input_type -> callbackd.plugin.v1.DescribeRequest
+	13, // 31: callbackd.plugin.v1.EncoderService.Encode:input_type -> callbackd.plugin.v1.EncodeRequest
+	18, // 32: callbackd.plugin.v1.TransportService.Deliver:input_type -> callbackd.plugin.v1.DeliverRequest
+	22, // 33: callbackd.plugin.v1.FailureHandlerService.OnFailure:input_type -> callbackd.plugin.v1.OnFailureRequest
+	26, // 34: callbackd.plugin.v1.PipelineService.EncodeDeliver:input_type -> callbackd.plugin.v1.EncodeDeliverRequest
+	8,  // 35: callbackd.plugin.v1.PluginService.Describe:output_type -> callbackd.plugin.v1.DescribeResponse
+	14, // 36: callbackd.plugin.v1.EncoderService.Encode:output_type -> callbackd.plugin.v1.EncodeResponse
+	19, // 37: callbackd.plugin.v1.TransportService.Deliver:output_type -> callbackd.plugin.v1.DeliverResponse
+	23, // 38: callbackd.plugin.v1.FailureHandlerService.OnFailure:output_type -> callbackd.plugin.v1.OnFailureResponse
+	27, // 39: callbackd.plugin.v1.PipelineService.EncodeDeliver:output_type -> callbackd.plugin.v1.EncodeDeliverResponse
+	35, // [35:40] is the sub-list for method output_type
+	30, // [30:35] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_callbackd_plugin_v1_plugin_proto_init() }
@@ -1703,9 +1996,9 @@ func file_callbackd_plugin_v1_plugin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_callbackd_plugin_v1_plugin_proto_rawDesc), len(file_callbackd_plugin_v1_plugin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   26,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_callbackd_plugin_v1_plugin_proto_goTypes,
 		DependencyIndexes: file_callbackd_plugin_v1_plugin_proto_depIdxs,

@@ -434,3 +434,99 @@ var FailureHandlerService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "callbackd/plugin/v1/plugin.proto",
 }
+
+const (
+	PipelineService_EncodeDeliver_FullMethodName = "/callbackd.plugin.v1.PipelineService/EncodeDeliver"
+)
+
+// PipelineServiceClient is the client API for PipelineService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+type PipelineServiceClient interface {
+	EncodeDeliver(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[EncodeDeliverRequest, EncodeDeliverResponse], error)
+}
+
+type pipelineServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewPipelineServiceClient(cc grpc.ClientConnInterface) PipelineServiceClient {
+	return &pipelineServiceClient{cc}
+}
+
+func (c *pipelineServiceClient) EncodeDeliver(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[EncodeDeliverRequest, EncodeDeliverResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PipelineService_ServiceDesc.Streams[0], PipelineService_EncodeDeliver_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[EncodeDeliverRequest, EncodeDeliverResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PipelineService_EncodeDeliverClient = grpc.BidiStreamingClient[EncodeDeliverRequest, EncodeDeliverResponse]
+
+// PipelineServiceServer is the server API for PipelineService service.
+// All implementations must embed UnimplementedPipelineServiceServer
+// for forward compatibility.
+type PipelineServiceServer interface {
+	EncodeDeliver(grpc.BidiStreamingServer[EncodeDeliverRequest, EncodeDeliverResponse]) error
+	mustEmbedUnimplementedPipelineServiceServer()
+}
+
+// UnimplementedPipelineServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedPipelineServiceServer struct{}
+
+func (UnimplementedPipelineServiceServer) EncodeDeliver(grpc.BidiStreamingServer[EncodeDeliverRequest, EncodeDeliverResponse]) error {
+	return status.Error(codes.Unimplemented, "method EncodeDeliver not implemented")
+}
+func (UnimplementedPipelineServiceServer) mustEmbedUnimplementedPipelineServiceServer() {}
+func (UnimplementedPipelineServiceServer) testEmbeddedByValue()                         {}
+
+// UnsafePipelineServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to PipelineServiceServer will
+// result in compilation errors.
+type UnsafePipelineServiceServer interface {
+	mustEmbedUnimplementedPipelineServiceServer()
+}
+
+func RegisterPipelineServiceServer(s grpc.ServiceRegistrar, srv PipelineServiceServer) {
+	// If the following call panics, it indicates UnimplementedPipelineServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&PipelineService_ServiceDesc, srv)
+}
+
+func _PipelineService_EncodeDeliver_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PipelineServiceServer).EncodeDeliver(&grpc.GenericServerStream[EncodeDeliverRequest, EncodeDeliverResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PipelineService_EncodeDeliverServer = grpc.BidiStreamingServer[EncodeDeliverRequest, EncodeDeliverResponse]
+
+// PipelineService_ServiceDesc is the grpc.ServiceDesc for PipelineService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var PipelineService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "callbackd.plugin.v1.PipelineService",
+	HandlerType: (*PipelineServiceServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "EncodeDeliver",
+			Handler:       _PipelineService_EncodeDeliver_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
+	Metadata: "callbackd/plugin/v1/plugin.proto",
+}

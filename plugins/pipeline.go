@@ -1,0 +1,331 @@
+package plugins
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/callbackd/callbackd/plugins/pluginpb"
+)
+
+// PluginPipeline is the kind PluginService.Describe lists for a process
+// that serves encoders and a transport together (PipelineService).
+const PluginPipeline = "pipeline"
+
+// EncodeDeliverer encodes an event and delivers its notification in one
+// call: one plugin crossing per event instead of two when the encoder and
+// the transport live in the same plugin process. It is optional: a
+// dispatcher may use it where Pipeline gives one, with the same meaning as
+// Encode followed by Deliver.
+type EncodeDeliverer interface {
+	// EncodeDeliver encodes ev (bounded by encodeTimeout when > 0) and,
+	// when that gives a notification and dest is not nil, delivers it to
+	// dest. The error is Encode's (ErrInvalidEvent or an infrastructure
+	// error) or Deliver's (an infrastructure error); it is nil whenever
+	// the result stands.
+	EncodeDeliver(ctx context.Context, ev Event, dest *Destination, encodeTimeout time.Duration) (EncodeDelivered, error)
+}
+
+// EncodeDelivered is the outcome of EncodeDeliver.
+type EncodeDelivered struct {
+	Encoded Encoded
+	// Delivered reports whether a delivery was attempted; Result is its
+	// result.
+	Delivered bool
+	Result    Result
+}
+
+// Pipeline returns the EncodeDeliverer of enc and tr: a single crossing
+// when enc comes from a plugin process whose own transport is tr (see
+// host.Plugin.Pipeline), else Encode followed by Deliver.
+func Pipeline(enc Encoder, tr Transport) EncodeDeliverer {
+	if pe, ok := enc.(PipelineEncoder); ok {
+		if p := pe.PipelineWith(tr); p != nil {
+			return p
+		}
+	}
+	return sequence{enc: enc, tr: tr}
+}
+
+// PipelineEncoder is an Encoder that can encode and deliver in one
+// crossing with some transports: the host's encoders of a plugin process
+// that serves PipelineService, with that process's transport.
+type PipelineEncoder interface {
+	Encoder
+	// PipelineWith returns the one-crossing EncodeDeliverer of the encoder
+	// with tr, or nil when tr is not the transport of its process.
+	PipelineWith(tr Transport) EncodeDeliverer
+}
+
+// sequence is the two-call EncodeDeliverer.
+type sequence struct {
+	enc Encoder
+	tr  Transport
+}
+
+func (s sequence) EncodeDeliver(ctx context.Context, ev Event, dest *Destination, encodeTimeout time.Duration) (EncodeDelivered, error) {
+	return encodeDeliver(ctx, s.enc, s.tr, ev, dest, encodeTimeout)
+}
+
+func encodeDeliver(ctx context.Context, enc Encoder, tr Transport, ev Event, dest *Destination, encodeTimeout time.Duration) (EncodeDelivered, error) {
+	ectx, cancel := ctx, context.CancelFunc(func() {})
+	if encodeTimeout > 0 {
+		ectx, cancel = context.WithTimeout(ctx, encodeTimeout)
+	}
+	out, err := enc.Encode(ectx, ev)
+	cancel()
+	if err != nil || out.SkipReason != "" || dest == nil {
+		return EncodeDelivered{Encoded: out}, err
+	}
+	res, err := tr.Deliver(ctx, Delivery{DeliveryID: ev.DeliveryID, Destination: *dest, Notification: out.Notification})
+	if err != nil {
+		return EncodeDelivered{Encoded: out}, err
+	}
+	return EncodeDelivered{Encoded: out, Delivered: true, Result: res}, nil
+}
+
+// ---- plugin side ----
+
+type pipelineServer struct {
+	pluginpb.UnimplementedPipelineServiceServer
+	enc *encoderServer
+	tr  Transport
+}
+
+func (s *pipelineServer) EncodeDeliver(stream pluginpb.PipelineService_EncodeDeliverServer) error {
+	return serveMux(stream.Context(), pipelineServerStream{stream},
+		func(it *pluginpb.EncodeDeliverItem) (uint64, time.Duration) {
+			return it.GetId(), time.Duration(it.GetTimeoutNs())
+		},
+		s.handle)
+}
+
+func (s *pipelineServer) handle(ctx context.Context, it *pluginpb.EncodeDeliverItem) (res *pluginpb.EncodeDeliverResult) {
+	res = &pluginpb.EncodeDeliverResult{Id: it.GetId()}
+	ectx, cancel := ctx, context.CancelFunc(func() {})
+	if t := it.GetEncodeTimeoutNs(); t > 0 {
+		ectx, cancel = context.WithTimeout(ctx, time.Duration(t))
+	}
+	res.Encoded = s.enc.encode(ectx, &pluginpb.EncodeItem{Encoder: it.GetEncoder(), Event: it.GetEvent()})
+	cancel()
+	if res.Encoded.Error != nil || len(res.Encoded.SkipReason) > 0 || it.Destination == nil {
+		return res
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			res.Result, res.DeliverError = nil, panicError(p)
+		}
+	}()
+	ev := it.GetEvent()
+	r, err := s.tr.Deliver(ctx, Delivery{
+		DeliveryID:   ev.GetDeliveryId(),
+		Destination:  destinationFromPB(it.GetDestination()),
+		Notification: notificationFromPB(res.Encoded.GetNotification()),
+	})
+	if err != nil {
+		res.DeliverError = errorToPB(err)
+		return res
+	}
+	res.Result = resultToPB(r)
+	return res
+}
+
+type pipelineServerStream struct {
+	s pluginpb.PipelineService_EncodeDeliverServer
+}
+
+func (w pipelineServerStream) send(items []*pluginpb.EncodeDeliverResult, _ []uint64) error {
+	return w.s.Send(&pluginpb.EncodeDeliverResponse{Items: items})
+}
+
+func (w pipelineServerStream) recv() ([]*pluginpb.EncodeDeliverItem, []uint64, error) {
+	req, err := w.s.Recv()
+	if err != nil {
+		return nil, nil, err
+	}
+	return req.GetItems(), req.GetCancel(), nil
+}
+
+// ---- host side ----
+
+// PipelineClient is the host's client of a plugin process's
+// PipelineService; Start opens its stream. It is safe for concurrent use.
+type PipelineClient struct {
+	cc grpc.ClientConnInterface
+
+	mu   sync.Mutex
+	opts StreamOptions
+	mux  *clientMux[pipelineItem, pipelineResult]
+}
+
+// NewPipelineClient returns a client of the PipelineService on cc.
+func NewPipelineClient(cc grpc.ClientConnInterface) *PipelineClient {
+	return &PipelineClient{cc: cc}
+}
+
+// Start opens the stream. o.Timeout should cover an encoding and a
+// delivery.
+func (c *PipelineClient) Start(o StreamOptions) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := c.cc.NewStream(ctx, &pluginpb.PipelineService_ServiceDesc.Streams[0],
+		pluginpb.PipelineService_EncodeDeliver_FullMethodName, grpc.ForceCodecV2(wireCodec{}))
+	if err != nil {
+		cancel()
+		return fmt.Errorf("%w: %s: open pipeline stream: %v", ErrPluginUnavailable, o.Plugin, err)
+	}
+	mux := newClientMux(o.Plugin, batchStream[pipelineItem, pipelineResult](pipelineClientStream{st}), cancel,
+		func(it *pipelineItem, id uint64, timeout time.Duration) { it.id, it.timeout = id, timeout },
+		func(r *pipelineResult) uint64 { return r.id },
+		o.OnEnd)
+	c.mu.Lock()
+	old := c.mux
+	c.opts, c.mux = o, mux
+	c.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	return nil
+}
+
+// Close ends the stream; calls in flight fail with ErrPluginUnavailable.
+func (c *PipelineClient) Close() {
+	c.mu.Lock()
+	mux := c.mux
+	c.mu.Unlock()
+	if mux != nil {
+		mux.close()
+	}
+}
+
+// EncodeDeliverer returns the EncodeDeliverer of the process's encoder of
+// the given name with the process's own transport.
+func (c *PipelineClient) EncodeDeliverer(encoder string) EncodeDeliverer {
+	return &remotePipeline{c: c, encoder: encoder}
+}
+
+type remotePipeline struct {
+	c       *PipelineClient
+	encoder string
+}
+
+func (p *remotePipeline) EncodeDeliver(ctx context.Context, ev Event, dest *Destination, encodeTimeout time.Duration) (EncodeDelivered, error) {
+	p.c.mu.Lock()
+	mux, o := p.c.mux, p.c.opts
+	p.c.mu.Unlock()
+	if mux == nil {
+		return EncodeDelivered{}, fmt.Errorf("%w: pipeline stream not started", ErrPluginUnavailable)
+	}
+	ctx, cancel := withDeadline(ctx, o.timeout())
+	defer cancel()
+	r, err := mux.call(ctx, &pipelineItem{encoder: p.encoder, ev: ev, dest: dest, encodeTimeout: encodeTimeout})
+	if err != nil {
+		return EncodeDelivered{}, err
+	}
+	out := EncodeDelivered{Encoded: r.enc.out}
+	if r.enc.err != nil {
+		return out, r.enc.err.asError(o.Plugin)
+	}
+	if r.deliverErr != nil {
+		return out, r.deliverErr.asError(o.Plugin)
+	}
+	if r.delivered {
+		out.Delivered, out.Result = true, r.res
+	}
+	return out, nil
+}
+
+type pipelineClientStream struct {
+	s grpc.ClientStream
+}
+
+func (w pipelineClientStream) send(items []*pipelineItem, cancel []uint64) error {
+	return w.s.SendMsg(&pipelineBatch{items: items, cancel: cancel})
+}
+
+func (w pipelineClientStream) recv() ([]*pipelineResult, []uint64, error) {
+	var r pipelineReplies
+	if err := w.s.RecvMsg(&r); err != nil {
+		return nil, nil, err
+	}
+	return r.items, nil, nil
+}
+
+// pipelineItem is an EncodeDeliverItem on its way to the plugin.
+type pipelineItem struct {
+	id            uint64
+	timeout       time.Duration
+	encoder       string
+	ev            Event
+	dest          *Destination
+	encodeTimeout time.Duration
+}
+
+type pipelineBatch struct {
+	items  []*pipelineItem
+	cancel []uint64
+}
+
+func (b *pipelineBatch) appendWire(dst []byte) []byte {
+	var item, sub []byte
+	for _, it := range b.items {
+		item = appendVarint(item[:0], 1, it.id)
+		item = appendVarint(item, 2, uint64(it.timeout))
+		item = appendString(item, 3, it.encoder)
+		sub = appendEvent(sub[:0], it.ev)
+		item = protowire.AppendTag(item, 4, protowire.BytesType)
+		item = protowire.AppendBytes(item, sub)
+		if it.dest != nil {
+			sub = appendDestination(sub[:0], *it.dest)
+			item = protowire.AppendTag(item, 5, protowire.BytesType)
+			item = protowire.AppendBytes(item, sub)
+		}
+		item = appendVarint(item, 6, uint64(it.encodeTimeout))
+		dst = protowire.AppendTag(dst, 1, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, item)
+	}
+	return appendPacked(dst, 2, b.cancel)
+}
+
+// pipelineResult is an EncodeDeliverResult.
+type pipelineResult struct {
+	id         uint64
+	enc        encodeResult
+	delivered  bool
+	res        Result
+	deliverErr *wireError
+}
+
+type pipelineReplies struct {
+	items []*pipelineResult
+}
+
+func (r *pipelineReplies) unmarshalWire(s string) error {
+	return eachField(s, func(num protowire.Number, typ protowire.Type, v uint64, b string) error {
+		if num != 1 || typ != protowire.BytesType {
+			return nil
+		}
+		pr := &pipelineResult{}
+		err := eachField(b, func(num protowire.Number, typ protowire.Type, v uint64, b string) error {
+			switch {
+			case num == 1 && typ == protowire.VarintType:
+				pr.id = v
+			case num == 2 && typ == protowire.BytesType:
+				return parseEncodeResult(b, &pr.enc)
+			case num == 3 && typ == protowire.BytesType:
+				pr.delivered = true
+				return parseResult(b, &pr.res)
+			case num == 4 && typ == protowire.BytesType:
+				e, err := parseError(b)
+				pr.deliverErr = e
+				return err
+			}
+			return nil
+		})
+		r.items = append(r.items, pr)
+		return err
+	})
+}
