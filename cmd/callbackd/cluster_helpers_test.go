@@ -48,12 +48,15 @@ type instance struct {
 	config  string
 	dataDir string
 	apiAddr string
-	proc    *testutil.Process
+	// args are added to `serve --config <file>`: flags override the file.
+	args []string
+	proc *testutil.Process
 }
 
 // newInstance writes the config of an instance: data_dir, api.listen and
 // the test's defaults (2s delivery timeout so that redelivery after a kill
-// comes within 12s; private destinations allowed), then extra YAML, which
+// comes within 12s; private destinations allowed; 32 attempts in flight to
+// the one sink host, so that little work is parked), then extra YAML, which
 // must hold the nats section.
 func newInstance(t *testing.T, name, extra string) *instance {
 	t.Helper()
@@ -68,6 +71,8 @@ func newInstance(t *testing.T, name, extra string) *instance {
 	cfg := fmt.Sprintf(`data_dir: %s
 api:
   listen: %s
+dispatcher:
+  per_host_concurrency: 32
 delivery:
   allow_private: true
   timeout: 2s
@@ -86,7 +91,7 @@ log:
 // plugin processes it leaves behind are killed.
 func (in *instance) start(t *testing.T) {
 	t.Helper()
-	p := testutil.StartBinary(t, in.bin, "serve", "--config", in.config)
+	p := testutil.StartBinary(t, in.bin, append([]string{"serve", "--config", in.config}, in.args...)...)
 	in.proc = p
 	t.Cleanup(func() {
 		kids := in.children()
