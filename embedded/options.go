@@ -108,6 +108,10 @@ func (o Options) serverOptions(name string) (*server.Options, error) {
 		StoreDir:   o.DataDir, // the server adds "jetstream/"
 		NoSigs:     true,      // callbackd owns SIGINT/SIGTERM
 		Debug:      o.Debug,
+		// A lost route is retried every second; the server's default
+		// reports every failed attempt (one line per route connection,
+		// several per peer, each second). Once a minute says as much.
+		ReconnectErrorReports: 60,
 	}
 	if o.Listen == "" {
 		opts.DontListen = true

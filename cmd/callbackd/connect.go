@@ -206,7 +206,9 @@ func waitJetStream(ctx context.Context, nc *nats.Conn, log *slog.Logger, total t
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	start := time.Now()
-	return retryJetStream(ctx, log, total, "JetStream", func(ctx context.Context) error {
+	// Without a meta leader the request goes unanswered until its
+	// deadline: keep each try short.
+	return retryJetStream(ctx, log, total, 2*time.Second, "JetStream", func(ctx context.Context) error {
 		_, err := js.AccountInfo(ctx)
 		if err != nil && nc.Status() != nats.CONNECTED {
 			err = fmt.Errorf("%w (connection %s, last error: %v)", err, nc.Status(), nc.LastError())
@@ -222,16 +224,16 @@ func waitJetStream(ctx context.Context, nc *nats.Conn, log *slog.Logger, total t
 // succeeds or fails for a reason other than a cluster still forming: no
 // meta leader yet, or fewer nodes than nats.replicas have joined.
 func ensureJetStream(ctx context.Context, log *slog.Logger, what string, fn func(context.Context) error) error {
-	return retryJetStream(ctx, log.With("component", "nats"), natsReadyTimeout, what, fn, clusterForming)
+	return retryJetStream(ctx, log.With("component", "nats"), natsReadyTimeout, 15*time.Second, what, fn, clusterForming)
 }
 
-// retryJetStream calls fn with a per-call deadline until it returns nil, an
-// error that retry rejects, ctx is done, or total has passed.
-func retryJetStream(ctx context.Context, log *slog.Logger, total time.Duration, what string, fn func(context.Context) error, retry func(error) bool) error {
+// retryJetStream calls fn with a deadline of each per call until it returns
+// nil, an error that retry rejects, ctx is done, or total has passed.
+func retryJetStream(ctx context.Context, log *slog.Logger, total, each time.Duration, what string, fn func(context.Context) error, retry func(error) bool) error {
 	deadline := time.Now().Add(total)
 	wait, lastLog := 100*time.Millisecond, time.Now()
 	for {
-		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, each)
 		err := fn(cctx)
 		cancel()
 		if err == nil {
