@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -742,6 +741,9 @@ func (p *Plugin) startError(err error, stderr string) error {
 		return fmt.Errorf("%w: plugin %s does not speak go-plugin's handshake (is it a callbackd plugin?): %s", ErrIncompatible, p.spec.Name, firstLine(msg))
 	case strings.Contains(msg, "unsupported plugin protocol"):
 		return fmt.Errorf("%w: plugin %s: %s (callbackd plugins speak gRPC)", ErrIncompatible, p.spec.Name, msg)
+	case errors.Is(err, os.ErrPermission) && !p.spec.Builtin:
+		return fmt.Errorf("%w: plugin %s: %v (verified copies run from %s: if it is mounted noexec, point TMPDIR at a directory that allows execution)",
+			ErrRefused, p.spec.Name, err, p.m.o.ExecDir)
 	case errors.Is(err, os.ErrNotExist), errors.Is(err, os.ErrPermission), errors.Is(err, exec.ErrNotFound):
 		return fmt.Errorf("%w: plugin %s: %v", ErrRefused, p.spec.Name, err)
 	}
@@ -756,12 +758,4 @@ func firstLine(s string) string {
 		return s[:i]
 	}
 	return s
-}
-
-// DisplayPath returns where the plugin's file is, for listings.
-func (m *Manager) DisplayPath(s Spec) string {
-	if s.Builtin {
-		return s.Path
-	}
-	return filepath.Join(m.o.Dir, s.Path)
 }
