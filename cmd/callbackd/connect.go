@@ -56,9 +56,6 @@ func startNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*nats
 		if nc, err = nats.Connect(cfg.NATS.URL, opts...); err != nil {
 			return nil, nil, fmt.Errorf("connect to NATS at %s: %w", redactURLs(cfg.NATS.URL), err)
 		}
-		if nc.IsConnected() {
-			log.Info("nats connected", "url", nc.ConnectedUrlRedacted(), "server", nc.ConnectedServerName())
-		}
 	}
 	if err := waitJetStream(ctx, nc, log, natsReadyTimeout); err != nil {
 		closeNATS(nc)

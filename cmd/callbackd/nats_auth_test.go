@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callbackd/callbackd/embedded"
 	"github.com/callbackd/callbackd/testutil"
 )
 
@@ -108,4 +110,80 @@ func TestEmbeddedAuth_token_refuses_anonymous_clients_and_admits_the_CLI(t *test
 	}
 	sink.waitUnique(t, 1, 30*time.Second)
 	sink.check(t, 1, 2)
+}
+
+// An external NATS that requires a password and client certificates:
+// serve connects with nats.auth and nats.tls, delivers, reports the lost
+// connection on /readyz and in its log while the server is down, and
+// reconnects and delivers again once it is back on the same address.
+func TestExternalNATS_with_auth_and_TLS_survives_a_server_restart(t *testing.T) {
+	skipShort(t)
+	ca := testutil.NewCA(t)
+	cert, key := ca.Issue(t, "nats")
+	opts := embedded.Options{
+		DataDir: t.TempDir(), Listen: testutil.FreeAddr(t), Logger: testutil.Logger(t),
+		Auth: embedded.Auth{User: "callbackd", Password: "s3cret"},
+		TLS:  embedded.TLSFiles{Cert: cert, Key: key, CA: ca.File},
+	}
+	startNATS := func() *embedded.Server {
+		s, err := embedded.Start(context.Background(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Shutdown)
+		return s
+	}
+	srv := startNATS()
+	in := newInstance(t, "a", fmt.Sprintf(`nats:
+  embedded: false
+  url: nats://%s
+  auth: {user: callbackd, password: s3cret}
+  tls: {cert: %s, key: %s, ca: %s}
+`, opts.Listen, cert, key, ca.File))
+	in.start(t)
+	in.waitReady(t)
+
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	sink := newLoadSink(t, 0)
+	putAccountURL(t, js, 1, sink.URL)
+	publishLoad(t, js, 1, 11)
+	sink.waitUnique(t, 10, faultWait)
+	nc.Close()
+
+	srv.Shutdown()
+	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		code, body, err := in.get("/readyz")
+		if err != nil {
+			return err
+		}
+		if code != 503 || !strings.Contains(body, "NATS") {
+			return fmt.Errorf("/readyz with NATS down: %d %s", code, body)
+		}
+		return nil
+	})
+	if !strings.Contains(in.proc.Stderr(), "nats disconnected; reconnecting") {
+		t.Errorf("no disconnect in the log:\n%s", in.proc.Stderr())
+	}
+
+	srv = startNATS()
+	in.waitReady(t)
+	if !strings.Contains(in.proc.Stderr(), "nats reconnected") {
+		t.Errorf("no reconnect in the log:\n%s", in.proc.Stderr())
+	}
+	nc, err = srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ = jetstream.New(nc)
+	publishLoad(t, js, 11, 21)
+	sink.waitUnique(t, 20, faultWait)
+	sink.check(t, 1, 21)
+	if strings.Contains(in.proc.Stderr(), "s3cret") {
+		t.Error("the password is in the log")
+	}
 }
