@@ -278,7 +278,7 @@ func (in *instance) kill(t *testing.T) {
 		}
 	}
 	if len(orphans) > 0 {
-		t.Logf("%s: %d plugin process(es) outlived the SIGKILL of their host; killing them", in.name, len(orphans))
+		t.Logf("%s: %d plugin process(es) still running just after the SIGKILL of their host (they exit when they notice); killing them", in.name, len(orphans))
 	}
 	killPIDs(orphans)
 }
