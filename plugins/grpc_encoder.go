@@ -69,32 +69,39 @@ func (s *encoderServer) Encode(stream pluginpb.EncoderService_EncodeServer) erro
 		s.encode)
 }
 
-func (s *encoderServer) encode(ctx context.Context, it *pluginpb.EncodeItem) (res *pluginpb.EncodeResult) {
-	res = &pluginpb.EncodeResult{Id: it.GetId()}
+func (s *encoderServer) encode(ctx context.Context, it *pluginpb.EncodeItem) *pluginpb.EncodeResult {
+	res, _, _ := s.encodeEvent(ctx, it.GetId(), it.GetEncoder(), it.GetEvent())
+	return res
+}
+
+// encodeEvent runs the named encoder on ev. ok reports a notification to
+// deliver (no error, no skip); out is it.
+func (s *encoderServer) encodeEvent(ctx context.Context, id uint64, name string, ev *pluginpb.Event) (res *pluginpb.EncodeResult, out Encoded, ok bool) {
+	res = &pluginpb.EncodeResult{Id: id}
 	enc := s.only
-	if name := it.GetEncoder(); name != "" || enc == nil {
+	if name != "" || enc == nil {
 		enc = s.encoders[name]
 	}
 	if enc == nil {
 		res.Error = &pluginpb.Error{
 			Code:    pluginpb.ErrorCode_ERROR_CODE_UNKNOWN_ENCODER,
-			Message: fmt.Appendf(nil, "no encoder %q in this plugin (it serves %v)", it.GetEncoder(), sortedKeys(s.encoders)),
+			Message: fmt.Appendf(nil, "no encoder %q in this plugin (it serves %v)", name, sortedKeys(s.encoders)),
 		}
-		return res
+		return res, Encoded{}, false
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			res = &pluginpb.EncodeResult{Id: it.GetId(), Error: panicError(p)}
+			res, out, ok = &pluginpb.EncodeResult{Id: id, Error: panicError(p)}, Encoded{}, false
 		}
 	}()
-	out, err := enc.Encode(ctx, eventFromPB(it.GetEvent()))
+	out, err := enc.Encode(ctx, eventFromPB(ev))
 	if err != nil {
 		res.Error = errorToPB(err)
-		return res
+		return res, Encoded{}, false
 	}
 	res.SkipReason = bytesOf(out.SkipReason)
 	res.Notification = notificationToPB(out.Notification)
-	return res
+	return res, out, out.SkipReason == ""
 }
 
 type encodeServerStream struct {

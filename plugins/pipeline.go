@@ -110,9 +110,11 @@ func (s *pipelineServer) handle(ctx context.Context, it *pluginpb.EncodeDeliverI
 	if t := it.GetEncodeTimeoutNs(); t > 0 {
 		ectx, cancel = context.WithTimeout(ctx, time.Duration(t))
 	}
-	res.Encoded = s.enc.encode(ectx, &pluginpb.EncodeItem{Encoder: it.GetEncoder(), Event: it.GetEvent()})
+	var out Encoded
+	var deliver bool
+	res.Encoded, out, deliver = s.enc.encodeEvent(ectx, 0, it.GetEncoder(), it.GetEvent())
 	cancel()
-	if res.Encoded.Error != nil || len(res.Encoded.SkipReason) > 0 || it.Destination == nil {
+	if !deliver || it.Destination == nil {
 		return res
 	}
 	defer func() {
@@ -124,7 +126,7 @@ func (s *pipelineServer) handle(ctx context.Context, it *pluginpb.EncodeDeliverI
 	r, err := s.tr.Deliver(ctx, Delivery{
 		DeliveryID:   ev.GetDeliveryId(),
 		Destination:  destinationFromPB(it.GetDestination()),
-		Notification: notificationFromPB(res.Encoded.GetNotification()),
+		Notification: out.Notification,
 	})
 	if err != nil {
 		res.DeliverError = errorToPB(err)
