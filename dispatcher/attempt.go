@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/callbackd/callbackd/deliverylog"
@@ -17,12 +18,12 @@ import (
 // caps, and settles the message by the result. Work over its host's cap is
 // parked in CALLBACKS_RETRY instead of waiting here.
 func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
-	host := hostKey(j.dest.URL)
-	if !d.hosts.tryAcquire(host) {
+	hs := d.hosts.get(hostKey(j.dest.URL))
+	if !hs.acquire(release, d.hostWait) {
 		d.park(ctx, j)
 		return
 	}
-	defer d.hosts.release(host)
+	defer hs.release()
 	d.inFlight <- struct{}{}
 	defer func() { <-d.inFlight }()
 	release() // the attempt holds no worker
@@ -116,33 +117,61 @@ func hostKey(raw string) string {
 	return net.JoinHostPort(host, port)
 }
 
-// hostLimiter caps attempts in flight per destination.
+// hostLimiter caps attempts in flight per destination. Each host has a
+// short local queue (as long as its cap) of attempts waiting for a slot
+// without holding a worker; work beyond that is parked in CALLBACKS_RETRY,
+// so a slow host keeps its slots busy while its backlog waits in JetStream.
 type hostLimiter struct {
 	limit int
 	mu    sync.Mutex
-	n     map[string]int
+	hosts map[string]*hostSlots
+}
+
+type hostSlots struct {
+	slots   chan struct{}
+	waiting atomic.Int32
 }
 
 func newHostLimiter(limit int) *hostLimiter {
-	return &hostLimiter{limit: limit, n: map[string]int{}}
+	return &hostLimiter{limit: limit, hosts: map[string]*hostSlots{}}
 }
 
-func (l *hostLimiter) tryAcquire(host string) bool {
+// get returns the slots of host. Hosts are few (customers' callback hosts),
+// so entries are kept.
+func (l *hostLimiter) get(host string) *hostSlots {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.n[host] >= l.limit {
+	hs, ok := l.hosts[host]
+	if !ok {
+		hs = &hostSlots{slots: make(chan struct{}, l.limit)}
+		l.hosts[host] = hs
+	}
+	return hs
+}
+
+// acquire takes a slot at once, or queues for at most wait when fewer than
+// the cap are queued already, with the worker released (release) while it
+// waits. It reports false when the work should be parked.
+func (h *hostSlots) acquire(release func(), wait time.Duration) bool {
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	default:
+	}
+	if int(h.waiting.Add(1)) > cap(h.slots) {
+		h.waiting.Add(-1)
 		return false
 	}
-	l.n[host]++
-	return true
+	defer h.waiting.Add(-1)
+	release()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
-func (l *hostLimiter) release(host string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.n[host] <= 1 {
-		delete(l.n, host)
-		return
-	}
-	l.n[host]--
-}
+func (h *hostSlots) release() { <-h.slots }

@@ -126,6 +126,9 @@ type Dispatcher struct {
 	inFlight chan struct{}
 	hosts    *hostLimiter
 	ackWait  time.Duration
+	// hostWait bounds how long an attempt queues for its host's slot
+	// before it is parked: well within the ack wait.
+	hostWait time.Duration
 
 	idFieldsMu sync.Mutex
 	idFields   map[string][]string
@@ -152,6 +155,7 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 		inFlight: make(chan struct{}, o.MaxInFlight),
 		hosts:    newHostLimiter(o.PerHostConcurrency),
 		ackWait:  ackWait,
+		hostWait: ackWait / 4,
 		idFields: map[string][]string{},
 	}, nil
 }

@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"log/slog"
+	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -34,7 +35,9 @@ func (d *Dispatcher) scheduleRetry(ctx context.Context, j *job, wait time.Durati
 // number unchanged and a short, growing wait, then acks the original: the
 // work waits without holding a worker or the main consumer's pending limit.
 func (d *Dispatcher) park(ctx context.Context, j *job) {
-	delay := min(250*time.Millisecond<<min(j.parked, 5), maxParkDelay)
+	// Jittered, so parked work does not come due in lock-step.
+	base := min(250*time.Millisecond<<min(j.parked, 5), maxParkDelay)
+	delay := base/2 + rand.N(base)
 	if d.publishRetry(ctx, j, j.attempt, j.parked+1, time.Now().Add(delay), "park:"+sourceRef(j), "park") {
 		d.log.Debug("parked over the host's concurrency cap", d.attrs(j, slog.Int("attempt", j.attempt), slog.Duration("wait", delay))...)
 		d.ack(j)

@@ -213,3 +213,6 @@ func (p *Process) Stdout() string { return p.stdout.String() }
 
 // Stderr is what the process has written to stderr so far.
 func (p *Process) Stderr() string { return p.stderr.String() }
+
+// Pid is the process's ID.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
