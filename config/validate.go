@@ -49,6 +49,15 @@ func (c *Config) Validate() error {
 		}
 	}
 	p.certKey("nats.cluster.tls", n.Cluster.TLS.Cert, n.Cluster.TLS.Key)
+	if n.Auth.Token != "" && n.Auth.User != "" {
+		p.add("nats.auth.token", "set either nats.auth.token or nats.auth.user/password, not both")
+	}
+	if n.Embedded && (n.Cluster.Listen != "") != (len(n.Cluster.Routes) > 0) {
+		p.add("nats.cluster.routes", "nats.cluster.listen and nats.cluster.routes are set together (routes may list this node too)")
+	}
+	if n.Cluster.TLS.Cert != "" && n.Cluster.TLS.CA == "" {
+		p.add("nats.cluster.tls.ca", "must be set with nats.cluster.tls.cert: routes are verified both ways")
+	}
 	p.check(1 <= n.Replicas && n.Replicas <= 5, "nats.replicas", "must be 1 to 5, got %d", n.Replicas)
 	p.positive("nats.duplicates", n.Duplicates)
 

@@ -26,10 +26,21 @@ func TestValidate_names_the_key(t *testing.T) {
 		{"nats.tls cert without key", func(c *Config) { c.NATS.TLS.Cert = "c.pem" }, "nats.tls.key"},
 		{"nats.tls key without cert", func(c *Config) { c.NATS.TLS.Key = "k.pem" }, "nats.tls.cert"},
 		{"nats.tls ca alone", func(c *Config) { c.NATS.TLS.CA = "ca.pem" }, ""},
-		{"nats.cluster.listen bad", func(c *Config) { c.NATS.Cluster.Listen = "0.0.0.0" }, "nats.cluster.listen"},
+		{"nats.cluster.listen bad", func(c *Config) {
+			c.NATS.Cluster.Listen = "0.0.0.0"
+			c.NATS.Cluster.Routes = []string{"nats://a:6222"}
+		}, "nats.cluster.listen"},
 		{"nats.cluster.routes bad", func(c *Config) {
+			c.NATS.Cluster.Listen = "0.0.0.0:6222"
 			c.NATS.Cluster.Routes = []string{"nats://a:6222", "b:6222"}
 		}, "nats.cluster.routes[1]"},
+		{"nats.cluster.listen without routes", func(c *Config) { c.NATS.Cluster.Listen = "0.0.0.0:6222" }, "nats.cluster.routes"},
+		{"nats.cluster.tls without ca", func(c *Config) {
+			c.NATS.Cluster.TLS.Cert, c.NATS.Cluster.TLS.Key = "c.pem", "k.pem"
+		}, "nats.cluster.tls.ca"},
+		{"nats.auth token and user", func(c *Config) {
+			c.NATS.Auth.User, c.NATS.Auth.Password, c.NATS.Auth.Token = "u", "p", "t"
+		}, "nats.auth.token"},
 		{"nats.cluster.tls pair", func(c *Config) { c.NATS.Cluster.TLS.Key = "k.pem" }, "nats.cluster.tls.cert"},
 		{"nats.cluster valid", func(c *Config) {
 			c.NATS.Cluster = Cluster{Name: "c", Listen: "0.0.0.0:6222", Routes: []string{"nats://a:6222", "nats://u:p@b:6222"}}
