@@ -90,17 +90,6 @@ func resultToPB(r Result) *pluginpb.Result {
 	}
 }
 
-func resultFromPB(r *pluginpb.Result) Result {
-	return Result{
-		StatusCode:      int(r.GetStatusCode()),
-		Outcome:         Outcome(str(r.GetOutcome())),
-		RetryAfter:      time.Duration(r.GetRetryAfterNs()),
-		Error:           str(r.GetError()),
-		ResponseExcerpt: str(r.GetResponseExcerpt()),
-		Duration:        time.Duration(r.GetDurationNs()),
-	}
-}
-
 func failureToPB(f Failure) *pluginpb.Failure {
 	out := &pluginpb.Failure{
 		EventType:    f.EventType,
