@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/url"
@@ -30,14 +31,9 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 
 	d.o.Observer.InFlight(1)
 	start := time.Now()
-	tctx, cancel := context.WithTimeout(ctx, d.o.DeliveryTimeout+5*time.Second)
-	res, err := d.o.Transport.Deliver(tctx, plugins.Delivery{
-		DeliveryID: j.deliveryID, Destination: j.dest, Notification: j.notification,
-	})
-	cancel()
+	res, ok := d.deliver(ctx, j)
 	d.o.Observer.InFlight(-1)
-	if err != nil {
-		d.infraError(j, "deliver", err)
+	if !ok {
 		return
 	}
 	d.o.Observer.Attempt(j.key.Type, string(res.Outcome), res.Duration)
@@ -78,6 +74,47 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 			d.outcome(j, rec)
 		}
 	}
+}
+
+// deliver makes the attempt: for an event, encode and deliver in one plugin
+// crossing (two when the encoder and transport live apart); for a
+// notification, deliver. It reports false when the message has been dealt
+// with otherwise (invalid, skipped, handed back).
+func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool) {
+	tctx, cancel := context.WithTimeout(ctx, d.o.CallTimeout+d.o.DeliveryTimeout+5*time.Second)
+	defer cancel()
+	if j.pipeline == nil {
+		res, err := d.o.Transport.Deliver(tctx, plugins.Delivery{
+			DeliveryID: j.deliveryID, Destination: j.dest, Notification: j.notification,
+		})
+		if err != nil {
+			d.infraError(j, "deliver", err)
+			return res, false
+		}
+		return res, true
+	}
+	out, err := j.pipeline.EncodeDeliver(tctx, d.event(j), &j.dest, d.o.CallTimeout)
+	if !d.encoded(ctx, j, out.Encoded, encodeErr(out, err)) {
+		return out.Result, false
+	}
+	if err != nil {
+		d.infraError(j, "deliver", err)
+		return out.Result, false
+	}
+	if !out.Delivered {
+		d.infraError(j, "deliver", errors.New("encoded but not delivered"))
+		return out.Result, false
+	}
+	return out.Result, true
+}
+
+// encodeErr is the encoding's share of an EncodeDeliver error: the error
+// itself when nothing was encoded, else nil (a delivery error).
+func encodeErr(out plugins.EncodeDelivered, err error) error {
+	if err != nil && !out.Delivered && len(out.Encoded.Notification.Fields) == 0 && out.Encoded.SkipReason == "" {
+		return err
+	}
+	return nil
 }
 
 // retryWait is the wait before attempt n+1: the backoff entry for n (the

@@ -130,6 +130,9 @@ type Dispatcher struct {
 	// before it is parked: well within the ack wait.
 	hostWait time.Duration
 
+	// pipelines encode and deliver an event in one call per event type.
+	pipelines map[string]plugins.EncodeDeliverer
+
 	idFieldsMu sync.Mutex
 	idFields   map[string][]string
 
@@ -149,8 +152,12 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 	if ackWait <= 0 {
 		ackWait = o.DeliveryTimeout + 10*time.Second
 	}
+	pipelines := make(map[string]plugins.EncodeDeliverer, len(o.Encoders))
+	for typ, enc := range o.Encoders {
+		pipelines[typ] = plugins.Pipeline(enc, o.Transport)
+	}
 	return &Dispatcher{
-		js: js, top: top, view: view, o: o, log: o.Logger,
+		js: js, top: top, view: view, o: o, log: o.Logger, pipelines: pipelines,
 		workers:  make(chan struct{}, o.Workers),
 		inFlight: make(chan struct{}, o.MaxInFlight),
 		hosts:    newHostLimiter(o.PerHostConcurrency),

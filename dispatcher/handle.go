@@ -52,6 +52,9 @@ type job struct {
 
 	notification plugins.Notification
 	dest         plugins.Destination
+	// pipeline encodes and delivers an event in one call; nil for a
+	// notification, which needs no encoding.
+	pipeline plugins.EncodeDeliverer
 }
 
 // handle takes one message from either consumer to its end: delivered,
@@ -143,8 +146,11 @@ func (d *Dispatcher) parseKey(j *job) bool {
 	return true
 }
 
-// prepare turns the payload into a notification and finds its destination.
-// It returns false when the message has been dealt with already.
+// prepare checks the payload and finds where it goes. A notification is
+// decoded; an event gets its encoder and destination, and is encoded here
+// only when it has no destination (to tell skipped and invalid events from
+// no_destination ones) — otherwise the attempt encodes and delivers in one
+// plugin crossing. It returns false when the message has been dealt with.
 func (d *Dispatcher) prepare(ctx context.Context, j *job) bool {
 	m := j.msg
 	if size := len(m.Data()); int64(size) > d.o.MaxPayload {
@@ -160,18 +166,40 @@ func (d *Dispatcher) prepare(ctx context.Context, j *job) bool {
 		j.notification, j.dest = n.Notification, n.Destination
 		return true
 	}
-
 	enc, ok := d.o.Encoders[j.key.Type]
 	if !ok {
 		d.invalid(ctx, j, fmt.Errorf("unknown event type %q: no encoder configured", j.key.Type))
 		return false
 	}
+	if dest, ok := d.view.Destination(j.key.AccountID, j.key.ProjectID); ok {
+		j.dest, j.pipeline = dest, d.pipelines[j.key.Type]
+		return true
+	}
 	ectx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
-	encoded, err := enc.Encode(ectx, plugins.Event{
-		Type: j.key.Type, AccountID: j.key.AccountID, ProjectID: j.key.ProjectID,
-		DeliveryID: j.deliveryID, Payload: m.Data(),
-	})
+	encoded, err := enc.Encode(ectx, d.event(j))
 	cancel()
+	if !d.encoded(ctx, j, encoded, err) {
+		return false
+	}
+	d.log.Info("no callback URL for project or account", d.attrs(j, slog.String("outcome", deliverylog.OutcomeNoDestination))...)
+	d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeNoDestination})
+	d.ack(j)
+	return false
+}
+
+// event is the plugin view of j.
+func (d *Dispatcher) event(j *job) plugins.Event {
+	return plugins.Event{
+		Type: j.key.Type, AccountID: j.key.AccountID, ProjectID: j.key.ProjectID,
+		DeliveryID: j.deliveryID, Payload: j.msg.Data(),
+	}
+}
+
+// encoded settles what an encoder said when it is not a notification to
+// deliver: invalid events are dead-lettered, plugin errors hand the event
+// back, skipped events are acked. It reports whether there is a
+// notification to deliver.
+func (d *Dispatcher) encoded(ctx context.Context, j *job, e plugins.Encoded, err error) bool {
 	switch {
 	case errors.Is(err, plugins.ErrInvalidEvent):
 		d.invalid(ctx, j, err)
@@ -179,22 +207,13 @@ func (d *Dispatcher) prepare(ctx context.Context, j *job) bool {
 	case err != nil:
 		d.infraError(j, "encode", err)
 		return false
-	case encoded.SkipReason != "":
-		d.log.Info("event skipped", d.attrs(j, slog.String("outcome", deliverylog.OutcomeSkipped), slog.String("reason", encoded.SkipReason))...)
-		d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeSkipped, Error: encoded.SkipReason})
+	case e.SkipReason != "":
+		d.log.Info("event skipped", d.attrs(j, slog.String("outcome", deliverylog.OutcomeSkipped), slog.String("reason", e.SkipReason))...)
+		d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeSkipped, Error: e.SkipReason})
 		d.ack(j)
 		return false
 	}
-	j.notification = encoded.Notification
-
-	dest, ok := d.view.Destination(j.key.AccountID, j.key.ProjectID)
-	if !ok {
-		d.log.Info("no callback URL for project or account", d.attrs(j, slog.String("outcome", deliverylog.OutcomeNoDestination))...)
-		d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeNoDestination})
-		d.ack(j)
-		return false
-	}
-	j.dest = dest
+	j.notification = e.Notification
 	return true
 }
 
