@@ -2,19 +2,22 @@
 #   make test                      all tests, race detector on
 #   make test T=TestName PKG=./dispatcher/...
 #   make fuzz FUZZTIME=30s         every fuzz target in turn
+#   make bench                     end-to-end benchmark, floor vs callbackd (bench/README.md)
+#   make bench BENCHFLAGS=-quick   the same, small (about a minute)
 #   make run                       callbackd serve on its embedded defaults
 
 GO          ?= go
 PKG         ?= ./...
 T           ?=
 FUZZTIME    ?= 20s
+BENCHFLAGS  ?=
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # protoc-gen-go and protoc-gen-go-grpc are pinned in plugins/proto/buf.gen.yaml.
 BUF         := github.com/bufbuild/buf/cmd/buf@v1.75.0
 
-.PHONY: help build run test test-short lint fmt fuzz bench proto
+.PHONY: help build run test test-short lint fmt fuzz bench bench-go proto
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -45,7 +48,10 @@ fuzz: ## run every fuzz target for FUZZTIME each
 	  done; \
 	done
 
-bench: ## run the Go benchmarks
+bench: ## end-to-end benchmark: floor vs callbackd, results in bench/results (BENCHFLAGS=-quick for a small run)
+	$(GO) run ./bench -readme bench/README.md $(BENCHFLAGS)
+
+bench-go: ## run the Go benchmarks (go test -bench)
 	$(GO) test -run '^$$' -bench . -benchmem $(PKG)
 
 proto: ## regenerate plugins/pluginpb from plugins/proto (buf and the protoc plugins via go run)

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/pflag"
+
+	"github.com/callbackd/callbackd/api"
+	"github.com/callbackd/callbackd/config"
+	"github.com/callbackd/callbackd/deliverylog"
+	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/embedded"
+	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/plugins/builtin"
+	"github.com/callbackd/callbackd/plugins/host"
+	"github.com/callbackd/callbackd/settings"
+	"github.com/callbackd/callbackd/testutil"
+)
+
+// The benchmarks here drive callbackd's dispatcher in-process, wired as
+// `callbackd serve` wires it (embedded NATS, streams, settings view,
+// delivery log, metrics observer, built-in plugins in-process or in their
+// own process), against the bench sink in a process of its own, so that a
+// CPU or memory profile shows callbackd's hot path and nothing else:
+//
+//	go test ./bench -run '^$' -bench Dispatcher -benchtime 20000x \
+//	    -cpuprofile cpu.out -memprofile mem.out
+//	go tool pprof -top bench.test cpu.out
+//
+// Each iteration is one event: b.N events are published to a stopped
+// dispatcher, the timer starts with the dispatcher, and stops once the
+// sink has them all.
+
+func TestMain(m *testing.M) {
+	// The test binary is also the sink (startSink runs os.Executable()).
+	if len(os.Args) > 1 && os.Args[1] == "sink" {
+		if err := runSink(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func BenchmarkDispatcher_backlog_inprocess(b *testing.B) { benchDispatcher(b, "inprocess") }
+func BenchmarkDispatcher_backlog_process(b *testing.B)   { benchDispatcher(b, "process") }
+
+func benchDispatcher(b *testing.B, builtins string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	self, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	sink, err := startSink(self)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+
+	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
+	config.RegisterFlags(fs)
+	cfg, _, err := config.Load(fs, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.DataDir = b.TempDir()
+	log := slog.New(slog.DiscardHandler)
+
+	var (
+		enc       plugins.Encoder
+		transport plugins.Transport
+		failure   plugins.FailureHandler
+	)
+	if builtins == "inprocess" {
+		enc = builtin.Encoders()[builtin.CrawlStatusName]
+		t := builtin.NewHTTPForm(builtin.HTTPFormOptions{
+			Timeout: cfg.Delivery.Timeout, UserAgent: "callbackd/bench", Guard: plugins.NewGuard(true, nil),
+		})
+		defer t.Close()
+		transport, failure = t, builtin.NewSSOWebhook()
+	} else {
+		bin := testutil.BuildBinary(b)
+		m, err := host.NewManager(host.Options{
+			Dir: filepath.Dir(bin), Logger: log, LogLevel: "warn",
+			CallTimeout: cfg.Plugins.CallTimeout, TransportTimeout: cfg.Delivery.Timeout + 5*time.Second,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer m.Close()
+		p, err := m.Launch(ctx, host.Spec{
+			Name: "builtin", Builtin: true, Path: bin,
+			Args:  []string{"plugin", "builtin", "--delivery-timeout=" + cfg.Delivery.Timeout.String(), "--user-agent=callbackd/bench", "--allow-private"},
+			Kinds: []string{plugins.PluginEncoder, plugins.PluginTransport, plugins.PluginFailure},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if enc, _, err = p.Encoder(builtin.CrawlStatusName); err != nil {
+			b.Fatal(err)
+		}
+		if transport, err = p.Transport(); err != nil {
+			b.Fatal(err)
+		}
+		if failure, err = p.Failure(); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	srv, err := embedded.Start(ctx, embedded.Options{DataDir: cfg.DataDir, Logger: log})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := srv.Connect()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		b.Fatal(err)
+	}
+	top, err := dispatcher.EnsureStreams(ctx, js, dispatcher.StreamOptions{
+		Replicas: 1, Duplicates: cfg.NATS.Duplicates,
+		RetentionEvents: cfg.Retention.Events, RetentionDead: cfg.Retention.Dead,
+		RetentionLog: cfg.Retention.Log, LogBytes: int64(cfg.Retention.LogBytes),
+		AckWait: cfg.AckWait(), MaxAckPending: cfg.Dispatcher.MaxAckPending, MaxRetryPending: cfg.Dispatcher.MaxRetryPending,
+	}, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	store, err := settings.OpenStore(ctx, js, settings.StoreOptions{Replicas: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := store.KV().Put(ctx, "project."+benchProject, fmt.Appendf(nil, `{"apiCallbackUrl":%q}`, sink.URL+"/hook")); err != nil {
+		b.Fatal(err)
+	}
+	view := settings.NewView(log)
+	go func() { _ = view.Run(ctx, store.KV()) }()
+	for {
+		if _, ok := view.Destination(benchAccount, benchProject); ok {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	logw := deliverylog.NewWriter(js, log, deliverylog.WriterOptions{})
+	defer func() { _ = logw.Close(context.Background()) }()
+	metrics := api.NewMetrics(api.MetricsOptions{EventTypes: []string{"callback_failed", "crawl_status", "report_download_available"}, Logger: log})
+
+	d, err := dispatcher.New(js, top, view, dispatcher.Options{
+		Workers:    cfg.Dispatcher.Workers,
+		MaxPayload: int64(cfg.Dispatcher.MaxPayload), MaxDeliveries: cfg.Dispatcher.MaxDeliveries,
+		DeliveryTimeout: cfg.Delivery.Timeout, CallTimeout: cfg.Plugins.CallTimeout,
+		Encoders:  map[string]plugins.Encoder{"crawl_status": enc},
+		Transport: transport, Failure: failure,
+		MaxAttempts: cfg.Delivery.MaxAttempts, Backoff: cfg.Delivery.Backoff,
+		// The sink is one host: lifted as in make bench (see README.md).
+		PerHostConcurrency: 1024,
+		MaxInFlight:        cfg.Delivery.MaxInFlight,
+		Logger:             log, Observer: metrics, Recorder: logw,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	sc := scenario{Name: "gobench"}
+	subject := "callbacks.event.crawl_status." + benchAccount + "." + benchProject
+	for i := 1; i <= b.N; i++ {
+		id := fmt.Sprintf("gobench-%d-%d", time.Now().UnixNano(), i)
+		for {
+			_, err := js.PublishAsync(subject, sc.payload(i), jetstream.WithMsgID(id))
+			if err == nil {
+				break
+			}
+			if err != jetstream.ErrTooManyStalledMsgs {
+				b.Fatal(err)
+			}
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		b.Fatal("publishes not acknowledged")
+	}
+
+	b.ReportAllocs()
+	b.ResetTimer()
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- d.Run(runCtx) }()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		n, _, _, err := sink.Count()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n >= b.N {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("sink has %d of %d after 5 minutes", n, b.N)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
+	stop()
+	<-done
+}
