@@ -331,7 +331,7 @@ func (sc scanner) first(ctx context.Context, cfg jetstream.ConsumerConfig) (seq,
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("delivery log: read: %w", err)
 	}
-	for m := range b.Messages() {
+	if m, ok := <-b.Messages(); ok { // the first match is all that is needed
 		md, err := m.Metadata()
 		if err != nil {
 			return 0, 0, false, fmt.Errorf("delivery log: read: %w", err)
