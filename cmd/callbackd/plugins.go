@@ -162,22 +162,6 @@ func builtinArgs(cfg *config.Config) []string {
 	return args
 }
 
-// builtinGOGC is the built-in process's GOGC unless callbackd's own
-// environment sets one. Its live heap is a few MiB, so Go's default of 100
-// collects it every few MiB allocated, and on a small machine the
-// collector's work and wake-ups showed in the cost of every event; a few
-// tens of MiB more heap is the price.
-const builtinGOGC = "400"
-
-// builtinEnv is the environment the built-in process gets on top of the
-// variables the manager passes through.
-func builtinEnv() map[string]string {
-	if _, ok := os.LookupEnv("GOGC"); ok {
-		return nil
-	}
-	return map[string]string{"GOGC": builtinGOGC}
-}
-
 // newHTTPForm returns the built-in transport configured from cfg.
 func newHTTPForm(cfg *config.Config) *builtin.HTTPForm {
 	return builtin.NewHTTPForm(builtin.HTTPFormOptions{
@@ -249,7 +233,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 		}
 		builtinProc, err = set.manager.Launch(ctx, host.Spec{
 			Name: builtinProcessName, Builtin: true, Path: self,
-			Args: builtinArgs(cfg), Kinds: builtinKinds, Env: builtinEnv(),
+			Args: builtinArgs(cfg), Kinds: builtinKinds,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("plugins: built-in plugins: %w", err)
