@@ -27,12 +27,6 @@ type pluginSet struct {
 	Transport plugins.Transport
 	// Failure is plugins.failure.
 	Failure plugins.FailureHandler
-	// Pipelines maps each event type to Encode-then-Deliver with
-	// Transport in one call: one plugin crossing per event when the
-	// encoder and the transport share a process (the built-ins do), two
-	// calls otherwise. Optional for the dispatcher; same meaning as
-	// Encoders[type] followed by Transport.
-	Pipelines map[string]plugins.EncodeDeliverer
 
 	manager *host.Manager // nil when nothing runs in a process
 	closers []func()
@@ -296,10 +290,6 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 				return nil, fmt.Errorf("%s: %w", u.key, err)
 			}
 		}
-	}
-	set.Pipelines = make(map[string]plugins.EncodeDeliverer, len(set.Encoders))
-	for t, enc := range set.Encoders {
-		set.Pipelines[t] = plugins.Pipeline(enc, set.Transport)
 	}
 	mode := "process"
 	if inprocess {
