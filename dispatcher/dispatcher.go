@@ -187,7 +187,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 // consume runs one consumer's loop: the next message, then a worker slot
 // (shared by both consumers) to handle it.
 func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, name string) error {
-	it, err := c.Messages(jetstream.PullMaxMessages(d.o.Workers))
+	// Short pulls with frequent heartbeats: a pull lost to a reconnect or a
+	// missed heartbeat is replaced within seconds, not after the default 30 s.
+	it, err := c.Messages(jetstream.PullMaxMessages(d.o.Workers),
+		jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(3*time.Second))
 	if err != nil {
 		return fmt.Errorf("%s: start consuming: %w", name, err)
 	}
