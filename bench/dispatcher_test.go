@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -30,13 +33,20 @@ import (
 // own process), against the bench sink in a process of its own, so that a
 // CPU or memory profile shows callbackd's hot path and nothing else:
 //
-//	go test ./bench -run '^$' -bench Dispatcher -benchtime 20000x \
-//	    -cpuprofile cpu.out -memprofile mem.out
+//	go test ./bench -run '^$' -bench Dispatcher -benchtime 50000x -o bench.test \
+//	    -drain.cpuprofile cpu.out -drain.memprofile mem.out
 //	go tool pprof -top bench.test cpu.out
+//	go tool pprof -sample_index=alloc_space -diff_base mem.out.base -top bench.test mem.out
 //
 // Each iteration is one event: b.N events are published to a stopped
 // dispatcher, the timer starts with the dispatcher, and stops once the
-// sink has them all.
+// sink has them all. The -drain.* profiles cover that drain only (go
+// test's own -cpuprofile also covers the publishing before it).
+
+var (
+	drainCPUProfile = flag.String("drain.cpuprofile", "", "write a CPU profile of the drain alone to this file")
+	drainMemProfile = flag.String("drain.memprofile", "", "write the allocation profile after the drain to this file, and before it to <file>.base")
+)
 
 func TestMain(m *testing.M) {
 	// The test binary is also the sink (startSink runs os.Executable()).
@@ -194,6 +204,24 @@ func benchDispatcher(b *testing.B, builtins string) {
 		b.Fatal("publishes not acknowledged")
 	}
 
+	conns0, err := sink.Conns()
+	if err != nil {
+		b.Fatal(err)
+	}
+	runtime.GC()
+	if *drainMemProfile != "" {
+		writeProfile(b, "allocs", *drainMemProfile+".base")
+	}
+	if *drainCPUProfile != "" {
+		f, err := os.Create(*drainCPUProfile)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	runCtx, stop := context.WithCancel(ctx)
@@ -214,7 +242,29 @@ func benchDispatcher(b *testing.B, builtins string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	b.StopTimer()
+	if *drainCPUProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	if *drainMemProfile != "" {
+		writeProfile(b, "allocs", *drainMemProfile)
+	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
+	if conns1, err := sink.Conns(); err == nil {
+		// New TCP connections per delivery: above 0, keep-alive
+		// connections are being closed and dialled again.
+		b.ReportMetric(float64(conns1-conns0)/float64(b.N), "dials/delivery")
+	}
 	stop()
 	<-done
+}
+
+func writeProfile(b *testing.B, name, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
+		b.Fatal(err)
+	}
 }
