@@ -1,6 +1,7 @@
 package builtin
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -12,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -23,7 +23,7 @@ import (
 // Limits of the http-form transport (SPEC §3).
 const (
 	defaultHTTPFormTimeout     = 30 * time.Second
-	defaultMaxIdleConnsPerHost = 64
+	defaultMaxIdleConnsPerHost = 1024
 	maxResponseHeaderBytes     = 64 << 10
 	// maxResponseRead is how much of a response body is read; past it the
 	// connection is closed rather than drained.
@@ -33,8 +33,6 @@ const (
 	// maxRetryAfter caps a Retry-After so that absurd values cannot
 	// overflow a Duration; the dispatcher caps it lower still.
 	maxRetryAfter = 24 * time.Hour
-	// maxPooledBody keeps unusually large bodies out of the buffer pool.
-	maxPooledBody = 64 << 10
 	// maxErrorText bounds the error text of a failed connection.
 	maxErrorText = 200
 )
@@ -157,14 +155,16 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 		return finalResult("invalid destination URL: must be an absolute http or https URL with a host"), nil
 	}
 
-	body := newFormBody(d.Notification)
-	defer body.release()
-	if n := len(*body.buf); n > 0 {
-		req.ContentLength = int64(n)
-		req.Body = body.reader()
+	// A plain byte slice behind a *bytes.Reader: net/http knows it does not
+	// block and writes headers and body in one syscall; the slice is never
+	// reused, so net/http may read it again (GetBody) after we return.
+	body := d.Notification.AppendForm(make([]byte, 0, 512))
+	if len(body) > 0 {
+		req.ContentLength = int64(len(body))
+		req.Body = io.NopCloser(bytes.NewReader(body))
 		// GetBody lets net/http resend on a fresh connection when a
 		// keep-alive connection turns out to be dead.
-		req.GetBody = func() (io.ReadCloser, error) { return body.reader(), nil }
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	} else {
 		req.Body = http.NoBody
 		req.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
@@ -413,77 +413,4 @@ func shortErrorText(s string) string {
 		s = s[:i] + "…"
 	}
 	return strings.ToValidUTF8(s, "\uFFFD")
-}
-
-// formBufPool holds the buffers request bodies are encoded into.
-var formBufPool = sync.Pool{New: func() any {
-	b := make([]byte, 0, 1024)
-	return &b
-}}
-
-// formBody is a pooled, form-encoded request body shared by the readers
-// net/http asks for: the first Body, and one per GetBody when it resends on
-// a fresh connection. net/http may still read a body after Do has returned,
-// so the buffer goes back to the pool only when Deliver and every reader
-// are done with it.
-type formBody struct {
-	buf  *[]byte
-	refs atomic.Int32
-}
-
-func newFormBody(n plugins.Notification) *formBody {
-	buf := formBufPool.Get().(*[]byte)
-	*buf = n.AppendForm((*buf)[:0])
-	b := &formBody{buf: buf}
-	b.refs.Store(1) // Deliver's own
-	return b
-}
-
-func (b *formBody) reader() io.ReadCloser {
-	b.refs.Add(1)
-	return &formReader{body: b, b: *b.buf}
-}
-
-func (b *formBody) release() {
-	if b.refs.Add(-1) == 0 && cap(*b.buf) <= maxPooledBody {
-		formBufPool.Put(b.buf)
-	}
-}
-
-// formReader reads a formBody. Read and Close exclude each other, so once
-// Close has returned no read of the buffer is under way or can start, even
-// when net/http closes the body from one goroutine while its write loop
-// reads it in another.
-type formReader struct {
-	mu     sync.Mutex
-	body   *formBody
-	b      []byte
-	closed bool
-}
-
-var errBodyClosed = errors.New("read of a closed request body")
-
-func (r *formReader) Read(p []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return 0, errBodyClosed
-	}
-	if len(r.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
-	return n, nil
-}
-
-func (r *formReader) Close() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.closed {
-		r.closed = true
-		r.b = nil
-		r.body.release()
-	}
-	return nil
 }

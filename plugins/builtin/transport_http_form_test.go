@@ -678,7 +678,7 @@ func TestHTTPForm_defaults(t *testing.T) {
 	if tr.transport.Proxy != nil {
 		t.Error("the transport takes a proxy from somewhere")
 	}
-	if tr.transport.MaxIdleConnsPerHost != 64 || tr.transport.MaxResponseHeaderBytes != 64<<10 {
+	if tr.transport.MaxIdleConnsPerHost != 1024 || tr.transport.MaxResponseHeaderBytes != 64<<10 {
 		t.Errorf("MaxIdleConnsPerHost %d, MaxResponseHeaderBytes %d", tr.transport.MaxIdleConnsPerHost, tr.transport.MaxResponseHeaderBytes)
 	}
 }
