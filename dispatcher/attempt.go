@@ -20,7 +20,11 @@ import (
 // parked in CALLBACKS_RETRY instead of waiting here.
 func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	hs := d.hosts.get(hostKey(j.dest.URL))
-	if !hs.acquire(release, d.hostWait) {
+	queue := cap(hs.slots) // a slow host's backlog waits in JetStream
+	if hs.fast() {
+		queue = d.fastQueue // a fast host's slots free up soon: wait here
+	}
+	if !hs.acquire(release, d.hostWait, queue) {
 		d.park(ctx, j)
 		return
 	}
@@ -32,6 +36,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	d.o.Observer.InFlight(1)
 	start := time.Now()
 	res, ok := d.deliver(ctx, j)
+	hs.observe(time.Since(start))
 	d.o.Observer.InFlight(-1)
 	if !ok {
 		return
@@ -154,10 +159,11 @@ func hostKey(raw string) string {
 	return net.JoinHostPort(host, port)
 }
 
-// hostLimiter caps attempts in flight per destination. Each host has a
-// short local queue (as long as its cap) of attempts waiting for a slot
-// without holding a worker; work beyond that is parked in CALLBACKS_RETRY,
-// so a slow host keeps its slots busy while its backlog waits in JetStream.
+// hostLimiter caps attempts in flight per destination. Attempts waiting
+// for a host's slot hold no worker: a fast host's wait in a local queue
+// (they will have a slot in moments), a slow host's queue is as long as its
+// cap and its backlog beyond that is parked in CALLBACKS_RETRY, so it keeps
+// its slots busy without holding the main consumer's pending limit.
 type hostLimiter struct {
 	limit int
 	mu    sync.Mutex
@@ -167,6 +173,22 @@ type hostLimiter struct {
 type hostSlots struct {
 	slots   chan struct{}
 	waiting atomic.Int32
+	// avgNs is a moving average of the host's attempt durations.
+	avgNs atomic.Int64
+}
+
+// slowHost is the average attempt duration from which a host's backlog is
+// parked in JetStream rather than queued in memory.
+const slowHost = 500 * time.Millisecond
+
+// fast reports whether the host answers quickly on average.
+func (h *hostSlots) fast() bool { return time.Duration(h.avgNs.Load()) < slowHost }
+
+// observe adds one attempt's duration to the moving average (weight 1/8;
+// a lost update under contention is harmless).
+func (h *hostSlots) observe(d time.Duration) {
+	old := h.avgNs.Load()
+	h.avgNs.Store(old + (int64(d)-old)/8)
 }
 
 func newHostLimiter(limit int) *hostLimiter {
@@ -187,15 +209,15 @@ func (l *hostLimiter) get(host string) *hostSlots {
 }
 
 // acquire takes a slot at once, or queues for at most wait when fewer than
-// the cap are queued already, with the worker released (release) while it
+// queue are queued already, with the worker released (release) while it
 // waits. It reports false when the work should be parked.
-func (h *hostSlots) acquire(release func(), wait time.Duration) bool {
+func (h *hostSlots) acquire(release func(), wait time.Duration, queue int) bool {
 	select {
 	case h.slots <- struct{}{}:
 		return true
 	default:
 	}
-	if int(h.waiting.Add(1)) > cap(h.slots) {
+	if int(h.waiting.Add(1)) > queue {
 		h.waiting.Add(-1)
 		return false
 	}

@@ -129,6 +129,9 @@ type Dispatcher struct {
 	// hostWait bounds how long an attempt queues for its host's slot
 	// before it is parked: well within the ack wait.
 	hostWait time.Duration
+	// fastQueue is how many attempts may queue for a fast host's slots:
+	// the dispatcher consumer's pending limit.
+	fastQueue int
 
 	// pipelines encode and deliver an event in one call per event type.
 	pipelines map[string]plugins.EncodeDeliverer
@@ -158,12 +161,13 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 	}
 	return &Dispatcher{
 		js: js, top: top, view: view, o: o, log: o.Logger, pipelines: pipelines,
-		workers:  make(chan struct{}, o.Workers),
-		inFlight: make(chan struct{}, o.MaxInFlight),
-		hosts:    newHostLimiter(o.PerHostConcurrency),
-		ackWait:  ackWait,
-		hostWait: ackWait / 4,
-		idFields: map[string][]string{},
+		workers:   make(chan struct{}, o.Workers),
+		inFlight:  make(chan struct{}, o.MaxInFlight),
+		hosts:     newHostLimiter(o.PerHostConcurrency),
+		ackWait:   ackWait,
+		hostWait:  ackWait / 4,
+		fastQueue: max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
+		idFields:  map[string][]string{},
 	}, nil
 }
 
