@@ -19,7 +19,8 @@ import (
 // caps, and settles the message by the result. Work over its host's cap is
 // parked in CALLBACKS_RETRY instead of waiting here.
 func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
-	hs := d.hosts.get(hostKey(j.dest.URL))
+	u := d.urls.get(j.dest.URL)
+	hs := d.hosts.get(u.host)
 	queue := cap(hs.slots) // a slow host's backlog waits in JetStream
 	if hs.fast() {
 		queue = d.fastQueue // a fast host's slots free up soon: wait here
@@ -43,20 +44,26 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	}
 	d.o.Observer.Attempt(j.key.Type, string(res.Outcome), res.Duration)
 	rec := deliverylog.Record{
-		URL: plugins.SafeURL(j.dest.URL), Attempt: j.attempt, StatusCode: res.StatusCode,
+		URL: u.safe, Attempt: j.attempt, StatusCode: res.StatusCode,
 		Error: res.Error, DurationMs: res.Duration.Milliseconds(), ResponseExcerpt: res.ResponseExcerpt,
 		StartedAt: start.UTC(),
 	}
-	attrs := d.attrs(j,
-		slog.String("url", rec.URL),
-		slog.Int("attempt", j.attempt),
-		slog.Int("status", res.StatusCode),
-		slog.Duration("duration", res.Duration))
+	// Built only for the lines that are logged: a success is a debug line
+	// (the delivery log has every attempt), so the hot path skips it.
+	attrs := func() []any {
+		return d.attrs(j,
+			slog.String("url", rec.URL),
+			slog.Int("attempt", j.attempt),
+			slog.Int("status", res.StatusCode),
+			slog.Duration("duration", res.Duration))
+	}
 
 	switch {
 	case res.Outcome == plugins.OutcomeDelivered:
 		rec.Outcome = deliverylog.OutcomeDelivered
-		d.log.Info("delivered", attrs...)
+		if d.log.Enabled(ctx, slog.LevelDebug) {
+			d.log.Debug("delivered", attrs()...)
+		}
 		d.outcome(j, rec)
 		d.ack(j)
 	case res.Outcome == plugins.OutcomeRetryable && j.attempt < d.o.MaxAttempts:
@@ -65,7 +72,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 			return
 		}
 		rec.Outcome = deliverylog.OutcomeRetrying
-		d.log.Warn("attempt failed; retry scheduled", append(attrs, slog.String("err", res.Error), slog.Duration("retry_in", wait))...)
+		d.log.Warn("attempt failed; retry scheduled", append(attrs(), slog.String("err", res.Error), slog.Duration("retry_in", wait))...)
 		d.outcome(j, rec)
 		d.ack(j)
 	default:
@@ -74,7 +81,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		if res.Outcome == plugins.OutcomeNotAllowed {
 			reason, rec.Outcome = ReasonDestinationNotAllowed, deliverylog.OutcomeDestinationNotAllowed
 		}
-		d.log.Warn("delivery failed for good", append(attrs, slog.String("outcome", rec.Outcome), slog.String("err", res.Error))...)
+		d.log.Warn("delivery failed for good", append(attrs(), slog.String("outcome", rec.Outcome), slog.String("err", res.Error))...)
 		if d.failed(ctx, j, reason, res) {
 			d.outcome(j, rec)
 		}
@@ -157,6 +164,25 @@ func hostKey(raw string) string {
 		}
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// urlInfo is what the dispatcher derives from a destination URL.
+type urlInfo struct {
+	host string // fairness key: host:port, lower-cased
+	safe string // for logs: no userinfo or query
+}
+
+// urlCache keeps the urlInfo of each destination URL, so that the hot path
+// parses none. Destinations are the configured callback URLs: few.
+type urlCache struct{ m sync.Map }
+
+func (c *urlCache) get(raw string) urlInfo {
+	if v, ok := c.m.Load(raw); ok {
+		return v.(urlInfo)
+	}
+	u := urlInfo{host: hostKey(raw), safe: plugins.SafeURL(raw)}
+	c.m.Store(raw, u)
+	return u
 }
 
 // hostLimiter caps attempts in flight per destination. Attempts waiting

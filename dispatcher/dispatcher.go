@@ -125,6 +125,7 @@ type Dispatcher struct {
 	workers  chan struct{}
 	inFlight chan struct{}
 	hosts    *hostLimiter
+	urls     urlCache
 	ackWait  time.Duration
 	// hostWait bounds how long an attempt queues for its host's slot
 	// before it is parked: well within the ack wait.
