@@ -9,7 +9,6 @@ package dispatcher
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -189,56 +188,76 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return err
 }
 
-// consume runs one consumer's loop: the next message, then a worker slot
-// (shared by both consumers) to handle it.
-func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, name string) error {
-	// Short pulls with frequent heartbeats: a pull lost to a reconnect or a
-	// missed heartbeat is replaced within seconds, not after the default 30 s.
-	it, err := c.Messages(jetstream.PullMaxMessages(d.o.Workers),
-		jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(3*time.Second))
-	if err != nil {
-		return fmt.Errorf("%s: start consuming: %w", name, err)
-	}
-	// On shutdown, stop pulling; Next then hands out what is buffered and
-	// reports the iterator closed.
-	stop := context.AfterFunc(ctx, it.Drain)
-	defer stop()
-	defer it.Stop()
+// fetchWait bounds one pull request; fetchLoops pull requests per consumer
+// are outstanding at a time, so one is waiting at the server while the
+// other's messages are handed out.
+const (
+	fetchWait  = 5 * time.Second
+	fetchLoops = 2
+)
 
+// consume runs one consumer: fetchLoops loops of one-shot pull requests
+// (Fetch), each at most Workers messages, every message handled by a worker
+// (slots shared by both consumers). One-shot pulls keep no client-side
+// pull accounting that could fall out of step with the server's, so a pull
+// lost to a reconnect costs at most fetchWait.
+func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, name string) error {
+	d.log.Info("consuming", "consumer", name, "workers", d.o.Workers)
+	var wg sync.WaitGroup
+	for range fetchLoops {
+		wg.Go(func() { d.fetchLoop(ctx, c, name) })
+	}
+	wg.Wait()
+	return nil
+}
+
+func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name string) {
 	// Work in hand is finished even after ctx is done: acking nothing that
 	// was not finished, and handing nothing back that was.
 	work := context.WithoutCancel(ctx)
-	d.log.Info("consuming", "consumer", name, "workers", d.o.Workers)
-	for {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
 		d.waitFresh(ctx)
-		m, err := it.Next()
+		fctx, cancel := context.WithTimeout(ctx, fetchWait)
+		b, err := c.Fetch(d.o.Workers, jetstream.FetchContext(fctx))
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
+			cancel()
 			d.log.Warn("fetch failed", "consumer", name, "err", err)
 			select {
 			case <-ctx.Done():
-			case <-time.After(time.Second):
+			case <-time.After(backoff):
 			}
+			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
-		if ctx.Err() != nil {
-			// Pulled but not started before shutdown: hand it back.
-			d.nak(m, handBackDelay)
+		for m := range b.Messages() {
+			if ctx.Err() != nil {
+				// Pulled but not started before shutdown: hand it back.
+				d.nak(m, handBackDelay)
+				continue
+			}
+			d.workers <- struct{}{}
+			d.wg.Add(1)
+			go func() {
+				defer d.wg.Done()
+				var once sync.Once
+				release := func() { once.Do(func() { <-d.workers }) }
+				defer release()
+				d.handle(work, m, release)
+			}()
+		}
+		cancel()
+		if err := b.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) &&
+			!errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
+			d.log.Warn("fetch ended with an error", "consumer", name, "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
-		// The slot is taken once there is a message, so an idle consumer
-		// holds none; pulling ahead is bounded by PullMaxMessages.
-		d.workers <- struct{}{}
-		d.wg.Add(1)
-		go func() {
-			defer d.wg.Done()
-			var once sync.Once
-			release := func() { once.Do(func() { <-d.workers }) }
-			defer release()
-			d.handle(work, m, release)
-		}()
+		backoff = 100 * time.Millisecond
 	}
 }
 
