@@ -313,3 +313,28 @@ func TestServe_unknown_config_key_fails_naming_it(t *testing.T) {
 		})
 	}
 }
+
+// SIGTERM while serve still waits for its NATS server is a clean stop too.
+func TestServe_exits_zero_on_SIGTERM_while_waiting_for_NATS(t *testing.T) {
+	skipShort(t)
+	bin := testutil.BuildBinary(t)
+	cfg := writeConfig(t, testutil.FreeAddr(t), testutil.FreeAddr(t), "")
+	// Nothing listens on the external URL: serve waits for it.
+	p := testutil.StartBinary(t, bin, "serve", "--config", cfg,
+		"--nats.embedded=false", "--nats.url=nats://"+testutil.FreeAddr(t))
+	testutil.CheckFor(t, startWait, 50*time.Millisecond, func() error {
+		if p.Exited() {
+			t.Fatalf("serve exited with %d instead of waiting\n%s", p.ExitCode(), p.Stderr())
+		}
+		if !strings.Contains(p.Stderr(), "waiting for") {
+			return fmt.Errorf("serve does not say it is waiting yet")
+		}
+		return nil
+	})
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.Wait(t, startWait); code != 0 {
+		t.Fatalf("serve exited with %d after SIGTERM during start-up, want 0\n%s", code, p.Stderr())
+	}
+}

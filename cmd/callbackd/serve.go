@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -28,7 +29,14 @@ func newServeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return serve(cmd.Context(), cfg, log, updateStreams)
+			err = serve(cmd.Context(), cfg, log, updateStreams)
+			if err != nil && cmd.Context().Err() != nil && errors.Is(err, context.Canceled) {
+				// SIGTERM while still starting (waiting for NATS, say) is a
+				// clean stop, not a failure.
+				log.Info("stopped during start-up")
+				return nil
+			}
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&updateStreams, "update-streams", false, "apply callbackd's stream and consumer config to existing ones that differ")
