@@ -45,6 +45,7 @@ import (
 
 var (
 	drainCPUProfile = flag.String("drain.cpuprofile", "", "write a CPU profile of the drain alone to this file")
+	drainNoLog      = flag.Bool("drain.nolog", false, "run without the delivery log, to measure its share")
 	drainMemProfile = flag.String("drain.memprofile", "", "write the allocation profile after the drain to this file, and before it to <file>.base")
 )
 
@@ -166,6 +167,10 @@ func benchDispatcher(b *testing.B, builtins string) {
 	}
 	logw := deliverylog.NewWriter(js, log, deliverylog.WriterOptions{})
 	defer func() { _ = logw.Close(context.Background()) }()
+	var recorder dispatcher.Recorder = logw
+	if *drainNoLog {
+		recorder = nil
+	}
 	metrics := api.NewMetrics(api.MetricsOptions{EventTypes: []string{"callback_failed", "crawl_status", "report_download_available"}, Logger: log})
 
 	d, err := dispatcher.New(js, top, view, dispatcher.Options{
@@ -178,7 +183,7 @@ func benchDispatcher(b *testing.B, builtins string) {
 		// The sink is one host: lifted as in make bench (see README.md).
 		PerHostConcurrency: 1024,
 		MaxInFlight:        cfg.Delivery.MaxInFlight,
-		Logger:             log, Observer: metrics, Recorder: logw,
+		Logger:             log, Observer: metrics, Recorder: recorder,
 	})
 	if err != nil {
 		b.Fatal(err)

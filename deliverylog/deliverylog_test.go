@@ -353,8 +353,7 @@ func TestWriter_cleans_records(t *testing.T) {
 func TestWriter_never_blocks_when_NATS_stalls(t *testing.T) {
 	js := setup(t)
 	// The writer's own connection keeps trying to reconnect, so once the
-	// server is gone publishes pile up unacknowledged and the publishing
-	// loop stalls on MaxPending.
+	// server is gone its publishes pile up in the reconnect buffer.
 	nc, err := nats.Connect(js.Server.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -364,7 +363,7 @@ func TestWriter_never_blocks_when_NATS_stalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := deliverylog.NewWriter(wjs, testutil.Logger(t), deliverylog.WriterOptions{Buffer: 8, MaxPending: 2})
+	w := deliverylog.NewWriter(wjs, testutil.Logger(t), deliverylog.WriterOptions{Buffer: 8})
 	js.Server.Shutdown()
 	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if nc.IsConnected() {

@@ -36,8 +36,6 @@ type WriterOptions struct {
 	// Buffer is how many records may wait to be published; once it is full,
 	// new records are dropped and counted (Dropped). 0 means 8192.
 	Buffer int
-	// MaxPending caps publishes waiting for the stream's ack. 0 means 1024.
-	MaxPending int
 	// WarnEvery is the least time between two warnings about dropped or
 	// failed records. 0 means 10s.
 	WarnEvery time.Duration
@@ -54,7 +52,7 @@ type WriterOptions struct {
 // and so is one whose outcome is not one of the Outcome constants; the
 // record's own fields are kept as they are.
 type Writer struct {
-	js  jetstream.JetStream
+	nc  *nats.Conn
 	log *slog.Logger
 	ch  chan Record
 
@@ -71,15 +69,12 @@ type Writer struct {
 	lastFail  atomic.Int64
 }
 
-// NewWriter starts a Writer publishing through js's connection. It uses its
-// own JetStream context, so its pending asynchronous publishes neither
-// count against nor wait for anyone else's. Close it to flush.
+// NewWriter starts a Writer publishing through js's connection with core
+// NATS publishes, which the CALLBACKS_LOG stream captures: the log is best
+// effort, and no ack per record is waited for. Close it to flush.
 func NewWriter(js jetstream.JetStream, log *slog.Logger, o WriterOptions) *Writer {
 	if o.Buffer <= 0 {
 		o.Buffer = 8192
-	}
-	if o.MaxPending <= 0 {
-		o.MaxPending = 1024
 	}
 	if o.WarnEvery <= 0 {
 		o.WarnEvery = 10 * time.Second
@@ -88,21 +83,12 @@ func NewWriter(js jetstream.JetStream, log *slog.Logger, o WriterOptions) *Write
 		log = slog.New(slog.DiscardHandler)
 	}
 	w := &Writer{
-		js:        js,
+		nc:        js.Conn(),
 		log:       log.With("component", "deliverylog"),
 		ch:        make(chan Record, o.Buffer),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 		warnEvery: o.WarnEvery,
-	}
-	if nc := js.Conn(); nc != nil {
-		own, err := jetstream.New(nc,
-			jetstream.WithPublishAsyncMaxPending(o.MaxPending),
-			jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) { w.fail(err) }),
-		)
-		if err == nil {
-			w.js = own
-		}
 	}
 	go w.loop()
 	return w
@@ -144,12 +130,10 @@ func (w *Writer) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("delivery log: flush: %w", ctx.Err())
 	}
-	select {
-	case <-w.js.PublishAsyncComplete():
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("delivery log: waiting for acks: %w", ctx.Err())
+	if err := w.nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("delivery log: flush: %w", err)
 	}
+	return nil
 }
 
 func (w *Writer) loop() {
@@ -182,9 +166,10 @@ func (w *Writer) publish(r Record) {
 		w.fail(fmt.Errorf("encode record: %w", err))
 		return
 	}
-	// PublishAsync waits (briefly) only when MaxPending acks are
-	// outstanding; that stalls this loop, never a caller of Write.
-	if _, err := w.js.PublishAsync(subjectOf(r), data); err != nil {
+	// A core publish, which the stream captures: the log is best effort
+	// (SPEC §2), and not waiting for an ack per record halves the messages
+	// the log costs per delivery.
+	if err := w.nc.Publish(subjectOf(r), data); err != nil {
 		w.fail(err)
 	}
 }
