@@ -201,20 +201,29 @@ type hostSlots struct {
 	waiting atomic.Int32
 	// avgNs is a moving average of the host's attempt durations.
 	avgNs atomic.Int64
+	// lastDoneNs is when an attempt to the host last ended (unix ns).
+	lastDoneNs atomic.Int64
 }
 
 // slowHost is the average attempt duration from which a host's backlog is
 // parked in JetStream rather than queued in memory.
 const slowHost = 500 * time.Millisecond
 
-// fast reports whether the host answers quickly on average.
-func (h *hostSlots) fast() bool { return time.Duration(h.avgNs.Load()) < slowHost }
+// fast reports whether the host answers quickly: quick on average, and an
+// attempt ended recently. A new host, or one whose attempts have all hung
+// for a while, is not fast, so a dead endpoint's burst is parked rather
+// than queued in memory against the main consumer's pending limit.
+func (h *hostSlots) fast() bool {
+	return time.Duration(h.avgNs.Load()) < slowHost &&
+		time.Duration(time.Now().UnixNano()-h.lastDoneNs.Load()) < slowHost
+}
 
 // observe adds one attempt's duration to the moving average (weight 1/8;
 // a lost update under contention is harmless).
 func (h *hostSlots) observe(d time.Duration) {
 	old := h.avgNs.Load()
 	h.avgNs.Store(old + (int64(d)-old)/8)
+	h.lastDoneNs.Store(time.Now().UnixNano())
 }
 
 func newHostLimiter(limit int) *hostLimiter {

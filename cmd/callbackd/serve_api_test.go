@@ -117,9 +117,18 @@ func TestServe_admin_API_end_to_end(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	if err := nc.Publish("callbacks.event.crawl_status.123123.123", []byte(`{"crawl_id": 124234, "user_id": 5}`)); err != nil {
-		t.Fatal(err)
-	}
+	// A settings change takes effect within a second of the answer (SPEC
+	// §4); an event that beats it is acked as no_destination. So publish
+	// until one arrives.
+	testutil.CheckFor(t, 60*time.Second, 250*time.Millisecond, func() error {
+		if len(sink.Requests()) > 0 {
+			return nil
+		}
+		if err := nc.Publish("callbacks.event.crawl_status.123123.123", []byte(`{"crawl_id": 124234, "user_id": 5}`)); err != nil {
+			t.Fatal(err)
+		}
+		return errors.New("no delivery yet")
+	})
 	reqs := sink.WaitFor(t, 1, 60*time.Second)
 	if reqs[0].Path != "/cb" || reqs[0].Header.Get("Authorization") != "Bearer your-token" || !strings.HasPrefix(reqs[0].Body, "message=crawl_status&") {
 		t.Fatalf("delivered %s %v %q", reqs[0].Path, reqs[0].Header, reqs[0].Body)
@@ -135,7 +144,7 @@ func TestServe_admin_API_end_to_end(t *testing.T) {
 			if got == nil {
 				return errors.New("no " + re.String())
 			}
-			if n, _ := strconv.ParseFloat(got[1], 64); n != 1 {
+			if n, _ := strconv.ParseFloat(got[1], 64); n < 1 {
 				return fmt.Errorf("%s = %s", re, got[1])
 			}
 		}
