@@ -209,13 +209,17 @@ type hostSlots struct {
 // parked in JetStream rather than queued in memory.
 const slowHost = 500 * time.Millisecond
 
-// fast reports whether the host answers quickly: quick on average, and an
-// attempt ended recently. A new host, or one whose attempts have all hung
-// for a while, is not fast, so a dead endpoint's burst is parked rather
-// than queued in memory against the main consumer's pending limit.
+// fast reports whether the host answers quickly: quick on average, and not
+// stalled — every slot busy with no attempt ended for slowHost. A dead
+// endpoint stalls within slowHost, so its burst is parked rather than held
+// in memory against the main consumer's pending limit.
 func (h *hostSlots) fast() bool {
-	return time.Duration(h.avgNs.Load()) < slowHost &&
-		time.Duration(time.Now().UnixNano()-h.lastDoneNs.Load()) < slowHost
+	if time.Duration(h.avgNs.Load()) >= slowHost {
+		return false
+	}
+	stalled := len(h.slots) == cap(h.slots) &&
+		time.Duration(time.Now().UnixNano()-h.lastDoneNs.Load()) >= slowHost
+	return !stalled
 }
 
 // observe adds one attempt's duration to the moving average (weight 1/8;
@@ -243,9 +247,10 @@ func (l *hostLimiter) get(host string) *hostSlots {
 	return hs
 }
 
-// acquire takes a slot at once, or queues for at most wait when fewer than
-// queue are queued already, with the worker released (release) while it
-// waits. It reports false when the work should be parked.
+// acquire takes a slot at once, or queues when fewer than queue are
+// queued already, with the worker released (release) while it waits. It
+// reports false when the work should be parked: the queue is full, the wait
+// passed wait, or the host stopped being fast while it waited.
 func (h *hostSlots) acquire(release func(), wait time.Duration, queue int) bool {
 	select {
 	case h.slots <- struct{}{}:
@@ -260,11 +265,19 @@ func (h *hostSlots) acquire(release func(), wait time.Duration, queue int) bool 
 	release()
 	t := time.NewTimer(wait)
 	defer t.Stop()
-	select {
-	case h.slots <- struct{}{}:
-		return true
-	case <-t.C:
-		return false
+	check := time.NewTicker(slowHost / 2)
+	defer check.Stop()
+	for {
+		select {
+		case h.slots <- struct{}{}:
+			return true
+		case <-t.C:
+			return false
+		case <-check.C:
+			if queue > cap(h.slots) && !h.fast() {
+				return false
+			}
+		}
 	}
 }
 
