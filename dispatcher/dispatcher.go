@@ -130,8 +130,8 @@ type Dispatcher struct {
 	// before it is parked: well within the ack wait.
 	hostWait time.Duration
 	// fastQueue is how many attempts may queue for a fast host's slots:
-	// half the dispatcher consumer's pending limit, so one host never takes
-	// all of it.
+	// the dispatcher consumer's pending limit, so fresh work for a fast
+	// host never parks (parked work would come back behind it).
 	fastQueue int
 
 	// pipelines encode and deliver an event in one call per event type.
@@ -167,7 +167,7 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 		hosts:     newHostLimiter(o.PerHostConcurrency),
 		ackWait:   ackWait,
 		hostWait:  ackWait / 4,
-		fastQueue: max(top.Dispatcher.CachedInfo().Config.MaxAckPending/2, o.PerHostConcurrency),
+		fastQueue: max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
 		idFields:  map[string][]string{},
 	}, nil
 }
