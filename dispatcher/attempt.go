@@ -201,20 +201,33 @@ type hostSlots struct {
 	waiting atomic.Int32
 	// avgNs is a moving average of the host's attempt durations.
 	avgNs atomic.Int64
+	// lastDoneNs is when an attempt to the host last ended (unix ns).
+	lastDoneNs atomic.Int64
 }
 
 // slowHost is the average attempt duration from which a host's backlog is
 // parked in JetStream rather than queued in memory.
 const slowHost = 500 * time.Millisecond
 
-// fast reports whether the host answers quickly on average.
-func (h *hostSlots) fast() bool { return time.Duration(h.avgNs.Load()) < slowHost }
+// fast reports whether the host answers quickly: quick on average, and not
+// stalled — every slot busy with no attempt ended for slowHost. A dead
+// endpoint stalls within slowHost, so its burst is parked rather than held
+// in memory against the main consumer's pending limit.
+func (h *hostSlots) fast() bool {
+	if time.Duration(h.avgNs.Load()) >= slowHost {
+		return false
+	}
+	stalled := len(h.slots) == cap(h.slots) &&
+		time.Duration(time.Now().UnixNano()-h.lastDoneNs.Load()) >= slowHost
+	return !stalled
+}
 
 // observe adds one attempt's duration to the moving average (weight 1/8;
 // a lost update under contention is harmless).
 func (h *hostSlots) observe(d time.Duration) {
 	old := h.avgNs.Load()
 	h.avgNs.Store(old + (int64(d)-old)/8)
+	h.lastDoneNs.Store(time.Now().UnixNano())
 }
 
 func newHostLimiter(limit int) *hostLimiter {
@@ -229,14 +242,17 @@ func (l *hostLimiter) get(host string) *hostSlots {
 	hs, ok := l.hosts[host]
 	if !ok {
 		hs = &hostSlots{slots: make(chan struct{}, l.limit)}
+		// A new host gets slowHost of grace before it can count as stalled.
+		hs.lastDoneNs.Store(time.Now().UnixNano())
 		l.hosts[host] = hs
 	}
 	return hs
 }
 
-// acquire takes a slot at once, or queues for at most wait when fewer than
-// queue are queued already, with the worker released (release) while it
-// waits. It reports false when the work should be parked.
+// acquire takes a slot at once, or queues when fewer than queue are
+// queued already, with the worker released (release) while it waits. It
+// reports false when the work should be parked: the queue is full, the wait
+// passed wait, or the host stopped being fast while it waited.
 func (h *hostSlots) acquire(release func(), wait time.Duration, queue int) bool {
 	select {
 	case h.slots <- struct{}{}:
@@ -251,11 +267,19 @@ func (h *hostSlots) acquire(release func(), wait time.Duration, queue int) bool 
 	release()
 	t := time.NewTimer(wait)
 	defer t.Stop()
-	select {
-	case h.slots <- struct{}{}:
-		return true
-	case <-t.C:
-		return false
+	check := time.NewTicker(slowHost / 2)
+	defer check.Stop()
+	for {
+		select {
+		case h.slots <- struct{}{}:
+			return true
+		case <-t.C:
+			return false
+		case <-check.C:
+			if queue > cap(h.slots) && !h.fast() {
+				return false
+			}
+		}
 	}
 }
 

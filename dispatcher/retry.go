@@ -16,8 +16,9 @@ import (
 // so that parking backs off.
 const headerParked = "Callbackd-Parked"
 
-// maxParkDelay caps the wait of parked work.
-const maxParkDelay = 5 * time.Second
+// maxParkDelay caps the wait of parked work, so that a host that recovers
+// gets its parked backlog back soon.
+const maxParkDelay = time.Second
 
 // scheduleRetry publishes attempt j.attempt+1 to CALLBACKS_RETRY, due after
 // wait, and reports whether the stream acknowledged it. The caller acks the
