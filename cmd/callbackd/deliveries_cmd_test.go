@@ -66,6 +66,7 @@ func runCLI(ctx context.Context, t *testing.T, js *testutil.JetStream, stdin str
 
 func writeLog(t *testing.T, js *testutil.JetStream, recs ...deliverylog.Record) {
 	t.Helper()
+	before := testutil.StreamLen(t, js.JS, subjects.LogStream)
 	w := deliverylog.NewWriter(js.JS, testutil.Logger(t), deliverylog.WriterOptions{})
 	for _, r := range recs {
 		w.Write(r)
@@ -75,6 +76,14 @@ func writeLog(t *testing.T, js *testutil.JetStream, recs ...deliverylog.Record) 
 	if err := w.Close(ctx); err != nil || w.Dropped()+w.Failed() != 0 {
 		t.Fatalf("write log: %v (dropped %d, failed %d)", err, w.Dropped(), w.Failed())
 	}
+	// The records are core publishes: stored by the stream shortly after
+	// the flush, not by it.
+	testutil.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if n := testutil.StreamLen(t, js.JS, subjects.LogStream); n < before+uint64(len(recs)) {
+			return fmt.Errorf("%d of %d records stored", n-before, len(recs))
+		}
+		return nil
+	})
 }
 
 func rec(id, project, outcome string) deliverylog.Record {
