@@ -535,7 +535,22 @@ func TestDispatcher_dead_endpoints_do_not_starve_a_healthy_one(t *testing.T) {
 		}
 		h.publish(eventSubject("crawl_status", "1", "100"), crawl(i+1), "")
 	}
-	healthy.WaitFor(t, healthyEvents, waitLong)
+	// Wait on the completions themselves: the sink records a request
+	// before its answer (and so the completion) is made.
+	testutil.CheckFor(t, waitLong, 10*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, k := range order {
+			if k == "healthy" {
+				n++
+			}
+		}
+		if n < healthyEvents {
+			return fmt.Errorf("%d of %d healthy deliveries completed", n, healthyEvents)
+		}
+		return nil
+	})
 	unblock()
 	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
 		mu.Lock()
