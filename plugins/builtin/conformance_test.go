@@ -14,6 +14,10 @@ import (
 func TestConformance_encoders(t *testing.T) {
 	for name, enc := range builtin.Encoders() {
 		t.Run(name, func(t *testing.T) {
+			// A suite with no cases would pass without checking anything.
+			if len(plugintest.BuiltinEncoderCases(name)) == 0 {
+				t.Fatalf("no conformance cases for built-in encoder %q", name)
+			}
 			plugintest.TestEncoder(t, func(*testing.T) plugins.Encoder { return enc }, plugintest.BuiltinEncoderCases(name))
 		})
 	}
@@ -34,5 +38,8 @@ func TestConformance_http_form(t *testing.T) {
 }
 
 func TestConformance_sso_webhook(t *testing.T) {
+	if len(plugintest.BuiltinFailureCases()) == 0 {
+		t.Fatal("no conformance cases for sso-webhook")
+	}
 	plugintest.TestFailure(t, func(*testing.T) plugins.FailureHandler { return builtin.NewSSOWebhook() }, plugintest.BuiltinFailureCases())
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"testing"
 
 	"github.com/callbackd/callbackd/plugins"
@@ -44,5 +45,9 @@ var cases = []plugintest.EncoderCase{
 }
 
 func TestCrawlFailed_conformance(t *testing.T) {
+	info, err := CrawlFailed{}.Info(context.Background())
+	if err != nil || info.EventType != "crawl_failed" {
+		t.Fatalf("Info() = %+v, %v; want event type crawl_failed", info, err)
+	}
 	plugintest.TestEncoder(t, func(*testing.T) plugins.Encoder { return CrawlFailed{} }, cases)
 }
