@@ -92,11 +92,14 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 // crossing (two when the encoder and transport live apart); for a
 // notification, deliver. It reports false when the message has been dealt
 // with otherwise (invalid, skipped, handed back).
+//
+// No deadline is added here: transports bound their own calls (the
+// http-form transport by delivery.timeout, a plugin's client by its call
+// timeout), and a deadline per attempt on top cost a timer and a context
+// chain per delivery.
 func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool) {
-	tctx, cancel := context.WithTimeout(ctx, d.o.CallTimeout+d.o.DeliveryTimeout+5*time.Second)
-	defer cancel()
 	if j.pipeline == nil {
-		res, err := d.o.Transport.Deliver(tctx, plugins.Delivery{
+		res, err := d.o.Transport.Deliver(ctx, plugins.Delivery{
 			DeliveryID: j.deliveryID, Destination: j.dest, Notification: j.notification,
 		})
 		if err != nil {
@@ -105,7 +108,7 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 		}
 		return res, true
 	}
-	out, err := j.pipeline.EncodeDeliver(tctx, d.event(j), &j.dest, d.o.CallTimeout)
+	out, err := j.pipeline.EncodeDeliver(ctx, d.event(j), &j.dest, d.o.CallTimeout)
 	if !d.encoded(ctx, j, out.Encoded, encodeErr(out, err)) {
 		return out.Result, false
 	}

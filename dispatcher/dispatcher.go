@@ -40,8 +40,8 @@ type Options struct {
 	MaxPayload int64
 	// MaxDeliveries caps redeliveries caused by infrastructure errors (0 → 50).
 	MaxDeliveries int
-	// DeliveryTimeout is the per-attempt timeout (0 → 30 s); a transport call
-	// gets it plus 5 s as its deadline.
+	// DeliveryTimeout is the per-attempt timeout (0 → 30 s), which the
+	// transport applies; the consumers' ack wait is based on it.
 	DeliveryTimeout time.Duration
 	// CallTimeout is the deadline of other plugin calls (0 → 5 s).
 	CallTimeout time.Duration

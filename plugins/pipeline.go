@@ -22,7 +22,8 @@ const PluginPipeline = "pipeline"
 // dispatcher may use it where Pipeline gives one, with the same meaning as
 // Encode followed by Deliver.
 type EncodeDeliverer interface {
-	// EncodeDeliver encodes ev (bounded by encodeTimeout when > 0) and,
+	// EncodeDeliver encodes ev (bounded by encodeTimeout when > 0 and ctx
+	// has a deadline; else by the encoder's own bound) and,
 	// when that gives a notification and dest is not nil, delivers it to
 	// dest. The error is Encode's (ErrInvalidEvent or an infrastructure
 	// error) or Deliver's (an infrastructure error); it is nil whenever
@@ -72,12 +73,7 @@ func (s sequence) EncodeDeliver(ctx context.Context, ev Event, dest *Destination
 }
 
 func encodeDeliver(ctx context.Context, enc Encoder, tr Transport, ev Event, dest *Destination, encodeTimeout time.Duration) (EncodeDelivered, error) {
-	ectx, cancel := ctx, context.CancelFunc(func() {})
-	if encodeTimeout > 0 {
-		ectx, cancel = context.WithTimeout(ctx, encodeTimeout)
-	}
-	out, err := enc.Encode(ectx, ev)
-	cancel()
+	out, err := encode(ctx, enc, ev, encodeTimeout)
 	if err != nil || out.SkipReason != "" || dest == nil {
 		return EncodeDelivered{Encoded: out}, err
 	}
@@ -86,6 +82,20 @@ func encodeDeliver(ctx context.Context, enc Encoder, tr Transport, ev Event, des
 		return EncodeDelivered{Encoded: out}, err
 	}
 	return EncodeDelivered{Encoded: out, Delivered: true, Result: res}, nil
+}
+
+// encode calls enc, within encodeTimeout when ctx has a deadline (a
+// longer one than the encoding should take). Without one, the encoder's
+// own bound applies: a plugin process's client has its call timeout, and
+// an in-process encoder is CPU work that no context could stop, so it is
+// spared a timer and a context per event.
+func encode(ctx context.Context, enc Encoder, ev Event, encodeTimeout time.Duration) (Encoded, error) {
+	if _, ok := ctx.Deadline(); !ok || encodeTimeout <= 0 {
+		return enc.Encode(ctx, ev)
+	}
+	ectx, cancel := context.WithTimeout(ctx, encodeTimeout)
+	defer cancel()
+	return enc.Encode(ectx, ev)
 }
 
 // ---- plugin side ----

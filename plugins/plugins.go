@@ -107,7 +107,10 @@ type Result struct {
 
 // Transport delivers a notification to a destination. The returned error is
 // for infrastructure failures only (plugin down, deadline missed); whatever
-// happened at the endpoint is in the Result.
+// happened at the endpoint is in the Result. A transport bounds its own
+// calls (the http-form transport by its timeout, a plugin process's client
+// by its call timeout); a deadline of ctx that comes first ends the call
+// with an error.
 type Transport interface {
 	Deliver(ctx context.Context, d Delivery) (Result, error)
 }
