@@ -2,7 +2,6 @@ package deliverylog
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -67,7 +66,20 @@ type Writer struct {
 	warnEvery time.Duration
 	lastDrop  atomic.Int64 // unix nanos of the last drop warning
 	lastFail  atomic.Int64
+
+	// Owned by the publishing loop: the record's JSON is appended to buf,
+	// which the connection copies on Publish; subjects and safe URLs are
+	// kept per key, as a delivery's project and URL repeat.
+	buf      []byte
+	subjects map[subjectKey]string
+	safeURLs map[string]string
 }
+
+// subjectKey is what a record's log subject is made of.
+type subjectKey struct{ account, project, outcome string }
+
+// maxCached bounds each of the loop's caches; a full one is cleared.
+const maxCached = 4096
 
 // NewWriter starts a Writer publishing through js's connection with core
 // NATS publishes, which the CALLBACKS_LOG stream captures: the log is best
@@ -89,6 +101,8 @@ func NewWriter(js jetstream.JetStream, log *slog.Logger, o WriterOptions) *Write
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 		warnEvery: o.WarnEvery,
+		subjects:  map[subjectKey]string{},
+		safeURLs:  map[string]string{},
 	}
 	go w.loop()
 	return w
@@ -160,18 +174,41 @@ func (w *Writer) loop() {
 }
 
 func (w *Writer) publish(r Record) {
-	r = clean(r)
-	data, err := json.Marshal(r)
-	if err != nil { // only an unmarshalable time can get here
-		w.fail(fmt.Errorf("encode record: %w", err))
-		return
-	}
+	r = clean(r, w.safeURL)
+	w.buf = appendJSON(w.buf[:0], &r)
 	// A core publish, which the stream captures: the log is best effort
 	// (SPEC §2), and not waiting for an ack per record halves the messages
 	// the log costs per delivery.
-	if err := w.nc.Publish(subjectOf(r), data); err != nil {
+	if err := w.nc.Publish(w.subject(&r), w.buf); err != nil {
 		w.fail(err)
 	}
+}
+
+// safeURL is plugins.SafeURL of raw, parsed once per URL.
+func (w *Writer) safeURL(raw string) string {
+	if s, ok := w.safeURLs[raw]; ok {
+		return s
+	}
+	if len(w.safeURLs) >= maxCached {
+		clear(w.safeURLs)
+	}
+	s := plugins.SafeURL(raw)
+	w.safeURLs[raw] = s
+	return s
+}
+
+// subject is subjectOf(r), made once per account, project and outcome.
+func (w *Writer) subject(r *Record) string {
+	k := subjectKey{r.AccountID, r.ProjectID, r.Outcome}
+	if s, ok := w.subjects[k]; ok {
+		return s
+	}
+	if len(w.subjects) >= maxCached {
+		clear(w.subjects)
+	}
+	s := subjectOf(*r)
+	w.subjects[k] = s
+	return s
 }
 
 func (w *Writer) drop(n uint64) {
@@ -222,10 +259,11 @@ func outcomeToken(o string) string {
 }
 
 // clean enforces the record's promises whatever the caller passed: a URL
-// without userinfo or query, capped valid UTF-8 text, UTC times.
-func clean(r Record) Record {
+// without userinfo or query (safeURL, plugins.SafeURL or a cache of it),
+// capped valid UTF-8 text, UTC times.
+func clean(r Record, safeURL func(string) string) Record {
 	if r.URL != "" {
-		r.URL = clip(plugins.SafeURL(r.URL), maxURL)
+		r.URL = clip(safeURL(r.URL), maxURL)
 	}
 	r.DeliveryID = clip(r.DeliveryID, maxToken)
 	r.EventType = clip(r.EventType, maxToken)
