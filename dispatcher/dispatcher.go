@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callbackd/callbackd/deliverylog"
+	"github.com/callbackd/callbackd/internal/gopool"
 	"github.com/callbackd/callbackd/plugins"
 )
 
@@ -141,7 +142,13 @@ type Dispatcher struct {
 	idFields   map[string][]string
 
 	wg sync.WaitGroup // handlers and attempts in flight
+	// pool runs the handlers on goroutines that keep their grown stacks.
+	pool *gopool.Pool
 }
+
+// poolIdle is how long a handler goroutine waits for the next message
+// before it exits.
+const poolIdle = 10 * time.Second
 
 // New returns a Dispatcher over the topology EnsureStreams made.
 func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispatcher, error) {
@@ -181,6 +188,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
+	poolDone := make(chan struct{})
+	d.pool = gopool.New(poolIdle, poolDone)
+	defer close(poolDone)
 	defer d.wg.Wait()
 	errs := make(chan error, 2)
 	go func() { errs <- d.consume(ctx, d.top.Dispatcher, "dispatcher") }()
@@ -239,13 +249,13 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 			}
 			d.workers <- struct{}{}
 			d.wg.Add(1)
-			go func() {
+			d.pool.Go(func() {
 				defer d.wg.Done()
 				var once sync.Once
 				release := func() { once.Do(func() { <-d.workers }) }
 				defer release()
 				d.handle(work, m, release)
-			}()
+			})
 		}
 		cancel()
 		if err := b.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) &&

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"sync"
 	"time"
+
+	"github.com/callbackd/callbackd/internal/gopool"
 )
 
 // This file multiplexes per-event calls onto one long-lived bidirectional
@@ -292,7 +294,7 @@ func serveMux[In, Out any](ctx context.Context, st batchStream[Out, In], itemID 
 		_ = out.run(ctx.Done(), func(items []*Out, _ []uint64) error { return st.send(items, nil) })
 	}()
 
-	pool := &workerPool{work: make(chan func()), done: ctx.Done()}
+	pool := gopool.New(workerIdle, ctx.Done())
 	var mu sync.Mutex
 	running := make(map[uint64]context.CancelFunc)
 	var wg sync.WaitGroup
@@ -325,7 +327,7 @@ func serveMux[In, Out any](ctx context.Context, st batchStream[Out, In], itemID 
 			running[id] = icancel
 			mu.Unlock()
 			wg.Add(1)
-			pool.run(func() {
+			pool.Go(func() {
 				defer wg.Done()
 				r := handle(ictx, it)
 				mu.Lock()
@@ -350,37 +352,3 @@ func serveMux[In, Out any](ctx context.Context, st batchStream[Out, In], itemID 
 // workerIdle is how long an idle worker waits for more work before it
 // exits.
 const workerIdle = 10 * time.Second
-
-// workerPool runs items on goroutines that outlive them: a fresh goroutine
-// per item would grow its stack anew each time (JSON decoding, an HTTP
-// round trip), and that showed in the plugin's profile.
-type workerPool struct {
-	work chan func()
-	done <-chan struct{}
-}
-
-// run hands f to an idle worker, or starts one.
-func (p *workerPool) run(f func()) {
-	select {
-	case p.work <- f:
-	default:
-		go p.worker(f)
-	}
-}
-
-func (p *workerPool) worker(f func()) {
-	f()
-	t := time.NewTimer(workerIdle)
-	defer t.Stop()
-	for {
-		select {
-		case f = <-p.work:
-			f()
-			t.Reset(workerIdle)
-		case <-t.C:
-			return
-		case <-p.done:
-			return
-		}
-	}
-}
