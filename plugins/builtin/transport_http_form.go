@@ -70,7 +70,6 @@ type HTTPForm struct {
 	timeoutText string
 	userAgent   []string
 	transport   *http.Transport
-	client      *http.Client
 }
 
 var _ plugins.Transport = (*HTTPForm)(nil)
@@ -108,12 +107,6 @@ func NewHTTPForm(opts HTTPFormOptions) *HTTPForm {
 		timeoutText: "timeout after " + opts.Timeout.String(),
 		userAgent:   []string{opts.UserAgent},
 		transport:   tr,
-		client: &http.Client{
-			Transport: tr,
-			// SPEC §3: every 3xx is a failure, so the first answer is the
-			// answer.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
 	}
 }
 
@@ -193,7 +186,12 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 		req.URL.User = nil
 	}
 
-	resp, err := t.client.Do(req)
+	// Straight to the transport, not through an http.Client: SPEC §3 makes
+	// every 3xx a failure, so the first answer is the answer and there are
+	// no redirects to follow, no cookies and no client timeout — the
+	// Client would only copy the headers per request for redirects that
+	// never happen. RoundTrip closes the request body, on errors too.
+	resp, err := t.transport.RoundTrip(req)
 	if err != nil {
 		if perr := ctx.Err(); perr != nil {
 			return plugins.Result{}, fmt.Errorf("deliver %s: attempt abandoned: %w", d.DeliveryID, perr)
