@@ -27,6 +27,9 @@ const (
 
 	// SettingsBucket is the KV bucket of project, account and SSO-client settings.
 	SettingsBucket = "callbackd_settings"
+	// StateBucket is the KV bucket of callbackd's own bookkeeping shared by
+	// its instances (how far the expiry counter has looked).
+	StateBucket = "callbackd_state"
 )
 
 // Subject prefixes and wildcards.

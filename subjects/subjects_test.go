@@ -93,3 +93,9 @@ func FuzzParseEvent(f *testing.F) {
 		}
 	})
 }
+
+func TestAdvisoryTerminated(t *testing.T) {
+	if got, want := AdvisoryTerminated(Stream, DispatcherConsumer), "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.CALLBACKS.dispatcher"; got != want {
+		t.Fatalf("AdvisoryTerminated = %q, want %q", got, want)
+	}
+}
