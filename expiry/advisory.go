@@ -1,0 +1,71 @@
+package expiry
+
+import (
+	"encoding/json"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/callbackd/callbackd/subjects"
+)
+
+// The reasons nats-server (v2.15.2, consumer.go) gives in a
+// terminated-message advisory when stream limits removed a message the
+// consumer had delivered and not seen acked: ackTermUnackedLimitsReason
+// (decStreamPending, getNextMsg) and ackTermLimitsReason (checkAckFloor).
+// callbackd's own Term carries no reason, so it never matches.
+const (
+	reasonUnackedDeleted = "Unacknowledged message was deleted"
+	reasonLimits         = "Message deleted by stream limits"
+)
+
+// advisoryPendingBytes bounds the advisories waiting for the handler (about
+// 150 000 of them); the message count is not limited separately.
+const advisoryPendingBytes = 64 << 20
+
+// advisory is the part of JSConsumerDeliveryTerminatedAdvisory we read.
+type advisory struct {
+	Reason string `json:"reason"`
+}
+
+// advisories counts the limits terminations of one consumer.
+type advisories struct {
+	w   watch
+	sub *nats.Subscription
+	// counted since the last log line.
+	counted atomic.Int64
+	// dropped is the subscription's drop count at the last log line.
+	dropped int
+}
+
+// subscribe counts, through obs, the advisories of messages that w's stream
+// removed by its limits while w's consumer had them pending.
+func subscribe(nc *nats.Conn, w watch, obs Observer) (*advisories, error) {
+	a := &advisories{w: w}
+	sub, err := nc.QueueSubscribe(subjects.AdvisoryTerminated(w.stream, w.consumer), subjects.ExpiryQueue, func(m *nats.Msg) {
+		var adv advisory
+		if json.Unmarshal(m.Data, &adv) != nil || !limitsReason(adv.Reason) {
+			return
+		}
+		obs.Expired(w.stream, 1)
+		a.counted.Add(1)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to %s advisories: %w", w.stream, err)
+	}
+	if err := sub.SetPendingLimits(-1, advisoryPendingBytes); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("subscribe to %s advisories: %w", w.stream, err)
+	}
+	a.sub = sub
+	return a, nil
+}
+
+func (a *advisories) close() { _ = a.sub.Unsubscribe() }
+
+// limitsReason reports whether a terminated-message advisory's reason says
+// the stream's limits removed the message.
+func limitsReason(reason string) bool {
+	return reason == reasonUnackedDeleted || reason == reasonLimits
+}

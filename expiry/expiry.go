@@ -1,0 +1,245 @@
+// Package expiry counts the events that CALLBACKS and CALLBACKS_RETRY drop
+// at their max age (retention.events) before callbackd has finished with
+// them: SPEC §2's "documented loss bound; expiries are counted in a metric".
+//
+// JetStream reports no undelivered message that its max age removes, so the
+// count has two sources:
+//
+//   - A message delivered to callbackd's consumer and not yet acked when it
+//     is removed: the server terminates it and publishes a terminated-message
+//     advisory with a limits reason. Every instance subscribes in one queue
+//     group, so each advisory is counted once.
+//   - A message never delivered: every Interval (and once at Start, before
+//     the dispatcher consumes) the counter compares the stream's first
+//     stored sequence and the consumer's delivered pointer and delivery
+//     count with the previous sample (position.go). The previous sample is
+//     kept in the KV bucket callbackd_state and replaced by compare-and-set,
+//     so several instances, and restarts, count each expiry once.
+package expiry
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callbackd/callbackd/subjects"
+)
+
+// DefaultInterval is the time between two samples when Options.Interval is
+// zero.
+const DefaultInterval = 5 * time.Second
+
+// sampleTimeout bounds one sample of one stream.
+const sampleTimeout = 10 * time.Second
+
+// Observer is told of expiries, for metrics. It must be safe for concurrent
+// use.
+type Observer interface {
+	// Expired counts n events of stream removed at its max age before
+	// callbackd acked them.
+	Expired(stream string, n int)
+}
+
+// Options configure Start. Every field may be left zero.
+type Options struct {
+	// Observer receives the counts; nil discards them (they are still
+	// logged).
+	Observer Observer
+	// Replicas of the state bucket when Start creates it (nats.replicas);
+	// 0 means 1.
+	Replicas int
+	// Interval between samples; 0 means DefaultInterval.
+	Interval time.Duration
+	// Logger receives a warning for every expiry counted; nil discards.
+	Logger *slog.Logger
+}
+
+// watch is a stream and the consumer callbackd reads it with.
+type watch struct {
+	stream, consumer string
+}
+
+// watched are the streams whose max age is retention.events.
+var watched = []watch{
+	{subjects.Stream, subjects.DispatcherConsumer},
+	{subjects.RetryStream, subjects.RetrierConsumer},
+}
+
+// Counter counts expiries until Close.
+type Counter struct {
+	js       jetstream.JetStream
+	kv       jetstream.KeyValue
+	obs      Observer
+	log      *slog.Logger
+	interval time.Duration
+	advs     []*advisories
+
+	cancel context.CancelFunc
+	done   chan struct{}
+	once   sync.Once
+}
+
+// Start opens (or creates) the state bucket, subscribes to the advisories,
+// samples each stream once and keeps sampling until ctx is done or Close.
+// A failed sample is logged and tried again at the next one; only a bucket
+// or subscription that cannot be made is an error.
+func Start(ctx context.Context, js jetstream.JetStream, o Options) (*Counter, error) {
+	c := &Counter{js: js, obs: o.Observer, log: o.Logger, interval: o.Interval, done: make(chan struct{})}
+	if c.obs == nil {
+		c.obs = nopObserver{}
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.interval <= 0 {
+		c.interval = DefaultInterval
+	}
+	kv, err := openState(ctx, js, o.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	c.kv = kv
+	for _, w := range watched {
+		a, err := subscribe(js.Conn(), w, c.obs)
+		if err != nil {
+			c.unsubscribe()
+			return nil, err
+		}
+		c.advs = append(c.advs, a)
+	}
+	// Before the dispatcher consumes, so that what expired while no
+	// instance ran is still above the consumer's delivered pointer.
+	c.sampleAll(ctx)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	c.cancel = cancel
+	go func() {
+		defer close(c.done)
+		c.run(runCtx)
+	}()
+	return c, nil
+}
+
+// Close stops sampling and unsubscribes; it is safe to call more than once.
+func (c *Counter) Close() {
+	c.once.Do(func() {
+		c.cancel()
+		<-c.done
+		c.unsubscribe()
+		c.logAdvisories()
+	})
+}
+
+func (c *Counter) unsubscribe() {
+	for _, a := range c.advs {
+		a.close()
+	}
+}
+
+func (c *Counter) run(ctx context.Context) {
+	t := time.NewTicker(c.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.sampleAll(ctx)
+			c.logAdvisories()
+		}
+	}
+}
+
+// sampleAll samples every watched stream, logging what fails.
+func (c *Counter) sampleAll(ctx context.Context) {
+	for _, w := range watched {
+		sctx, cancel := context.WithTimeout(ctx, sampleTimeout)
+		n, err := c.sample(sctx, w)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("expiry counter: sample failed; tried again at the next", "stream", w.stream, "err", err)
+			}
+			continue
+		}
+		if n > 0 {
+			c.log.Warn("events expired before delivery (retention.events)", "stream", w.stream, "count", n, "state", "undelivered")
+		}
+	}
+}
+
+// logAdvisories logs the expiries counted from advisories since the last
+// call, at most once per stream and interval.
+func (c *Counter) logAdvisories() {
+	for _, a := range c.advs {
+		if n := a.counted.Swap(0); n > 0 {
+			c.log.Warn("events expired before delivery (retention.events)", "stream", a.w.stream, "count", n, "state", "delivered, not acked")
+		}
+		if d, err := a.sub.Dropped(); err == nil && d > a.dropped {
+			c.log.Warn("expiry counter: advisories dropped (slow consumer); the count is low", "stream", a.w.stream, "dropped", d-a.dropped)
+			a.dropped = d
+		}
+	}
+}
+
+// sample reads stream w and its consumer, advances the shared position and
+// reports the expiries it found. When another instance moved the position
+// meanwhile, it reads again: the one whose update lands counts.
+func (c *Counter) sample(ctx context.Context, w watch) (uint64, error) {
+	const attempts = 3
+	for range attempts {
+		prev, rev, err := loadPosition(ctx, c.kv, w.stream)
+		if err != nil {
+			return 0, err
+		}
+		// Read after the previous position, so that this sample is newer
+		// than the one it is compared with.
+		s, err := read(ctx, c.js, w)
+		if err != nil {
+			return 0, err
+		}
+		next, n := advance(prev, s)
+		ok, err := storePosition(ctx, c.kv, w.stream, next, rev)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			continue // another instance sampled first and counted
+		}
+		if n > 0 {
+			c.obs.Expired(w.stream, int(n))
+		}
+		return n, nil
+	}
+	return 0, nil // other instances keep sampling; what they find they count
+}
+
+// read takes one sample: the stream first, then its consumer. In that order
+// a message published or acked in between can only make the first stored
+// sequence look lower than it is now, never higher (position.go).
+func read(ctx context.Context, js jetstream.JetStream, w watch) (sample, error) {
+	st, err := js.Stream(ctx, w.stream)
+	if err != nil {
+		return sample{}, fmt.Errorf("stream %s: %w", w.stream, err)
+	}
+	cons, err := st.Consumer(ctx, w.consumer)
+	if err != nil {
+		return sample{}, fmt.Errorf("consumer %s of %s: %w", w.consumer, w.stream, err)
+	}
+	si, ci := st.CachedInfo(), cons.CachedInfo()
+	return sample{
+		StreamCreated:   si.Created,
+		ConsumerCreated: ci.Created,
+		FirstSeq:        si.State.FirstSeq,
+		Delivered:       ci.Delivered.Stream,
+		Deliveries:      ci.Delivered.Consumer,
+	}, nil
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Expired(string, int) {}
