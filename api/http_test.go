@@ -157,7 +157,8 @@ func TestMetrics_present_and_moving(t *testing.T) {
 		})
 	})
 	_, body := h.get("/metrics", testToken)
-	for _, name := range []string{"callbackd_retries_pending 3", "callbackd_consumer_lag 7", "callbackd_deliveries_in_flight 0", "go_goroutines"} {
+	for _, name := range []string{"callbackd_retries_pending 3", "callbackd_consumer_lag 7", "callbackd_deliveries_in_flight 0", "go_goroutines",
+		`callbackd_events_expired_total{stream="CALLBACKS"} 0`, `callbackd_events_expired_total{stream="CALLBACKS_RETRY"} 0`} {
 		if !strings.Contains(string(body), name) {
 			t.Errorf("missing %q", name)
 		}
@@ -175,6 +176,8 @@ func TestMetrics_present_and_moving(t *testing.T) {
 	obs.InFlight(1)
 	obs.InFlight(-1)
 	obs.DeadLettered("delivery_failed")
+	obs.Expired(subjects.Stream, 3)
+	obs.Expired(subjects.Stream, 1)
 	lag = 2
 
 	_, b := h.get("/metrics", testToken)
@@ -185,9 +188,11 @@ func TestMetrics_present_and_moving(t *testing.T) {
 		`callbackd_delivery_attempt_duration_seconds_count{event_type="crawl_status",outcome="delivered"}`:            1,
 		`callbackd_delivery_attempt_duration_seconds_bucket{event_type="crawl_status",outcome="delivered",le="0.25"}`: 1,
 		`callbackd_delivery_attempt_duration_seconds_bucket{event_type="crawl_status",outcome="delivered",le="0.1"}`:  0,
-		`callbackd_deliveries_in_flight`:                         1,
-		`callbackd_dead_letters_total{reason="delivery_failed"}`: 1,
-		`callbackd_consumer_lag`:                                 2,
+		`callbackd_deliveries_in_flight`:                           1,
+		`callbackd_dead_letters_total{reason="delivery_failed"}`:   1,
+		`callbackd_consumer_lag`:                                   2,
+		`callbackd_events_expired_total{stream="CALLBACKS"}`:       4,
+		`callbackd_events_expired_total{stream="CALLBACKS_RETRY"}`: 0,
 	} {
 		if got := metricValue(t, body2, sample); got != want {
 			t.Errorf("%s = %v, want %v", sample, got, want)

@@ -9,6 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/expiry"
+	"github.com/callbackd/callbackd/subjects"
 )
 
 // otherEventType is the event_type label of events whose type is not one of
@@ -41,8 +43,9 @@ type MetricsOptions struct {
 }
 
 // Metrics holds callbackd's Prometheus metrics in a registry of its own
-// (never the global default) and implements dispatcher.Observer, so the
-// dispatcher feeds it directly. Safe for concurrent use.
+// (never the global default) and implements dispatcher.Observer and
+// expiry.Observer, so the dispatcher and the expiry counter feed it
+// directly. Safe for concurrent use.
 type Metrics struct {
 	reg        *prometheus.Registry
 	known      map[string]bool
@@ -50,9 +53,13 @@ type Metrics struct {
 	attempts   *prometheus.HistogramVec
 	inFlight   prometheus.Gauge
 	dead       *prometheus.CounterVec
+	expired    *prometheus.CounterVec
 }
 
-var _ dispatcher.Observer = (*Metrics)(nil)
+var (
+	_ dispatcher.Observer = (*Metrics)(nil)
+	_ expiry.Observer     = (*Metrics)(nil)
+)
 
 // NewMetrics registers callbackd's metrics, the Go runtime's and the
 // process's in a new registry.
@@ -85,14 +92,23 @@ func NewMetrics(o MetricsOptions) *Metrics {
 			Name:      "dead_letters_total",
 			Help:      "Events sent to CALLBACKS_DEAD by reason.",
 		}, []string{"reason"}),
+		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "callbackd",
+			Name:      "events_expired_total",
+			Help:      "Events removed by their stream's max age (retention.events) before callbackd acked them, by stream (CALLBACKS, CALLBACKS_RETRY).",
+		}, []string{"stream"}),
 	}
+	// Both series exist from the start: an expiry is rare, and an absent
+	// series cannot be told from a missing metric.
+	m.expired.WithLabelValues(subjects.Stream)
+	m.expired.WithLabelValues(subjects.RetryStream)
 	if len(o.EventTypes) > 0 {
 		m.known = make(map[string]bool, len(o.EventTypes))
 		for _, t := range o.EventTypes {
 			m.known[t] = true
 		}
 	}
-	m.reg.MustRegister(m.deliveries, m.attempts, m.inFlight, m.dead,
+	m.reg.MustRegister(m.deliveries, m.attempts, m.inFlight, m.dead, m.expired,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -137,6 +153,12 @@ func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }
 
 // DeadLettered counts a dead letter (dispatcher.Observer).
 func (m *Metrics) DeadLettered(reason string) { m.dead.WithLabelValues(reason).Inc() }
+
+// Expired counts events a stream removed at its max age before they were
+// acked (expiry.Observer).
+func (m *Metrics) Expired(stream string, n int) {
+	m.expired.WithLabelValues(stream).Add(float64(n))
+}
 
 // funcCollector reports the value of a ValueFunc at each scrape.
 type funcCollector struct {
