@@ -17,8 +17,8 @@ type StreamOptions struct {
 	// Plugin names the plugin in errors, for example "builtin" or
 	// "crawl_failed".
 	Plugin string
-	// Timeout is the deadline of a call whose context has none, so that
-	// no call waits forever. 0 means 5s.
+	// Timeout bounds every call, so that none waits forever; a context's
+	// earlier deadline wins. 0 means 5s.
 	Timeout time.Duration
 	// OnEnd, if not nil, is called once when the stream ends other than by
 	// Close: the plugin process died or the connection broke. Calls fail
@@ -230,9 +230,7 @@ func (e *remoteEncoder) Encode(ctx context.Context, ev Event) (Encoded, error) {
 	if mux == nil {
 		return Encoded{}, fmt.Errorf("%w: encoder stream not started", ErrPluginUnavailable)
 	}
-	ctx, cancel := withDeadline(ctx, o.timeout())
-	defer cancel()
-	res, err := mux.call(ctx, &encodeItem{encoder: e.name, ev: ev})
+	res, err := mux.call(ctx, &encodeItem{encoder: e.name, ev: ev}, o.timeout())
 	if err != nil {
 		return Encoded{}, err
 	}

@@ -135,6 +135,12 @@ func (b *batcher[Out]) run(done <-chan struct{}, send func([]*Out, []uint64) err
 
 // clientMux is the host side of a batch stream: it gives each call an id,
 // queues its item, and hands it the reply with that id.
+//
+// A call costs no timer and no context of its own: its deadline is kept
+// with its waiter and a sweeper goroutine fails the calls whose deadline
+// has passed (sweepEvery late at most; the plugin enforces the item's
+// timeout itself, so the sweep is a backstop against a plugin that never
+// answers). Reply channels are reused.
 type clientMux[Out, In any] struct {
 	// plugin names the plugin in errors.
 	plugin   string
@@ -142,13 +148,25 @@ type clientMux[Out, In any] struct {
 	resultID func(*In) uint64
 	stop     func() // cancels the stream
 
-	out  *batcher[Out]
+	out   *batcher[Out]
+	chans sync.Pool // of chan *In, buffered 1
+
 	mu   sync.Mutex
 	next uint64
-	wait map[uint64]chan *In
+	wait map[uint64]waiter[In]
 	err  error         // why the stream ended, set once
 	done chan struct{} // closed when the stream has ended
 }
+
+// waiter is a call waiting for its reply: a reply, or nil when its
+// deadline passed, is sent on ch by whoever removes it from wait.
+type waiter[In any] struct {
+	ch       chan *In
+	deadline int64 // unix nanoseconds
+}
+
+// sweepEvery is how often calls past their deadline are failed.
+const sweepEvery = 100 * time.Millisecond
 
 // newClientMux starts the sender and receiver of st. stop must make a
 // blocked st.recv return (cancel the stream's context). onEnd, if not nil,
@@ -160,9 +178,10 @@ func newClientMux[Out, In any](plugin string, st batchStream[Out, In], stop func
 		resultID: resultID,
 		stop:     stop,
 		out:      newBatcher[Out](),
-		wait:     make(map[uint64]chan *In),
+		wait:     make(map[uint64]waiter[In]),
 		done:     make(chan struct{}),
 	}
+	m.chans.New = func() any { return make(chan *In, 1) }
 	go func() {
 		if err := m.out.run(m.done, st.send); err != nil && m.end(err) && onEnd != nil {
 			onEnd(m.Err())
@@ -180,15 +199,43 @@ func newClientMux[Out, In any](plugin string, st batchStream[Out, In], stop func
 			m.mu.Lock()
 			for _, r := range replies {
 				id := m.resultID(r)
-				if ch, ok := m.wait[id]; ok {
+				if w, ok := m.wait[id]; ok {
 					delete(m.wait, id)
-					ch <- r // buffered: never blocks
+					w.ch <- r // buffered: never blocks
 				}
 			}
 			m.mu.Unlock()
 		}
 	}()
+	go m.sweep()
 	return m
+}
+
+// sweep fails the calls whose deadline has passed, until the stream ends.
+func (m *clientMux[Out, In]) sweep() {
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	var expired []uint64
+	for {
+		select {
+		case <-m.done:
+			return
+		case now := <-t.C:
+			expired = expired[:0]
+			m.mu.Lock()
+			for id, w := range m.wait {
+				if w.deadline <= now.UnixNano() {
+					delete(m.wait, id)
+					w.ch <- nil // buffered: never blocks
+					expired = append(expired, id)
+				}
+			}
+			m.mu.Unlock()
+			for _, id := range expired {
+				m.out.push(nil, id) // the plugin may stop working on it
+			}
+		}
+	}
 }
 
 // end marks the stream ended with err; calls in flight and later calls
@@ -218,39 +265,49 @@ func (m *clientMux[Out, In]) Err() error {
 	return m.err
 }
 
-// call sends item and waits for its reply, ctx's end or the stream's end.
-// The item's timeout is what is left of ctx's deadline.
-func (m *clientMux[Out, In]) call(ctx context.Context, item *Out) (*In, error) {
-	var timeout time.Duration
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-		if timeout <= 0 {
-			return nil, fmt.Errorf("plugin %s: %w", m.plugin, context.DeadlineExceeded)
-		}
+// call sends item and waits for its reply, its deadline, ctx's end or the
+// stream's end. Its deadline is timeout from now, or ctx's when that is
+// earlier; the item carries what is left of it to the plugin.
+func (m *clientMux[Out, In]) call(ctx context.Context, item *Out, timeout time.Duration) (*In, error) {
+	now := time.Now()
+	deadline := now.Add(timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
 	}
-	ch := make(chan *In, 1)
+	left := deadline.Sub(now)
+	if left <= 0 {
+		return nil, fmt.Errorf("plugin %s: %w", m.plugin, context.DeadlineExceeded)
+	}
+	ch := m.chans.Get().(chan *In)
 	m.mu.Lock()
 	if m.err != nil {
 		err := m.err
 		m.mu.Unlock()
+		m.chans.Put(ch)
 		return nil, err
 	}
 	m.next++
 	id := m.next
-	m.wait[id] = ch
+	m.wait[id] = waiter[In]{ch: ch, deadline: deadline.UnixNano()}
 	m.mu.Unlock()
-	m.setID(item, id, timeout)
+	m.setID(item, id, left)
 	if !m.out.push(item, 0) {
 		return nil, m.Err()
 	}
 
 	select {
 	case r := <-ch:
+		m.chans.Put(ch)
+		if r == nil {
+			return nil, fmt.Errorf("plugin %s: no answer in %v: %w", m.plugin, timeout, context.DeadlineExceeded)
+		}
 		return r, nil
 	case <-m.done:
 		select {
 		case r := <-ch:
-			return r, nil
+			if r != nil {
+				return r, nil
+			}
 		default:
 		}
 		return nil, m.Err()
@@ -262,10 +319,13 @@ func (m *clientMux[Out, In]) call(ctx context.Context, item *Out) (*In, error) {
 		}
 		m.mu.Unlock()
 		if !waiting {
-			// The reply (or the stream's end) came at the same time.
+			// The reply, the sweep or the stream's end came at the same
+			// time.
 			select {
 			case r := <-ch:
-				return r, nil
+				if r != nil {
+					return r, nil
+				}
 			default:
 				return nil, m.Err()
 			}

@@ -418,3 +418,33 @@ func TestWire_host_codec_matches_generated_code(t *testing.T) {
 		_ = dr.unmarshalWire(string(resp[:i]))
 	}
 }
+
+func TestGRPC_call_fails_at_its_deadline_when_the_plugin_never_answers(t *testing.T) {
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	enc, _, _, _ := connect(t, ServeConfig{Encoders: map[string]Encoder{"test": encoderFunc(func(_ context.Context, ev Event) (Encoded, error) {
+		if string(ev.Payload) == "stuck" {
+			<-release // ignores its deadline: only the host's sweep ends the call
+		}
+		return Encoded{SkipReason: "done"}, nil
+	})}})
+	if err := enc.Start(StreamOptions{Plugin: "test", Timeout: 200 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	e := enc.Encoder("test", EncoderInfo{})
+	start := time.Now()
+	_, err := e.Encode(context.Background(), Event{Payload: []byte("stuck")})
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "no answer in 200ms") {
+		t.Fatalf("stuck call: err = %v, want DeadlineExceeded after 200ms", err)
+	}
+	if took := time.Since(start); took < 200*time.Millisecond {
+		t.Errorf("stuck call failed after %v, before its 200ms deadline", took)
+	}
+	// The late reply is dropped, and the stream goes on serving.
+	releaseOnce.Do(func() { close(release) })
+	out, err := e.Encode(context.Background(), Event{Payload: []byte("ok")})
+	if err != nil || out.SkipReason != "done" {
+		t.Fatalf("call after the stuck one: %+v, %v", out, err)
+	}
+}

@@ -127,9 +127,7 @@ func (c *TransportClient) Deliver(ctx context.Context, d Delivery) (Result, erro
 	if mux == nil {
 		return Result{}, fmt.Errorf("%w: deliver stream not started", ErrPluginUnavailable)
 	}
-	ctx, cancel := withDeadline(ctx, o.timeout())
-	defer cancel()
-	res, err := mux.call(ctx, &deliverItem{d: d})
+	res, err := mux.call(ctx, &deliverItem{d: d}, o.timeout())
 	if err != nil {
 		return Result{}, err
 	}

@@ -231,9 +231,7 @@ func (p *remotePipeline) EncodeDeliver(ctx context.Context, ev Event, dest *Dest
 	if mux == nil {
 		return EncodeDelivered{}, fmt.Errorf("%w: pipeline stream not started", ErrPluginUnavailable)
 	}
-	ctx, cancel := withDeadline(ctx, o.timeout())
-	defer cancel()
-	r, err := mux.call(ctx, &pipelineItem{encoder: p.encoder, ev: ev, dest: dest, encodeTimeout: encodeTimeout})
+	r, err := mux.call(ctx, &pipelineItem{encoder: p.encoder, ev: ev, dest: dest, encodeTimeout: encodeTimeout}, o.timeout())
 	if err != nil {
 		return EncodeDelivered{}, err
 	}
