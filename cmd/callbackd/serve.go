@@ -15,6 +15,7 @@ import (
 	"github.com/callbackd/callbackd/config"
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/expiry"
 	"github.com/callbackd/callbackd/settings"
 )
 
@@ -124,6 +125,17 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		pluginsReady, pluginRestarts = pluginHealth(ps.manager)
 	}
 	metrics := newMetrics(cfg, top, log, pluginRestarts)
+	// Started before the dispatcher consumes: its first sample counts what
+	// expired while no instance ran (SPEC §2).
+	exp, err := expiry.Start(ctx, js, expiry.Options{
+		Observer: metrics,
+		Replicas: cfg.NATS.Replicas,
+		Logger:   log.With("component", "expiry"),
+	})
+	if err != nil {
+		return err
+	}
+	defer exp.Close()
 	d, err := dispatcher.New(js, top, view, dispatcher.Options{
 		Workers:            cfg.Dispatcher.Workers,
 		MaxPayload:         int64(cfg.Dispatcher.MaxPayload),
