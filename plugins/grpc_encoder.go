@@ -70,12 +70,15 @@ func (s *encoderServer) Encode(stream pluginpb.EncoderService_EncodeServer) erro
 }
 
 func (s *encoderServer) encode(ctx context.Context, it *pluginpb.EncodeItem) *pluginpb.EncodeResult {
-	res, _, _ := s.encodeEvent(ctx, it.GetId(), it.GetEncoder(), it.GetEvent())
+	res, out, _ := s.encodeEvent(ctx, it.GetId(), it.GetEncoder(), it.GetEvent())
+	res.Notification = notificationToPB(out.Notification)
 	return res
 }
 
 // encodeEvent runs the named encoder on ev. ok reports a notification to
 // deliver (no error, no skip); out is it.
+// encodeEvent runs the named encoder. res carries the error or the skip
+// reason; the caller adds out's notification to it when it is to be sent.
 func (s *encoderServer) encodeEvent(ctx context.Context, id uint64, name string, ev *pluginpb.Event) (res *pluginpb.EncodeResult, out Encoded, ok bool) {
 	res = &pluginpb.EncodeResult{Id: id}
 	enc := s.only
@@ -100,7 +103,6 @@ func (s *encoderServer) encodeEvent(ctx context.Context, id uint64, name string,
 		return res, Encoded{}, false
 	}
 	res.SkipReason = bytesOf(out.SkipReason)
-	res.Notification = notificationToPB(out.Notification)
 	return res, out, out.SkipReason == ""
 }
 

@@ -448,3 +448,44 @@ func TestGRPC_call_fails_at_its_deadline_when_the_plugin_never_answers(t *testin
 		t.Fatalf("call after the stuck one: %+v, %v", out, err)
 	}
 }
+
+func TestGRPC_pipeline_returns_the_notification_only_when_not_delivered(t *testing.T) {
+	fields := []Field{{Name: "crawl_id", Value: Number("1")}, {Name: "status", Value: String("finished")}}
+	cfg := ServeConfig{
+		Encoders: map[string]Encoder{"test": encoderFunc(func(context.Context, Event) (Encoded, error) {
+			return Encoded{Notification: Notification{Fields: fields}}, nil
+		})},
+		Transport: transportFunc(func(_ context.Context, d Delivery) (Result, error) {
+			return Result{Outcome: Outcome(d.Destination.URL)}, nil
+		}),
+	}
+	client, server := plugin.TestPluginGRPCConn(t, false, cfg.PluginSet())
+	t.Cleanup(func() { _ = client.Close() })
+	t.Cleanup(server.Stop)
+	pc := NewPipelineClient(client.Conn)
+	if err := pc.Start(StreamOptions{Plugin: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pc.Close)
+	ed := pc.EncodeDeliverer("test")
+	tests := []struct {
+		outcome    Outcome
+		wantFields []Field
+	}{
+		{OutcomeDelivered, nil},
+		{OutcomeRetryable, fields},
+		{OutcomeFinal, fields},
+		{OutcomeNotAllowed, fields},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.outcome), func(t *testing.T) {
+			out, err := ed.EncodeDeliver(context.Background(), Event{Type: "test"}, &Destination{URL: string(tt.outcome)}, 0)
+			if err != nil || !out.Delivered || out.Result.Outcome != tt.outcome {
+				t.Fatalf("EncodeDeliver = %+v, %v", out, err)
+			}
+			if diff := cmp.Diff(tt.wantFields, out.Encoded.Notification.Fields); diff != "" {
+				t.Errorf("notification fields (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -25,7 +25,8 @@ type EncodeDeliverer interface {
 	// EncodeDeliver encodes ev (bounded by encodeTimeout when > 0 and ctx
 	// has a deadline; else by the encoder's own bound) and,
 	// when that gives a notification and dest is not nil, delivers it to
-	// dest. The error is Encode's (ErrInvalidEvent or an infrastructure
+	// dest. The returned Encoded may lack the notification's fields when
+	// the delivery succeeded: nothing needs them then. The error is Encode's (ErrInvalidEvent or an infrastructure
 	// error) or Deliver's (an infrastructure error); it is nil whenever
 	// the result stands.
 	EncodeDeliver(ctx context.Context, ev Event, dest *Destination, encodeTimeout time.Duration) (EncodeDelivered, error)
@@ -125,11 +126,18 @@ func (s *pipelineServer) handle(ctx context.Context, it *pluginpb.EncodeDeliverI
 	res.Encoded, out, deliver = s.enc.encodeEvent(ectx, 0, it.GetEncoder(), it.GetEvent())
 	cancel()
 	if !deliver || it.Destination == nil {
+		res.Encoded.Notification = notificationToPB(out.Notification)
 		return res
 	}
 	defer func() {
 		if p := recover(); p != nil {
 			res.Result, res.DeliverError = nil, panicError(p)
+		}
+		// The host needs the notification only when the delivery did not
+		// succeed (a failure notice repeats its ID fields): a delivered
+		// event's fields do not travel back.
+		if string(res.Result.GetOutcome()) != string(OutcomeDelivered) {
+			res.Encoded.Notification = notificationToPB(out.Notification)
 		}
 	}()
 	ev := it.GetEvent()

@@ -1578,7 +1578,9 @@ func (x *EncodeDeliverItem) GetEncodeTimeoutNs() int64 {
 type EncodeDeliverResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	// encoded is the encoder's answer (its id is not used).
+	// encoded is the encoder's answer (its id is not used). Its
+	// notification is left out when the delivery succeeded (result.outcome
+	// "delivered"): the host needs it only to report a failure.
 	Encoded *EncodeResult `protobuf:"bytes,2,opt,name=encoded,proto3" json:"encoded,omitempty"`
 	// result is set when a delivery was attempted.
 	Result *Result `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
