@@ -47,6 +47,7 @@ var (
 	drainCPUProfile = flag.String("drain.cpuprofile", "", "write a CPU profile of the drain alone to this file")
 	drainNoLog      = flag.Bool("drain.nolog", false, "run without the delivery log, to measure its share")
 	drainMemProfile = flag.String("drain.memprofile", "", "write the allocation profile after the drain to this file, and before it to <file>.base")
+	drainHeapMid    = flag.String("drain.heapprofile", "", "write the heap profile (in-use memory) to this file half-way through the drain")
 )
 
 func TestMain(m *testing.M) {
@@ -251,6 +252,14 @@ func benchDispatcher(b *testing.B, builtins string) {
 		}
 		if n >= b.N {
 			break
+		}
+		if *drainHeapMid != "" && n >= b.N/2 {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			b.Logf("half-way: heap in use %d MiB, heap system %d MiB, stacks %d MiB, goroutines %d",
+				ms.HeapInuse>>20, ms.HeapSys>>20, ms.StackSys>>20, runtime.NumGoroutine())
+			writeProfile(b, "heap", *drainHeapMid)
+			*drainHeapMid = ""
 		}
 		if time.Now().After(deadline) {
 			b.Fatalf("sink has %d of %d after 5 minutes", n, b.N)
