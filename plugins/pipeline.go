@@ -3,6 +3,7 @@ package plugins
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -288,7 +289,15 @@ type pipelineBatch struct {
 }
 
 func (b *pipelineBatch) appendWire(dst []byte) []byte {
-	var item, sub []byte
+	n := batchOverhead(len(b.cancel))
+	for _, it := range b.items {
+		n += 2*itemOverhead + len(it.encoder) + eventSize(it.ev)
+		if it.dest != nil {
+			n += destinationSize(*it.dest)
+		}
+	}
+	dst = slices.Grow(dst, n)
+	item, sub := make([]byte, 0, scratchSize), make([]byte, 0, scratchSize)
 	for _, it := range b.items {
 		item = appendVarint(item[:0], 1, it.id)
 		item = appendVarint(item, 2, uint64(it.timeout))
