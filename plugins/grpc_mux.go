@@ -344,6 +344,10 @@ func (m *clientMux[Out, In]) close() {
 // own goroutine, with its own deadline, and sends the replies back in
 // batches as they complete. It returns when the host ends the stream or
 // the stream breaks, after cancelling and waiting for the items in flight.
+//
+// An item's deadline costs no timer: its context (itemContext) reports the
+// deadline, and a sweep cancels the items whose deadline has passed every
+// sweepEvery.
 func serveMux[In, Out any](ctx context.Context, st batchStream[Out, In], itemID func(*In) (uint64, time.Duration), handle func(context.Context, *In) *Out) error {
 	ctx, cancelAll := context.WithCancel(ctx)
 	out := newBatcher[Out]()
@@ -355,8 +359,8 @@ func serveMux[In, Out any](ctx context.Context, st batchStream[Out, In], itemID 
 	}()
 
 	pool := gopool.New(workerIdle, ctx.Done())
-	var mu sync.Mutex
-	running := make(map[uint64]context.CancelFunc)
+	run := newRunning()
+	go run.sweep(ctx.Done())
 	var wg sync.WaitGroup
 	// gRPC forbids Send once the handler has returned: stop the sender and
 	// wait for it, and for every item, before returning.
@@ -376,35 +380,113 @@ func serveMux[In, Out any](ctx context.Context, st batchStream[Out, In], itemID 
 		}
 		for _, it := range items {
 			id, timeout := itemID(it)
-			var ictx context.Context
-			var icancel context.CancelFunc
+			ictx, icancel := context.WithCancelCause(ctx)
+			var deadline time.Time
 			if timeout > 0 {
-				ictx, icancel = context.WithTimeout(ctx, timeout)
-			} else {
-				ictx, icancel = context.WithCancel(ctx)
+				deadline = time.Now().Add(timeout)
+				ictx = &itemContext{Context: ictx, deadline: deadline}
 			}
-			mu.Lock()
-			running[id] = icancel
-			mu.Unlock()
+			run.add(id, icancel, deadline)
 			wg.Add(1)
 			pool.Go(func() {
 				defer wg.Done()
 				r := handle(ictx, it)
-				mu.Lock()
-				delete(running, id)
-				mu.Unlock()
-				icancel()
+				run.done(id)
+				icancel(nil)
 				out.push(r, 0)
 			})
 		}
-		if len(cancel) > 0 {
-			mu.Lock()
-			for _, id := range cancel {
-				if c, ok := running[id]; ok {
-					c()
+		for _, id := range cancel {
+			run.cancel(id)
+		}
+	}
+}
+
+// itemContext is an item's context on the plugin side: cancelled by the
+// host, by the stream's end or, once its deadline has passed, by the sweep
+// (with context.DeadlineExceeded as its error), and reporting that
+// deadline without a timer of its own.
+type itemContext struct {
+	context.Context // from context.WithCancelCause
+	deadline        time.Time
+}
+
+func (c *itemContext) Deadline() (time.Time, bool) { return c.deadline, true }
+
+func (c *itemContext) Err() error {
+	err := c.Context.Err()
+	if err != nil && errors.Is(context.Cause(c.Context), context.DeadlineExceeded) {
+		return context.DeadlineExceeded
+	}
+	return err
+}
+
+// running are the items in flight on the plugin side, by id.
+type running struct {
+	mu    sync.Mutex
+	items map[uint64]runningItem
+}
+
+type runningItem struct {
+	cancel   context.CancelCauseFunc
+	deadline time.Time // zero: none
+}
+
+func newRunning() *running { return &running{items: map[uint64]runningItem{}} }
+
+func (r *running) add(id uint64, cancel context.CancelCauseFunc, deadline time.Time) {
+	r.mu.Lock()
+	r.items[id] = runningItem{cancel: cancel, deadline: deadline}
+	r.mu.Unlock()
+}
+
+func (r *running) done(id uint64) {
+	r.mu.Lock()
+	delete(r.items, id)
+	r.mu.Unlock()
+}
+
+// cancel cancels the item the host gave up on: at its deadline, or
+// earlier for its own reasons. The host's sweep can be first to see the
+// deadline, and the plugin counts it from when the item arrived, a little
+// later than the host: a cancel that comes less than sweepEvery before
+// the deadline is the deadline.
+func (r *running) cancel(id uint64) {
+	r.mu.Lock()
+	it, ok := r.items[id]
+	r.mu.Unlock()
+	if !ok {
+		return
+	}
+	if !it.deadline.IsZero() && time.Until(it.deadline) < sweepEvery {
+		it.cancel(context.DeadlineExceeded)
+		return
+	}
+	it.cancel(context.Canceled)
+}
+
+// sweep cancels the items past their deadline every sweepEvery until done
+// is closed.
+func (r *running) sweep(done <-chan struct{}) {
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	var expired []context.CancelCauseFunc
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-t.C:
+			expired = expired[:0]
+			r.mu.Lock()
+			for _, it := range r.items {
+				if !it.deadline.IsZero() && !now.Before(it.deadline) {
+					expired = append(expired, it.cancel)
 				}
 			}
-			mu.Unlock()
+			r.mu.Unlock()
+			for _, cancel := range expired {
+				cancel(context.DeadlineExceeded)
+			}
 		}
 	}
 }

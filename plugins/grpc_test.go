@@ -489,3 +489,37 @@ func TestGRPC_pipeline_returns_the_notification_only_when_not_delivered(t *testi
 		})
 	}
 }
+
+func TestGRPC_plugin_side_context_reports_and_enforces_the_deadline(t *testing.T) {
+	type seen struct {
+		hasDeadline bool
+		left        time.Duration
+		err         error
+	}
+	got := make(chan seen, 1)
+	_, tr, _, _ := connect(t, ServeConfig{Transport: transportFunc(func(ctx context.Context, _ Delivery) (Result, error) {
+		dl, ok := ctx.Deadline()
+		s := seen{hasDeadline: ok, left: time.Until(dl)}
+		<-ctx.Done() // ends only by the plugin side's sweep
+		s.err = ctx.Err()
+		got <- s
+		return Result{}, ctx.Err()
+	})})
+	if err := tr.Start(StreamOptions{Plugin: "test", Timeout: 300 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Deliver(context.Background(), Delivery{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Deliver: err = %v, want DeadlineExceeded", err)
+	}
+	select {
+	case s := <-got:
+		if !s.hasDeadline || s.left <= 0 || s.left > 300*time.Millisecond {
+			t.Errorf("plugin saw deadline %v (%v left), want one within 300ms", s.hasDeadline, s.left)
+		}
+		if !errors.Is(s.err, context.DeadlineExceeded) {
+			t.Errorf("plugin's ctx.Err() = %v, want DeadlineExceeded", s.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the plugin's context was never cancelled")
+	}
+}
