@@ -91,8 +91,21 @@ func (o StreamOptions) streamConfigs() []jetstream.StreamConfig {
 			MaxBytes:    o.LogBytes,
 			Discard:     jetstream.DiscardOld,
 			Replicas:    replicas,
+			PersistMode: logPersistMode(replicas),
 		},
 	}
+}
+
+// logPersistMode is how CALLBACKS_LOG is written: on a single node,
+// asynchronously (the server flushes its writes in batches instead of one
+// write(2) per record, and a crash can lose the records not yet flushed —
+// the log is best effort, SPEC §2); replicated streams are flushed in
+// batches already, and the server refuses async mode for them.
+func logPersistMode(replicas int) jetstream.PersistModeType {
+	if replicas > 1 {
+		return jetstream.DefaultPersistMode
+	}
+	return jetstream.AsyncPersistMode
 }
 
 func (o StreamOptions) retrierConsumer() jetstream.ConsumerConfig {
@@ -165,10 +178,16 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	if err != nil {
 		return nil, fmt.Errorf("ensure stream %s: %w", want.Name, err)
 	}
-	if diff := streamDrift(s.CachedInfo().Config, want); diff != "" {
+	have := s.CachedInfo().Config
+	if diff := streamDrift(have, want); diff != "" {
 		if !update {
 			log.Warn("stream config differs from callbackd's; left as is (serve --update-streams applies it)", "stream", want.Name, "differs", diff)
 			return s, nil
+		}
+		// The persist mode is fixed when a stream is created.
+		want.PersistMode = have.PersistMode
+		if want.Replicas > 1 && have.PersistMode == jetstream.AsyncPersistMode {
+			return nil, fmt.Errorf("update stream %s to %d replicas: it was created on a single node with asynchronous persistence, which a replicated stream cannot have; delete it (nats stream rm %s; the delivery log is best effort) and start again", want.Name, want.Replicas, want.Name)
 		}
 		if s, err = js.UpdateStream(ctx, want); err != nil {
 			return nil, fmt.Errorf("update stream %s (%s): %w", want.Name, diff, err)
