@@ -147,17 +147,18 @@ func metricValue(t testing.TB, body, sample string) float64 {
 }
 
 func TestMetrics_present_and_moving(t *testing.T) {
-	lag := 7.0
+	lag, rev := 7.0, 41.0
 	h := newHarness(t, func(o *api.Options) {
 		o.Metrics = api.NewMetrics(api.MetricsOptions{
-			EventTypes:     []string{"crawl_status"},
-			PendingRetries: func(context.Context) (float64, error) { return 3, nil },
-			ConsumerLag:    func(context.Context) (float64, error) { return lag, nil },
-			PluginRestarts: func(context.Context) (float64, error) { return 0, errors.New("plugins not started") },
+			EventTypes:       []string{"crawl_status"},
+			PendingRetries:   func(context.Context) (float64, error) { return 3, nil },
+			ConsumerLag:      func(context.Context) (float64, error) { return lag, nil },
+			PluginRestarts:   func(context.Context) (float64, error) { return 0, errors.New("plugins not started") },
+			SettingsRevision: func(context.Context) (float64, error) { return rev, nil },
 		})
 	})
 	_, body := h.get("/metrics", testToken)
-	for _, name := range []string{"callbackd_retries_pending 3", "callbackd_consumer_lag 7", "callbackd_deliveries_in_flight 0", "go_goroutines",
+	for _, name := range []string{"callbackd_retries_pending 3", "callbackd_consumer_lag 7", "callbackd_deliveries_in_flight 0", "callbackd_settings_revision 41", "go_goroutines",
 		`callbackd_events_expired_total{stream="CALLBACKS"} 0`, `callbackd_events_expired_total{stream="CALLBACKS_RETRY"} 0`} {
 		if !strings.Contains(string(body), name) {
 			t.Errorf("missing %q", name)
@@ -178,7 +179,7 @@ func TestMetrics_present_and_moving(t *testing.T) {
 	obs.DeadLettered("delivery_failed")
 	obs.Expired(subjects.Stream, 3)
 	obs.Expired(subjects.Stream, 1)
-	lag = 2
+	lag, rev = 2, 42
 
 	_, b := h.get("/metrics", testToken)
 	body2 := string(b)
@@ -191,6 +192,7 @@ func TestMetrics_present_and_moving(t *testing.T) {
 		`callbackd_deliveries_in_flight`:                           1,
 		`callbackd_dead_letters_total{reason="delivery_failed"}`:   1,
 		`callbackd_consumer_lag`:                                   2,
+		`callbackd_settings_revision`:                              42,
 		`callbackd_events_expired_total{stream="CALLBACKS"}`:       4,
 		`callbackd_events_expired_total{stream="CALLBACKS_RETRY"}`: 0,
 	} {

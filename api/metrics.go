@@ -38,6 +38,9 @@ type MetricsOptions struct {
 	// PluginRestarts reports how many times plugin processes were
 	// restarted since start (a counter).
 	PluginRestarts ValueFunc
+	// SettingsRevision reports the settings bucket revision that the
+	// dispatcher's view has applied.
+	SettingsRevision ValueFunc
 	// Logger receives a warning when a ValueFunc fails; nil discards.
 	Logger *slog.Logger
 }
@@ -123,6 +126,10 @@ func NewMetrics(o MetricsOptions) *Metrics {
 	if o.PluginRestarts != nil {
 		m.reg.MustRegister(&funcCollector{log: log, fn: o.PluginRestarts, typ: prometheus.CounterValue,
 			desc: prometheus.NewDesc("callbackd_plugin_restarts_total", "Plugin process restarts since start.", nil, nil)})
+	}
+	if o.SettingsRevision != nil {
+		m.reg.MustRegister(&funcCollector{log: log, fn: o.SettingsRevision, typ: prometheus.GaugeValue,
+			desc: prometheus.NewDesc("callbackd_settings_revision", "Revision of the settings bucket that the dispatcher's view has applied: a setting written at revision r is in use once this is at least r.", nil, nil)})
 	}
 	return m
 }

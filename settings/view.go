@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -52,6 +53,8 @@ type View struct {
 
 	ready     chan struct{}
 	readyOnce sync.Once
+	// rev is the bucket revision the view has applied.
+	rev atomic.Uint64
 }
 
 // NewView returns an empty View; Run fills it.
@@ -61,6 +64,11 @@ func NewView(log *slog.Logger) *View {
 	}
 	return &View{log: log, cur: newSnapshot(), ready: make(chan struct{})}
 }
+
+// Revision is the revision of the settings bucket that the view has
+// applied: a setting written at revision r is in use once Revision() ≥ r.
+// It is 0 until the initial values are loaded.
+func (v *View) Revision() uint64 { return v.rev.Load() }
 
 // Ready is closed once the watch has delivered the bucket's initial values.
 func (v *View) Ready() <-chan struct{} { return v.ready }
@@ -143,6 +151,7 @@ func (v *View) watchOnce(ctx context.Context, kv jetstream.KeyValue) error {
 	defer func() { _ = w.Stop() }()
 
 	pending := newSnapshot()
+	var pendingRev uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -157,6 +166,7 @@ func (v *View) watchOnce(ctx context.Context, kv jetstream.KeyValue) error {
 					v.cur = pending
 					v.brokenAt, v.brokeErr = time.Time{}, nil
 					v.mu.Unlock()
+					v.advance(pendingRev)
 					pending = nil
 					v.readyOnce.Do(func() { close(v.ready) })
 					v.log.Debug("settings view loaded")
@@ -165,11 +175,24 @@ func (v *View) watchOnce(ctx context.Context, kv jetstream.KeyValue) error {
 			}
 			if pending != nil {
 				v.apply(pending, e, false)
+				pendingRev = max(pendingRev, e.Revision())
 				continue
 			}
 			v.mu.Lock()
 			v.apply(v.cur, e, true)
 			v.mu.Unlock()
+			v.advance(e.Revision())
+		}
+	}
+}
+
+// advance raises the applied revision to rev (a re-watch after a break
+// replays older entries; the revision never goes back).
+func (v *View) advance(rev uint64) {
+	for {
+		cur := v.rev.Load()
+		if rev <= cur || v.rev.CompareAndSwap(cur, rev) {
+			return
 		}
 	}
 }

@@ -226,3 +226,41 @@ func checkDest(t *testing.T, v *settings.View, account, project string, want *pl
 		return nil
 	})
 }
+
+func TestView_revision_tells_when_a_write_is_in_use(t *testing.T) {
+	js := testutil.RunJetStream(t)
+	ctx := testutil.Context(t)
+	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := store.KV().Put(ctx, "project.1", []byte(`{"apiCallbackUrl":"https://one.example.com/"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := settings.NewView(testutil.Logger(t))
+	if got := view.Revision(); got != 0 {
+		t.Fatalf("revision before loading: %d, want 0", got)
+	}
+	go func() { _ = view.Run(ctx, store.KV()) }()
+	waitReady(t, view)
+	if got := view.Revision(); got != first {
+		t.Errorf("revision after the initial load: %d, want %d", got, first)
+	}
+	for i := 2; i <= 20; i++ {
+		rev, err := store.KV().Put(ctx, "project.1", fmt.Appendf(nil, `{"apiCallbackUrl":"https://p%d.example.com/"}`, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		testutil.CheckFor(t, 10*time.Second, time.Millisecond, func() error {
+			if got := view.Revision(); got < rev {
+				return fmt.Errorf("revision %d, want %d", got, rev)
+			}
+			return nil
+		})
+		// Once the revision is reached, the write is what the view answers.
+		if d, ok := view.Destination("9", "1"); !ok || d.URL != fmt.Sprintf("https://p%d.example.com/", i) {
+			t.Fatalf("write %d: revision %d reached but destination is %+v %v", i, rev, d, ok)
+		}
+	}
+}

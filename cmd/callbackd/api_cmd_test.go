@@ -103,7 +103,7 @@ func startTestAPI(t *testing.T, tweak func(*config.Config)) *apiEnv {
 	t.Cleanup(transport.Close)
 	adm, err := startAPI(ctx, cfg, log, apiDeps{
 		NC: js.NC, JS: js.JS, Store: store, View: view, Transport: transport,
-		Metrics: newMetrics(cfg, top, log, nil),
+		Metrics: newMetrics(cfg, top, nil, log, nil),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -437,7 +438,7 @@ func keys(m map[string]bool) []string {
 // putAccountURL points loadAccount's callbacks at u, writing the settings
 // bucket directly as an operator's tool may (SPEC §4), creating it with the
 // given replicas when absent.
-func putAccountURL(t *testing.T, js jetstream.JetStream, replicas int, u string) {
+func putAccountURL(t *testing.T, js jetstream.JetStream, replicas int, u string) (revision uint64) {
 	t.Helper()
 	value, _ := json.Marshal(map[string]any{"apiCallbackUrl": u})
 	testutil.CheckFor(t, 30*time.Second, 200*time.Millisecond, func() error {
@@ -447,7 +448,39 @@ func putAccountURL(t *testing.T, js jetstream.JetStream, replicas int, u string)
 		if err != nil {
 			return err
 		}
-		_, err = store.KV().Put(ctx, "account."+loadAccount, value)
+		revision, err = store.KV().Put(ctx, "account."+loadAccount, value)
 		return err
 	})
+	return revision
+}
+
+// waitSettings waits until each running instance's settings view has
+// applied revision (callbackd_settings_revision on /metrics), so that
+// events published next find the settings written before.
+func waitSettings(t *testing.T, revision uint64, ins ...*instance) {
+	t.Helper()
+	for _, in := range ins {
+		testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+			code, body, err := in.get("/metrics")
+			if err != nil {
+				return err
+			}
+			if code != http.StatusOK {
+				return fmt.Errorf("/metrics: HTTP %d", code)
+			}
+			for line := range strings.Lines(body) {
+				if v, ok := strings.CutPrefix(line, "callbackd_settings_revision "); ok {
+					got, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+					if err != nil {
+						return err
+					}
+					if uint64(got) < revision {
+						return fmt.Errorf("instance %s: settings revision %v, want %d", in.name, got, revision)
+					}
+					return nil
+				}
+			}
+			return errors.New("no callbackd_settings_revision on /metrics")
+		})
+	}
 }

@@ -172,7 +172,7 @@ func TestEmbeddedCluster_three_serve_processes_form_a_cluster_and_deliver(t *tes
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	sink := newLoadSink(t, 0)
-	putAccountURL(t, js, 3, sink.URL)
+	waitSettings(t, putAccountURL(t, js, 3, sink.URL), ins...)
 	checkReplicas(t, js, "CALLBACKS", 3)
 
 	const n = 300

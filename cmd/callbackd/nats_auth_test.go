@@ -70,7 +70,7 @@ func TestEmbeddedAuth_password_and_TLS_refuse_strangers_and_admit_the_CLI(t *tes
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	sink := newLoadSink(t, 0)
-	putAccountURL(t, js, 1, sink.URL)
+	waitSettings(t, putAccountURL(t, js, 1, sink.URL), in)
 
 	if out, errOut, code := publishCLI(t, in, 1); code != 0 {
 		t.Fatalf("callbackd publish with serve's config: exit %d\n%s%s", code, out, errOut)
@@ -104,7 +104,7 @@ func TestEmbeddedAuth_token_refuses_anonymous_clients_and_admits_the_CLI(t *test
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	sink := newLoadSink(t, 0)
-	putAccountURL(t, js, 1, sink.URL)
+	waitSettings(t, putAccountURL(t, js, 1, sink.URL), in)
 	if out, errOut, code := publishCLI(t, in, 1); code != 0 {
 		t.Fatalf("callbackd publish with serve's config: exit %d\n%s%s", code, out, errOut)
 	}
@@ -149,7 +149,7 @@ func TestExternalNATS_with_auth_and_TLS_survives_a_server_restart(t *testing.T) 
 	}
 	js, _ := jetstream.New(nc)
 	sink := newLoadSink(t, 0)
-	putAccountURL(t, js, 1, sink.URL)
+	waitSettings(t, putAccountURL(t, js, 1, sink.URL), in)
 	publishLoad(t, js, 1, 11)
 	sink.waitUnique(t, 10, faultWait)
 	nc.Close()

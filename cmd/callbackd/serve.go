@@ -124,7 +124,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	if ps.manager != nil {
 		pluginsReady, pluginRestarts = pluginHealth(ps.manager)
 	}
-	metrics := newMetrics(cfg, top, log, pluginRestarts)
+	metrics := newMetrics(cfg, top, view, log, pluginRestarts)
 	// Started before the dispatcher consumes: its first sample counts what
 	// expired while no instance ran (SPEC §2).
 	exp, err := expiry.Start(ctx, js, expiry.Options{

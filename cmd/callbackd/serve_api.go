@@ -48,13 +48,16 @@ type adminAPI struct {
 }
 
 // newMetrics makes the metrics that the dispatcher observes and /metrics
-// serves; pluginRestarts may be nil.
-func newMetrics(cfg *config.Config, top dispatcher.Topology, log *slog.Logger, pluginRestarts api.ValueFunc) *api.Metrics {
+// serves; view and pluginRestarts may be nil.
+func newMetrics(cfg *config.Config, top dispatcher.Topology, view *settings.View, log *slog.Logger, pluginRestarts api.ValueFunc) *api.Metrics {
 	eventTypes := []string{"callback_failed"}
 	for t := range cfg.Plugins.Encoders {
 		eventTypes = append(eventTypes, t)
 	}
 	o := api.MetricsOptions{EventTypes: eventTypes, PluginRestarts: pluginRestarts, Logger: log}
+	if view != nil {
+		o.SettingsRevision = func(context.Context) (float64, error) { return float64(view.Revision()), nil }
+	}
 	if c := top.Dispatcher; c != nil {
 		o.ConsumerLag = func(ctx context.Context) (float64, error) {
 			info, err := c.Info(ctx)
