@@ -29,15 +29,18 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		d.park(ctx, j)
 		return
 	}
-	defer hs.release()
 	d.inFlight <- struct{}{}
-	defer func() { <-d.inFlight }()
 	release() // the attempt holds no worker
 
 	d.o.Observer.InFlight(1)
 	start := time.Now()
 	res, ok := d.deliver(ctx, j)
 	hs.observe(time.Since(start))
+	// The host has answered: its slot goes to the next attempt now, not
+	// after the ack and the log record (at the default cap of 8 per host,
+	// that wait was a share of every slot's cycle).
+	hs.release()
+	<-d.inFlight
 	d.o.Observer.InFlight(-1)
 	if !ok {
 		return
