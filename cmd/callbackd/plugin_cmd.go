@@ -67,11 +67,12 @@ func runPluginCommand(args []string, stderr io.Writer) int {
 // request, a response, the stream items), so at Go's default GOGC=100 it
 // collected several times a second under load and GC took ~7 % of its CPU.
 // At 400 it collects a quarter as often; the soft limit bounds what that
-// costs in memory (at 64 MiB the process peaked at 53 MiB PSS in the
-// 100,000-event backlog of make bench, at 32 MiB at 38 MiB).
+// costs in memory: in the 100,000-event backlog of make bench the process
+// peaked at 53 MiB PSS with a 64 MiB limit, 38 MiB with 32 MiB; at 24 MiB
+// the whole tree stays under issue 7's 150 MiB.
 const (
 	builtinGCPercent   = 400
-	builtinMemoryLimit = 32 << 20
+	builtinMemoryLimit = 24 << 20
 )
 
 func tuneBuiltinGC() {
