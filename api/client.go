@@ -50,7 +50,9 @@ func (es GraphQLErrors) Error() string {
 
 // Do sends one GraphQL operation with its variables and decodes the
 // response's data into data (when not nil). A response with errors returns
-// GraphQLErrors; a 401 returns an error wrapping ErrUnauthorized.
+// GraphQLErrors, after decoding whatever data came with them (a partial
+// result: replayDeadLetters reports its counts beside REPLAY_INCOMPLETE);
+// a 401 returns an error wrapping ErrUnauthorized.
 func (c *Client) Do(ctx context.Context, query string, variables map[string]any, data any) error {
 	body, err := json.Marshal(map[string]any{"query": query, "variables": variables})
 	if err != nil {
@@ -88,6 +90,9 @@ func (c *Client) Do(ctx context.Context, query string, variables map[string]any,
 		return fmt.Errorf("admin API at %s: HTTP %d: %s", c.BaseURL, resp.StatusCode, excerpt(raw))
 	}
 	if len(out.Errors) > 0 {
+		if data != nil && len(out.Data) > 0 {
+			_ = json.Unmarshal(out.Data, data) // best effort: the errors are the answer
+		}
 		return out.Errors
 	}
 	if resp.StatusCode != http.StatusOK {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/callbackd/callbackd/api/internal/gql"
@@ -75,11 +76,16 @@ type ReplayFilter struct {
 
 // ReplayResult is what a replay did.
 type ReplayResult struct {
-	Matched  int
+	// Matched is how many dead letters matched the filter.
+	Matched int
+	// Replayed is how many of them were sent back and deleted.
 	Replayed int
 }
 
 // Replayer is what replayDeadLetters needs of the dead-letter replay.
+// Replay stops when ctx ends; on error it returns what it did before the
+// error with it (as deadletters.Replay does), and replayDeadLetters reports
+// both.
 type Replayer interface {
 	Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error)
 }
@@ -254,9 +260,28 @@ func (m mutationResolver) ReplayDeadLetters(ctx context.Context, in gql.ReplayIn
 	}
 	res, err := m.s.replayer.Replay(ctx, f)
 	if err != nil {
-		return nil, err
+		// The payload keeps the counts (SPEC §4 fixes its fields) and the
+		// error says why they fall short: data and errors together, as
+		// GraphQL allows, so the operator learns both.
+		graphql.AddError(ctx, graphql.AddFieldLocationToError(ctx, replayIncomplete(res, err)))
 	}
 	return &gql.ReplayPayload{Matched: res.Matched, Replayed: res.Replayed}, nil
+}
+
+// replayIncomplete is the error of a replay that stopped before replaying
+// every dead letter it matched: code REPLAY_INCOMPLETE, with the counts in
+// extensions.matched and extensions.replayed as in the payload.
+func replayIncomplete(res ReplayResult, err error) *gqlerror.Error {
+	return &gqlerror.Error{
+		Message: fmt.Sprintf("replay stopped after replaying %d of %d matched dead letters; the others are still dead letters, run it again to go on: %s",
+			res.Replayed, res.Matched, err),
+		Err: err,
+		Extensions: map[string]any{
+			"code":     codeReplayIncomplete,
+			"matched":  res.Matched,
+			"replayed": res.Replayed,
+		},
+	}
 }
 
 func parseTimeField(errs *fieldErrors, field string, v *string) time.Time {

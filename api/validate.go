@@ -18,6 +18,9 @@ import (
 const (
 	codeBadInput    = "BAD_USER_INPUT"
 	codeUnavailable = "UNAVAILABLE"
+	// codeReplayIncomplete: replayDeadLetters stopped part-way (time limit,
+	// NATS error); its payload holds what it did.
+	codeReplayIncomplete = "REPLAY_INCOMPLETE"
 )
 
 // fieldError is a GraphQL error naming the input field that is wrong in

@@ -51,12 +51,18 @@ type Filter struct {
 	DryRun bool
 }
 
-// Result is what Replay did.
+// Result is what Replay did. Replay returns it with its error too: then it
+// is what was done before the error, and the matched letters not counted in
+// Replayed are still in CALLBACKS_DEAD (unless they expired or a concurrent
+// replay took them meanwhile), for a second run to pick up.
 type Result struct {
 	// Matched is how many dead letters matched the filter and can be
-	// replayed.
+	// replayed. When Replay fails while counting them (before replaying
+	// any), it is how many it had counted.
 	Matched int
-	// Replayed is how many were published back and deleted.
+	// Replayed is how many were published back and deleted. A letter
+	// whose publish was acknowledged but whose deletion failed is not
+	// counted: it is still a dead letter, and the error says so.
 	Replayed int
 	// Skipped is how many matched the filter but have no subject to go back
 	// to (Callbackd-Subject missing or outside CALLBACKS); they stay.
@@ -233,10 +239,19 @@ func List(ctx context.Context, js jetstream.JetStream, f Filter, limit int) ([]L
 // and deletes each once its publish is acknowledged (see the package
 // comment). progress, when not nil, is called with how many of the matched
 // letters are done, first with 0 once they are counted. With f.DryRun it
-// only counts. On error or when ctx ends it returns what it did so far; it
-// is safe to run again.
+// only counts.
+//
+// On error, or when ctx ends (an operator's interrupt, a deadline), it
+// returns the Result of what it did so far together with the error, so the
+// caller can tell the operator how far it got: every letter counted in
+// Replayed is stored in CALLBACKS and gone from CALLBACKS_DEAD. Running it
+// again goes on where it stopped (the package comment says what happens to
+// a letter caught between its publish and its deletion).
 func Replay(ctx context.Context, js jetstream.JetStream, f Filter, progress func(done, total int)) (Result, error) {
 	var res Result
+	if err := f.Validate(); err != nil {
+		return res, err
+	}
 	s, err := deadStream(ctx, js)
 	if err != nil {
 		return res, err
@@ -254,7 +269,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, f Filter, progress func
 	})
 	res.Matched = len(seqs)
 	if err != nil {
-		return res, err
+		return res, fmt.Errorf("count dead letters: %w", err)
 	}
 	if progress != nil {
 		progress(0, res.Matched)

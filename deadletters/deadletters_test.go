@@ -291,29 +291,104 @@ func TestReplay_after_a_crash_between_publish_and_delete_does_not_duplicate(t *t
 	}
 }
 
-func TestReplay_interrupted_then_run_again(t *testing.T) {
-	js := setup(t)
-	const n = 20
-	for i := range n {
-		k := key("crawl_status", "1", strconv.Itoa(i+1))
-		deadLetter(t, js.JS, letter{name: fmt.Sprintf("d%02d", i), key: k, original: event(k), reason: "delivery_failed"})
+// lostAfter is a JetStream whose connection goes away (it is closed) just
+// before publish number after+1: NATS gone in the middle of a replay, at a
+// point the test chooses.
+type lostAfter struct {
+	jetstream.JetStream
+	nc       *nats.Conn
+	after, n int
+}
+
+func (l *lostAfter) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if l.n == l.after {
+		l.nc.Close()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	res, err := deadletters.Replay(ctx, js.JS, deadletters.Filter{}, func(done, _ int) {
-		if done == 5 {
-			cancel()
-		}
-	})
-	if !errors.Is(err, context.Canceled) || res.Replayed != 5 || res.Matched != n {
-		t.Fatalf("interrupted: %+v, %v", res, err)
+	l.n++
+	return l.JetStream.PublishMsg(ctx, m, opts...)
+}
+
+// An interrupted replay reports exactly what it did with its error, leaves
+// the rest in CALLBACKS_DEAD, and a second run finishes the job without
+// duplicating anything.
+func TestReplay_interrupted_reports_what_it_did_and_runs_again(t *testing.T) {
+	const n = 12
+	tests := []struct {
+		name    string
+		k       int // letters replayed before the interruption
+		natsErr bool
+	}{
+		{"cancelled before the first", 0, false},
+		{"cancelled after one", 1, false},
+		{"cancelled half-way", n / 2, false},
+		{"cancelled before the last", n - 1, false},
+		{"NATS gone before the first", 0, true},
+		{"NATS gone half-way", n / 2, true},
+		{"NATS gone before the last", n - 1, true},
 	}
-	res, err = deadletters.Replay(testutil.Context(t), js.JS, deadletters.Filter{}, nil)
-	if err != nil || res.Replayed != n-5 {
-		t.Fatalf("second run: %+v, %v", res, err)
-	}
-	if got := len(msgs(t, js.JS, subjects.Stream)); got != n {
-		t.Errorf("CALLBACKS holds %d, want %d", got, n)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			js := setup(t)
+			var all []string
+			for i := range n {
+				k := key("crawl_status", "1", strconv.Itoa(i+1))
+				name := fmt.Sprintf("d%02d", i)
+				deadLetter(t, js.JS, letter{name: name, key: k, original: event(k), reason: "delivery_failed"})
+				all = append(all, name)
+			}
+
+			ctx, cancel := context.WithCancel(testutil.Context(t))
+			defer cancel()
+			var (
+				rjs      jetstream.JetStream = js.JS
+				progress func(done, total int)
+				wantErr  error
+			)
+			if tt.natsErr {
+				// A connection of its own, so the test's stays up.
+				nc, err := js.Server.Connect()
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(nc.Close)
+				own, err := jetstream.New(nc)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rjs, wantErr = &lostAfter{JetStream: own, nc: nc, after: tt.k}, nats.ErrConnectionClosed
+			} else {
+				progress = func(done, _ int) {
+					if done == tt.k {
+						cancel()
+					}
+				}
+				wantErr = context.Canceled
+			}
+			res, err := deadletters.Replay(ctx, rjs, deadletters.Filter{}, progress)
+			if !errors.Is(err, wantErr) {
+				t.Fatalf("interrupted replay: %+v, %v; want error %v", res, err, wantErr)
+			}
+			if want := (deadletters.Result{Matched: n, Replayed: tt.k}); res != want {
+				t.Fatalf("interrupted replay: %+v, want %+v", res, want)
+			}
+			if got := names(msgs(t, js.JS, subjects.Stream)); !slices.Equal(got, all[:tt.k]) {
+				t.Errorf("CALLBACKS holds %v, want %v", got, all[:tt.k])
+			}
+			if got := names(msgs(t, js.JS, subjects.DeadStream)); !slices.Equal(got, all[tt.k:]) {
+				t.Errorf("CALLBACKS_DEAD holds %v, want %v", got, all[tt.k:])
+			}
+
+			res, err = deadletters.Replay(testutil.Context(t), js.JS, deadletters.Filter{}, nil)
+			if want := (deadletters.Result{Matched: n - tt.k, Replayed: n - tt.k}); err != nil || res != want {
+				t.Fatalf("second run: %+v, %v; want %+v", res, err, want)
+			}
+			if got := names(msgs(t, js.JS, subjects.Stream)); !slices.Equal(got, all) {
+				t.Errorf("after the second run CALLBACKS holds %v, want each of %v once", got, all)
+			}
+			if got := msgs(t, js.JS, subjects.DeadStream); len(got) != 0 {
+				t.Errorf("after the second run CALLBACKS_DEAD holds %v", names(got))
+			}
+		})
 	}
 }
 

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callbackd/callbackd/deadletters"
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
 	"github.com/callbackd/callbackd/subjects"
@@ -276,5 +278,67 @@ func TestReplayCmd(t *testing.T) {
 	}
 	if got := strings.TrimSpace(out.String()); got != "matched 1, replayed 1" {
 		t.Errorf("--yes: %q", got)
+	}
+}
+
+// natsLostAfter is a JetStream whose connection goes away (it is closed)
+// just before publish number after+1: NATS gone in the middle of a replay.
+type natsLostAfter struct {
+	jetstream.JetStream
+	nc       *nats.Conn
+	after, n int
+}
+
+func (l *natsLostAfter) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if l.n == l.after {
+		l.nc.Close()
+	}
+	l.n++
+	return l.JetStream.PublishMsg(ctx, m, opts...)
+}
+
+// A replay that fails part-way prints the summary of what it did, then
+// fails with one line saying how far it got; run again, it does the rest.
+func TestReplayCmd_interrupted_prints_the_partial_summary(t *testing.T) {
+	js := cliJetStream(t)
+	for _, id := range []string{"a", "b", "c", "d", "e", "f"} {
+		deadLetterForCLI(t, js, id, "11", "delivery_failed")
+	}
+	nc, err := js.Server.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	own, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var out, errOut syncBuffer
+	cmd := newReplayCmd()
+	cmd.SetContext(testutil.Context(t))
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	err = replay(cmd, &natsLostAfter{JetStream: own, nc: nc, after: 2}, deadletters.Filter{}, true)
+	if err == nil || !errors.Is(err, nats.ErrConnectionClosed) || strings.Contains(err.Error(), "\n") ||
+		!strings.Contains(err.Error(), "replay stopped after 2 of 6 (run it again to go on)") {
+		t.Fatalf("interrupted replay: %v, want one line saying 2 of 6", err)
+	}
+	if got := strings.TrimSpace(out.String()); got != "matched 6, replayed 2" {
+		t.Errorf("summary %q, want matched 6, replayed 2", got)
+	}
+	if streamCount(t, js, subjects.Stream) != 2 || streamCount(t, js, subjects.DeadStream) != 4 {
+		t.Errorf("after the interrupted replay: CALLBACKS %d, CALLBACKS_DEAD %d", streamCount(t, js, subjects.Stream), streamCount(t, js, subjects.DeadStream))
+	}
+
+	out = syncBuffer{}
+	if err := runCLI(testutil.Context(t), t, js, "", &out, &errOut, "replay", "--yes"); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(out.String()); got != "matched 4, replayed 4" {
+		t.Errorf("second run: %q", got)
+	}
+	if streamCount(t, js, subjects.Stream) != 6 || streamCount(t, js, subjects.DeadStream) != 0 {
+		t.Errorf("after the second run: CALLBACKS %d, CALLBACKS_DEAD %d", streamCount(t, js, subjects.Stream), streamCount(t, js, subjects.DeadStream))
 	}
 }

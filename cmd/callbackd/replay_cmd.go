@@ -28,7 +28,9 @@ func newReplayCmd() *cobra.Command {
 		Long: `Send the dead letters of CALLBACKS_DEAD that match back to their original
 subjects (Callbackd-Subject) for delivery, with their original delivery id, and
 delete each one once its new copy is stored. Interrupting it is safe, and so is
-running it again.
+running it again: a replay that stops part-way (Ctrl-C, NATS going away) prints
+how many it replayed, then the error, and exits non-zero; the letters it did not
+replay are still dead letters, for the next run.
 
 --reason is one of invalid_event, delivery_failed, destination_not_allowed,
 callback_failed_undeliverable. --event-type ` + subjects.DeadInvalidType + ` selects events whose subject did

@@ -249,8 +249,6 @@ func (r replayer) Replay(ctx context.Context, f api.ReplayFilter) (api.ReplayRes
 		Until:     f.Until,
 		DryRun:    f.DryRun,
 	}, nil)
-	if err != nil {
-		return api.ReplayResult{}, err
-	}
-	return api.ReplayResult{Matched: res.Matched, Replayed: res.Replayed}, nil
+	// On error res is what was done before it: the API reports both.
+	return api.ReplayResult{Matched: res.Matched, Replayed: res.Replayed}, err
 }
