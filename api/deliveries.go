@@ -258,12 +258,15 @@ func (m mutationResolver) ReplayDeadLetters(ctx context.Context, in gql.ReplayIn
 	if m.s.replayer == nil {
 		return nil, unavailable("dead-letter replay")
 	}
-	res, err := m.s.replayer.Replay(ctx, f)
+	rctx, cancel := context.WithDeadline(ctx, requestStart(ctx).Add(m.s.replayTime))
+	defer cancel()
+	res, err := m.s.replayer.Replay(rctx, f)
 	if err != nil {
 		// The payload keeps the counts (SPEC §4 fixes its fields) and the
 		// error says why they fall short: data and errors together, as
 		// GraphQL allows, so the operator learns both.
-		graphql.AddError(ctx, graphql.AddFieldLocationToError(ctx, replayIncomplete(res, err)))
+		outOfTime := errors.Is(rctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
+		graphql.AddError(ctx, graphql.AddFieldLocationToError(ctx, m.s.replayIncomplete(res, err, outOfTime)))
 	}
 	return &gql.ReplayPayload{Matched: res.Matched, Replayed: res.Replayed}, nil
 }
@@ -271,10 +274,14 @@ func (m mutationResolver) ReplayDeadLetters(ctx context.Context, in gql.ReplayIn
 // replayIncomplete is the error of a replay that stopped before replaying
 // every dead letter it matched: code REPLAY_INCOMPLETE, with the counts in
 // extensions.matched and extensions.replayed as in the payload.
-func replayIncomplete(res ReplayResult, err error) *gqlerror.Error {
+func (s *Server) replayIncomplete(res ReplayResult, err error, outOfTime bool) *gqlerror.Error {
+	why := err.Error()
+	if outOfTime {
+		why = fmt.Sprintf("it reached its time limit of %s", s.replayTime)
+	}
 	return &gqlerror.Error{
 		Message: fmt.Sprintf("replay stopped after replaying %d of %d matched dead letters; the others are still dead letters, run it again to go on: %s",
-			res.Replayed, res.Matched, err),
+			res.Replayed, res.Matched, why),
 		Err: err,
 		Extensions: map[string]any{
 			"code":     codeReplayIncomplete,

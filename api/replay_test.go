@@ -2,8 +2,11 @@ package api_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -28,10 +31,11 @@ type interruptFunc func(ctx context.Context, cancel context.CancelFunc, done int
 // (delivery ids d00, d01, …, oldest first) and a Replayer that runs
 // deadletters.Replay as serve does, showing its progress to *interrupt
 // when set.
-func newReplayHarness(t *testing.T, n int, interrupt *atomic.Pointer[interruptFunc]) (*harness, []string) {
+func newReplayHarness(t *testing.T, n int, replayTimeout time.Duration, interrupt *atomic.Pointer[interruptFunc]) (*harness, []string) {
 	t.Helper()
 	var js atomic.Pointer[testutil.JetStream] // the harness's, once it runs
 	h := newHarness(t, func(o *api.Options) {
+		o.ReplayTimeout = replayTimeout
 		o.Replayer = api.ReplayerFunc(func(ctx context.Context, f api.ReplayFilter) (api.ReplayResult, error) {
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
@@ -95,6 +99,7 @@ func TestReplayDeadLetters_interrupted_reports_its_counts_with_the_error(t *test
 	tests := []struct {
 		name      string
 		k         int // letters replayed before the interruption
+		timeout   time.Duration
 		interrupt interruptFunc
 		message   string // in the error's message
 	}{
@@ -116,12 +121,23 @@ func TestReplayDeadLetters_interrupted_reports_its_counts_with_the_error(t *test
 			},
 			message: "context canceled",
 		},
+		{
+			// The replay stalls after k letters (a slow NATS) until its
+			// time limit ends it.
+			name: "time limit", k: 6, timeout: 300 * time.Millisecond,
+			interrupt: func(ctx context.Context, _ context.CancelFunc, done int) {
+				if done == 6 {
+					<-ctx.Done()
+				}
+			},
+			message: "time limit of 300ms",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var interrupt atomic.Pointer[interruptFunc]
 			interrupt.Store(&tt.interrupt)
-			h, ids := newReplayHarness(t, n, &interrupt)
+			h, ids := newReplayHarness(t, n, tt.timeout, &interrupt)
 
 			var out replayPayload
 			err := h.client.Do(context.Background(), replayMutation, nil, &out)
@@ -176,5 +192,44 @@ func TestReplayDeadLetters_failure_answers_zero_counts_and_the_error(t *testing.
 	}
 	if !jsonEqual(t, r.Data, []byte(`{"replayDeadLetters":{"matched":0,"replayed":0}}`)) {
 		t.Fatalf("data %s", r.Data)
+	}
+}
+
+// The replay's time limit counts from the request's headers, as the HTTP
+// server's write timeout does: a client that takes longer than the limit to
+// send its body gets an answer at once, with nothing replayed, rather than
+// a replay that would run past the write timeout.
+func TestReplayDeadLetters_time_limit_counts_from_the_request_headers(t *testing.T) {
+	const limit = 200 * time.Millisecond
+	h, _ := newReplayHarness(t, 3, limit, new(atomic.Pointer[interruptFunc]))
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest(http.MethodPost, h.srv.URL+"/graphql", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	go func() {
+		body := `{"query":"` + replayMutation + `"}`
+		_, _ = io.WriteString(pw, body[:10])
+		// A slow client, not a synchronisation: the rest of the body comes
+		// well after the limit.
+		time.Sleep(5 * limit)
+		_, _ = io.WriteString(pw, body[10:])
+		_ = pw.Close()
+	}()
+	code, b := h.do(req)
+	var r gqlResponse
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("HTTP %d: %s", code, b)
+	}
+	if len(r.Errors) != 1 || r.Errors[0].Extensions["code"] != "REPLAY_INCOMPLETE" || !strings.Contains(r.Errors[0].Message, "time limit of 200ms") {
+		t.Fatalf("errors %+v", r.Errors)
+	}
+	if !jsonEqual(t, r.Data, []byte(`{"replayDeadLetters":{"matched":0,"replayed":0}}`)) {
+		t.Errorf("data %s", r.Data)
+	}
+	if n := testutil.StreamLen(t, h.js.JS, subjects.DeadStream); n != 3 {
+		t.Errorf("CALLBACKS_DEAD holds %d of 3", n)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/handler"
@@ -31,6 +32,11 @@ const (
 	DefaultMaxDepth        = 10
 	// MaxDeliveriesFirst caps deliveries(first:) (SPEC §4).
 	MaxDeliveriesFirst = 500
+	// DefaultReplayTimeout bounds one replayDeadLetters call. It is well
+	// under the admin HTTP server's write timeout, so the answer, with the
+	// counts of a replay that ran out of time, always reaches the client
+	// (api/README.md, "Limits"); running the mutation again goes on.
+	DefaultReplayTimeout = 40 * time.Second
 )
 
 // Options configure a Server. Store and Token are required; every other
@@ -68,6 +74,14 @@ type Options struct {
 	// MaxDepth limits how deeply a GraphQL operation's fields nest, not
 	// counting introspection (0 → 10).
 	MaxDepth int
+	// ReplayTimeout bounds one replayDeadLetters call (0 →
+	// DefaultReplayTimeout), counted from when the request's headers were
+	// read, as the HTTP server's WriteTimeout is (a body sent slowly eats
+	// into the replay's time, not into the answer's). A replay that
+	// reaches it stops and answers what it did with a REPLAY_INCOMPLETE
+	// error. Keep it shorter than WriteTimeout, with room for the letter
+	// in hand and the answer.
+	ReplayTimeout time.Duration
 }
 
 // Server is the admin API's http.Handler.
@@ -81,6 +95,7 @@ type Server struct {
 	metrics    *Metrics
 	log        *slog.Logger
 	maxBody    int64
+	replayTime time.Duration
 	token      [32]byte
 	mux        *http.ServeMux
 }
@@ -111,6 +126,9 @@ func New(o Options) (*Server, error) {
 	if o.MaxDepth <= 0 {
 		o.MaxDepth = DefaultMaxDepth
 	}
+	if o.ReplayTimeout <= 0 {
+		o.ReplayTimeout = DefaultReplayTimeout
+	}
 	s := &Server{
 		store:      o.Store,
 		guard:      o.Guard,
@@ -121,6 +139,7 @@ func New(o Options) (*Server, error) {
 		metrics:    o.Metrics,
 		log:        o.Logger,
 		maxBody:    o.MaxBodyBytes,
+		replayTime: o.ReplayTimeout,
 		token:      tokenDigest(o.Token),
 		mux:        http.NewServeMux(),
 	}
@@ -185,6 +204,7 @@ func (s *Server) graphQLHandler(complexityLimit, maxDepth int) http.Handler {
 			methodNotAllowed(w, "POST")
 			return
 		}
+		r = r.WithContext(context.WithValue(r.Context(), requestStartKey{}, time.Now()))
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
 		if err != nil {
 			var tooBig *http.MaxBytesError
@@ -215,6 +235,20 @@ func (s *Server) presentError(ctx context.Context, err error) *gqlerror.Error {
 	}
 	s.log.Warn("api: request failed", "path", graphql.GetPath(ctx).String(), "err", err)
 	return graphql.DefaultErrorPresenter(ctx, err)
+}
+
+// requestStartKey holds, in a GraphQL request's context, when its handler
+// started: when the HTTP server had read its headers and set its write
+// deadline, before the body is read.
+type requestStartKey struct{}
+
+// requestStart is when the request's handler started, or now when ctx has
+// no such time.
+func requestStart(ctx context.Context) time.Time {
+	if t, ok := ctx.Value(requestStartKey{}).(time.Time); ok {
+		return t
+	}
+	return time.Now()
 }
 
 func methodNotAllowed(w http.ResponseWriter, allow string) {

@@ -69,6 +69,13 @@ func (l *lockedBuffer) String() string {
 // data_dir is a temp dir and whose API listens on a random loopback port.
 func startTestAPI(t *testing.T, tweak func(*config.Config)) *apiEnv {
 	t.Helper()
+	return startTestAPIWith(t, tweak, adminLimits{})
+}
+
+// startTestAPIWith is startTestAPI with the HTTP server's limits (zero:
+// the defaults).
+func startTestAPIWith(t *testing.T, tweak func(*config.Config), limits adminLimits) *apiEnv {
+	t.Helper()
 	js := testutil.RunJetStream(t)
 	ctx := testutil.Context(t)
 	top, err := dispatcher.EnsureStreams(ctx, js.JS, dispatcher.StreamOptions{
@@ -103,7 +110,7 @@ func startTestAPI(t *testing.T, tweak func(*config.Config)) *apiEnv {
 	t.Cleanup(transport.Close)
 	adm, err := startAPI(ctx, cfg, log, apiDeps{
 		NC: js.NC, JS: js.JS, Store: store, View: view, Transport: transport,
-		Metrics: newMetrics(cfg, top, nil, log, nil),
+		Metrics: newMetrics(cfg, top, nil, log, nil), Limits: limits,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -36,6 +36,58 @@ type apiDeps struct {
 	// Plugins reports whether every plugin process is running; nil when
 	// plugins run in-process.
 	Plugins func(ctx context.Context) error
+	// Limits are the HTTP server's timeouts; zero means
+	// defaultAdminLimits(cfg).
+	Limits adminLimits
+}
+
+// adminLimits are the admin HTTP server's timeouts (api/README.md,
+// "Limits"), so that slow or stuck clients do not hold connections: a
+// request's headers must arrive within ReadHeader and all of it within
+// Read; its answer must be written within Write after its headers were
+// read, or the connection is cut (a client that stops reading); an idle
+// keep-alive connection is closed after Idle.
+type adminLimits struct {
+	ReadHeader, Read, Write, Idle time.Duration
+	// Replay bounds one replayDeadLetters call (api.Options.ReplayTimeout),
+	// counted like Write from the request's headers: a replay that reaches
+	// it answers what it did. It must leave room within Write for the
+	// letter in hand and the answer.
+	Replay time.Duration
+}
+
+// Defaults of adminLimits.
+const (
+	adminReadHeaderTimeout = 10 * time.Second
+	// adminReadTimeout: a request body is at most 1 MiB
+	// (api.DefaultMaxBodyBytes), and the API's are a few KiB; a client
+	// slower than ~50 KB/s is stuck.
+	adminReadTimeout = 20 * time.Second
+	adminIdleTimeout = 2 * time.Minute
+	// adminReplayMargin is what Write leaves after a replay's time limit
+	// (both count from the request's headers): the letter in hand is
+	// finished (its deletion has 10 s of its own), then the answer written.
+	adminReplayMargin = 20 * time.Second
+	// adminAnswerMargin is what Write leaves to write a test callback's
+	// answer after the request's body and the callback itself.
+	adminAnswerMargin = 5 * time.Second
+)
+
+// defaultAdminLimits are cfg's limits. Write lets the longest requests
+// answer: a replay (api.DefaultReplayTimeout, then adminReplayMargin) and a
+// test callback (its body within Read, then delivery.timeout plus the 5 s
+// a transport plugin's call is given beyond it, then adminAnswerMargin).
+// With the defaults both come to 60 s.
+func defaultAdminLimits(cfg *config.Config) adminLimits {
+	replay := api.DefaultReplayTimeout + adminReplayMargin
+	testCallback := adminReadTimeout + cfg.Delivery.Timeout + 5*time.Second + adminAnswerMargin
+	return adminLimits{
+		ReadHeader: adminReadHeaderTimeout,
+		Read:       adminReadTimeout,
+		Write:      max(replay, testCallback),
+		Idle:       adminIdleTimeout,
+		Replay:     api.DefaultReplayTimeout,
+	}
 }
 
 // adminAPI is a running admin API.
@@ -111,16 +163,21 @@ func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps ap
 		}
 	}
 
+	limits := deps.Limits
+	if limits == (adminLimits{}) {
+		limits = defaultAdminLimits(cfg)
+	}
 	srv, err := api.New(api.Options{
-		Store:      deps.Store,
-		Token:      token,
-		Guard:      plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs()),
-		Transport:  deps.Transport,
-		Deliveries: deliveryLog{deliverylog.NewReader(deps.JS)},
-		Replayer:   replayer{deps.JS},
-		Checks:     readyChecks(deps),
-		Metrics:    deps.Metrics,
-		Logger:     log,
+		Store:         deps.Store,
+		Token:         token,
+		Guard:         plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs()),
+		Transport:     deps.Transport,
+		Deliveries:    deliveryLog{deliverylog.NewReader(deps.JS)},
+		Replayer:      replayer{deps.JS},
+		Checks:        readyChecks(deps),
+		Metrics:       deps.Metrics,
+		Logger:        log,
+		ReplayTimeout: limits.Replay,
 	})
 	if err != nil {
 		return nil, err
@@ -144,16 +201,7 @@ func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps ap
 			"addr", ln.Addr().String())
 	}
 
-	hs := &http.Server{
-		Handler:           srv,
-		TLSConfig:         tlsConfig,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       time.Minute,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-	}
+	hs := newAdminServer(ctx, srv, tlsConfig, limits, log)
 	go func() {
 		var err error
 		if tlsConfig != nil {
@@ -171,6 +219,23 @@ func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps ap
 	}
 	log.Info("admin API listening", "url", scheme+"://"+ln.Addr().String())
 	return &adminAPI{Addr: ln.Addr(), Shutdown: hs.Shutdown}, nil
+}
+
+// newAdminServer is the admin API's http.Server: h with limits' timeouts,
+// 64 KiB of headers at most, and ctx's values (not its end) in every
+// request's context.
+func newAdminServer(ctx context.Context, h http.Handler, tlsConfig *tls.Config, limits adminLimits, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: limits.ReadHeader,
+		ReadTimeout:       limits.Read,
+		WriteTimeout:      limits.Write,
+		IdleTimeout:       limits.Idle,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
 }
 
 // isLoopback reports whether addr is a loopback address; a wildcard
