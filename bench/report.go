@@ -7,6 +7,7 @@ import (
 	"image/color"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,8 +30,12 @@ type result struct {
 	// before the scenario started (others' work: the box is shared).
 	Background float64       `json:"background_cpus"`
 	Ready      time.Duration `json:"ready"`
-	Backlog    phase         `json:"backlog"`
-	Steady     phase         `json:"steady"`
+	// Backlog is the median of the backlog drains (by rate); their rates,
+	// lowest first, are in BacklogRates. Parks and the longest gap are the
+	// worst of all drains.
+	Backlog      phase     `json:"backlog"`
+	BacklogRates []float64 `json:"backlog_rates"`
+	Steady       phase     `json:"steady"`
 	// Big is the 100,000-event backlog, default configuration only.
 	Big    *phase `json:"big,omitempty"`
 	Ledger ledger `json:"ledger"`
@@ -95,6 +100,14 @@ func ratio(x, floor float64) string {
 	return fmt.Sprintf("%.2f", x/floor)
 }
 
+// rateRange is "lowest–highest" of the drains' rates, "" for a single one.
+func rateRange(rates []float64) string {
+	if len(rates) < 2 {
+		return ""
+	}
+	return fmt.Sprintf("%.0f–%.0f", slices.Min(rates), slices.Max(rates))
+}
+
 // Markdown renders the run as the table README.md shows.
 func (r *report) Markdown() string {
 	var b strings.Builder
@@ -105,8 +118,8 @@ func (r *report) Markdown() string {
 	if r.Void {
 		b.WriteString("**VOID RUN: a ledger did not balance (see the ledger column).**\n\n")
 	}
-	b.WriteString("| scenario | backlog deliveries/s | × floor | steady p50 ms | p99 ms | p99.9 ms | max ms | ready s | ledger: published = delivered+dead+skipped+no_dest |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("| scenario | backlog deliveries/s (median) | × floor | drains: lowest–highest /s | steady p50 ms | p99 ms | p99.9 ms | max ms | ready s | ledger: published = delivered+dead+skipped+no_dest |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	fl := r.floor()
 	var floorRate, floorCPU, floorSteadyCPU float64
 	if fl != nil {
@@ -114,7 +127,7 @@ func (r *report) Markdown() string {
 	}
 	for _, x := range r.Results {
 		if x.Unavailable != "" {
-			fmt.Fprintf(&b, "| %s | unavailable: %s ||||||||\n", x.Name, oneLine(x.Unavailable))
+			fmt.Fprintf(&b, "| %s | unavailable: %s |||||||||\n", x.Name, oneLine(x.Unavailable))
 			continue
 		}
 		ready := fmt.Sprintf("%.2f", x.Ready.Seconds())
@@ -131,8 +144,8 @@ func (r *report) Markdown() string {
 		if x.Error != "" {
 			led += " — error: " + oneLine(x.Error)
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n",
-			x.Name, x.Backlog.Rate, ratio(x.Backlog.Rate, floorRate),
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			x.Name, x.Backlog.Rate, ratio(x.Backlog.Rate, floorRate), rateRange(x.BacklogRates),
 			ms(x.Steady.P50), ms(x.Steady.P99), ms(x.Steady.P999), ms(x.Steady.Max), ready, led)
 	}
 	b.WriteString("\n| scenario | CPU s / 10k, backlog | × floor | CPU s / 10k, steady | × floor | peak RSS MiB | peak PSS MiB | parks | sink connections opened, backlog | longest arrival gap, backlog ms | machine CPUs busy, backlog | background CPUs before start |\n")
