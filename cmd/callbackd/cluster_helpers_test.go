@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -460,27 +459,11 @@ func putAccountURL(t *testing.T, js jetstream.JetStream, replicas int, u string)
 func waitSettings(t *testing.T, revision uint64, ins ...*instance) {
 	t.Helper()
 	for _, in := range ins {
-		testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
-			code, body, err := in.get("/metrics")
-			if err != nil {
-				return err
-			}
-			if code != http.StatusOK {
-				return fmt.Errorf("/metrics: HTTP %d", code)
-			}
-			for line := range strings.Lines(body) {
-				if v, ok := strings.CutPrefix(line, "callbackd_settings_revision "); ok {
-					got, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-					if err != nil {
-						return err
-					}
-					if uint64(got) < revision {
-						return fmt.Errorf("instance %s: settings revision %v, want %d", in.name, got, revision)
-					}
-					return nil
-				}
-			}
-			return errors.New("no callbackd_settings_revision on /metrics")
+		var token string
+		testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() (err error) {
+			token, err = in.token()
+			return err
 		})
+		testutil.WaitSettingsRevision(t, in.apiAddr, token, revision)
 	}
 }

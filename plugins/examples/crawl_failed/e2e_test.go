@@ -92,9 +92,13 @@ log: {level: info}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Put(ctx, "project."+e2eProject, []byte(`{"apiCallbackUrl": "`+s.sink.URL+`/hook"}`)); err != nil {
+	rev, err := kv.Put(ctx, "project."+e2eProject, []byte(`{"apiCallbackUrl": "`+s.sink.URL+`/hook"}`))
+	if err != nil {
 		t.Fatal(err)
 	}
+	// Events published before serve's view has the URL would be acked as
+	// no_destination.
+	testutil.WaitSettingsRevision(t, apiAddr, "e2e-token-0123456789", rev)
 	return s
 }
 
