@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -141,50 +140,20 @@ func sortedKeys[V any](m map[string]V) []string {
 // carries every Encode call of every encoder of the process on one stream;
 // Start opens it. It is safe for concurrent use.
 type EncoderClient struct {
-	cc grpc.ClientConnInterface
-
-	mu   sync.Mutex
-	opts StreamOptions
-	mux  *clientMux[encodeItem, encodeResult]
+	streamClient[encodeItem, encodeResult]
 }
 
 // NewEncoderClient returns a client of the encoder service on cc.
 func NewEncoderClient(cc grpc.ClientConnInterface) *EncoderClient {
-	return &EncoderClient{cc: cc}
-}
-
-// Start opens the stream. Calls made before Start fail with
-// ErrPluginUnavailable.
-func (c *EncoderClient) Start(o StreamOptions) error {
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := c.cc.NewStream(ctx, &pluginpb.EncoderService_ServiceDesc.Streams[0],
-		pluginpb.EncoderService_Encode_FullMethodName, grpc.ForceCodecV2(wireCodec{}))
-	if err != nil {
-		cancel()
-		return fmt.Errorf("%w: %s: open encode stream: %v", ErrPluginUnavailable, o.Plugin, err)
-	}
-	mux := newClientMux(o.Plugin, batchStream[encodeItem, encodeResult](encodeClientStream{st}), cancel,
-		func(it *encodeItem, id uint64, timeout time.Duration) { it.id, it.timeout = id, timeout },
-		func(r *encodeResult) uint64 { return r.id },
-		o.OnEnd)
-	c.mu.Lock()
-	old := c.mux
-	c.opts, c.mux = o, mux
-	c.mu.Unlock()
-	if old != nil {
-		old.close()
-	}
-	return nil
-}
-
-// Close ends the stream; calls in flight fail with ErrPluginUnavailable.
-func (c *EncoderClient) Close() {
-	c.mu.Lock()
-	mux := c.mux
-	c.mu.Unlock()
-	if mux != nil {
-		mux.close()
-	}
+	return &EncoderClient{streamClient[encodeItem, encodeResult]{
+		cc: cc, desc: &pluginpb.EncoderService_ServiceDesc.Streams[0],
+		method: pluginpb.EncoderService_Encode_FullMethodName, what: "encode",
+		wrap: func(st grpc.ClientStream) batchStream[encodeItem, encodeResult] {
+			return encodeClientStream{st}
+		},
+		setID:    func(it *encodeItem, id uint64, timeout time.Duration) { it.id, it.timeout = id, timeout },
+		resultID: func(r *encodeResult) uint64 { return r.id },
+	}}
 }
 
 // Encoder returns the Encoder that calls the process's encoder of the
@@ -192,12 +161,6 @@ func (c *EncoderClient) Close() {
 // without a call.
 func (c *EncoderClient) Encoder(name string, info EncoderInfo) Encoder {
 	return &remoteEncoder{c: c, name: name, info: info}
-}
-
-func (c *EncoderClient) current() (*clientMux[encodeItem, encodeResult], StreamOptions) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.mux, c.opts
 }
 
 type encodeClientStream struct {

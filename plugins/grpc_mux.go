@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/callbackd/callbackd/internal/gopool"
 )
 
@@ -236,6 +238,62 @@ func (m *clientMux[Out, In]) sweep() {
 			}
 		}
 	}
+}
+
+// streamClient is what the host's clients of the streamed services
+// (encoders, transport, pipeline) share: the connection, the options and
+// the current stream, which Start replaces and Close ends.
+type streamClient[Out, In any] struct {
+	cc     grpc.ClientConnInterface
+	desc   *grpc.StreamDesc
+	method string
+	// what names the stream in errors ("encode", "deliver", "pipeline").
+	what     string
+	wrap     func(grpc.ClientStream) batchStream[Out, In]
+	setID    func(*Out, uint64, time.Duration)
+	resultID func(*In) uint64
+
+	mu   sync.Mutex
+	opts StreamOptions
+	mux  *clientMux[Out, In]
+}
+
+// Start opens the stream, replacing (and ending) the one before. Calls
+// made before Start fail with ErrPluginUnavailable.
+func (c *streamClient[Out, In]) Start(o StreamOptions) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := c.cc.NewStream(ctx, c.desc, c.method, grpc.ForceCodecV2(wireCodec{}))
+	if err != nil {
+		cancel()
+		return fmt.Errorf("%w: %s: open %s stream: %v", ErrPluginUnavailable, o.Plugin, c.what, err)
+	}
+	mux := newClientMux(o.Plugin, c.wrap(st), cancel, c.setID, c.resultID, o.OnEnd)
+	c.mu.Lock()
+	old := c.mux
+	c.opts, c.mux = o, mux
+	c.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	return nil
+}
+
+// Close ends the stream; calls in flight fail with ErrPluginUnavailable.
+func (c *streamClient[Out, In]) Close() {
+	c.mu.Lock()
+	mux := c.mux
+	c.mu.Unlock()
+	if mux != nil {
+		mux.close()
+	}
+}
+
+// current returns the stream and the options it was started with; the
+// stream is nil before Start.
+func (c *streamClient[Out, In]) current() (*clientMux[Out, In], StreamOptions) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mux, c.opts
 }
 
 // end marks the stream ended with err; calls in flight and later calls

@@ -3,7 +3,6 @@ package plugins
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -68,62 +67,30 @@ func (w deliverServerStream) recv() ([]*pluginpb.DeliverItem, []uint64, error) {
 
 // TransportClient is the host's client of a plugin process's transport: a
 // Transport whose Deliver calls travel on one stream, which Start opens. It
-// is safe for concurrent use.
+// is safe for concurrent use. Its StreamOptions.Timeout should be the
+// delivery timeout plus a margin (SPEC §5: delivery.timeout + 5s).
 type TransportClient struct {
-	cc grpc.ClientConnInterface
-
-	mu   sync.Mutex
-	opts StreamOptions
-	mux  *clientMux[deliverItem, deliverResult]
+	streamClient[deliverItem, deliverResult]
 }
 
 var _ Transport = (*TransportClient)(nil)
 
 // NewTransportClient returns a client of the transport service on cc.
 func NewTransportClient(cc grpc.ClientConnInterface) *TransportClient {
-	return &TransportClient{cc: cc}
-}
-
-// Start opens the stream. Calls made before Start fail with
-// ErrPluginUnavailable. o.Timeout should be the delivery timeout plus a
-// margin (SPEC §5: delivery.timeout + 5s).
-func (c *TransportClient) Start(o StreamOptions) error {
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := c.cc.NewStream(ctx, &pluginpb.TransportService_ServiceDesc.Streams[0],
-		pluginpb.TransportService_Deliver_FullMethodName, grpc.ForceCodecV2(wireCodec{}))
-	if err != nil {
-		cancel()
-		return fmt.Errorf("%w: %s: open deliver stream: %v", ErrPluginUnavailable, o.Plugin, err)
-	}
-	mux := newClientMux(o.Plugin, batchStream[deliverItem, deliverResult](deliverClientStream{st}), cancel,
-		func(it *deliverItem, id uint64, timeout time.Duration) { it.id, it.timeout = id, timeout },
-		func(r *deliverResult) uint64 { return r.id },
-		o.OnEnd)
-	c.mu.Lock()
-	old := c.mux
-	c.opts, c.mux = o, mux
-	c.mu.Unlock()
-	if old != nil {
-		old.close()
-	}
-	return nil
-}
-
-// Close ends the stream; calls in flight fail with ErrPluginUnavailable.
-func (c *TransportClient) Close() {
-	c.mu.Lock()
-	mux := c.mux
-	c.mu.Unlock()
-	if mux != nil {
-		mux.close()
-	}
+	return &TransportClient{streamClient[deliverItem, deliverResult]{
+		cc: cc, desc: &pluginpb.TransportService_ServiceDesc.Streams[0],
+		method: pluginpb.TransportService_Deliver_FullMethodName, what: "deliver",
+		wrap: func(st grpc.ClientStream) batchStream[deliverItem, deliverResult] {
+			return deliverClientStream{st}
+		},
+		setID:    func(it *deliverItem, id uint64, timeout time.Duration) { it.id, it.timeout = id, timeout },
+		resultID: func(r *deliverResult) uint64 { return r.id },
+	}}
 }
 
 // Deliver makes one delivery attempt through the plugin.
 func (c *TransportClient) Deliver(ctx context.Context, d Delivery) (Result, error) {
-	c.mu.Lock()
-	mux, o := c.mux, c.opts
-	c.mu.Unlock()
+	mux, o := c.current()
 	if mux == nil {
 		return Result{}, fmt.Errorf("%w: deliver stream not started", ErrPluginUnavailable)
 	}

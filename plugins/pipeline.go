@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -175,51 +174,22 @@ func (w pipelineServerStream) recv() ([]*pluginpb.EncodeDeliverItem, []uint64, e
 
 // PipelineClient is the host's client of a plugin process's
 // PipelineService; Start opens its stream. It is safe for concurrent use.
+// Its StreamOptions.Timeout should cover an encoding and a delivery.
 type PipelineClient struct {
-	cc grpc.ClientConnInterface
-
-	mu   sync.Mutex
-	opts StreamOptions
-	mux  *clientMux[pipelineItem, pipelineResult]
+	streamClient[pipelineItem, pipelineResult]
 }
 
 // NewPipelineClient returns a client of the PipelineService on cc.
 func NewPipelineClient(cc grpc.ClientConnInterface) *PipelineClient {
-	return &PipelineClient{cc: cc}
-}
-
-// Start opens the stream. o.Timeout should cover an encoding and a
-// delivery.
-func (c *PipelineClient) Start(o StreamOptions) error {
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := c.cc.NewStream(ctx, &pluginpb.PipelineService_ServiceDesc.Streams[0],
-		pluginpb.PipelineService_EncodeDeliver_FullMethodName, grpc.ForceCodecV2(wireCodec{}))
-	if err != nil {
-		cancel()
-		return fmt.Errorf("%w: %s: open pipeline stream: %v", ErrPluginUnavailable, o.Plugin, err)
-	}
-	mux := newClientMux(o.Plugin, batchStream[pipelineItem, pipelineResult](pipelineClientStream{st}), cancel,
-		func(it *pipelineItem, id uint64, timeout time.Duration) { it.id, it.timeout = id, timeout },
-		func(r *pipelineResult) uint64 { return r.id },
-		o.OnEnd)
-	c.mu.Lock()
-	old := c.mux
-	c.opts, c.mux = o, mux
-	c.mu.Unlock()
-	if old != nil {
-		old.close()
-	}
-	return nil
-}
-
-// Close ends the stream; calls in flight fail with ErrPluginUnavailable.
-func (c *PipelineClient) Close() {
-	c.mu.Lock()
-	mux := c.mux
-	c.mu.Unlock()
-	if mux != nil {
-		mux.close()
-	}
+	return &PipelineClient{streamClient[pipelineItem, pipelineResult]{
+		cc: cc, desc: &pluginpb.PipelineService_ServiceDesc.Streams[0],
+		method: pluginpb.PipelineService_EncodeDeliver_FullMethodName, what: "pipeline",
+		wrap: func(st grpc.ClientStream) batchStream[pipelineItem, pipelineResult] {
+			return pipelineClientStream{st}
+		},
+		setID:    func(it *pipelineItem, id uint64, timeout time.Duration) { it.id, it.timeout = id, timeout },
+		resultID: func(r *pipelineResult) uint64 { return r.id },
+	}}
 }
 
 // EncodeDeliverer returns the EncodeDeliverer of the process's encoder of
@@ -234,9 +204,7 @@ type remotePipeline struct {
 }
 
 func (p *remotePipeline) EncodeDeliver(ctx context.Context, ev Event, dest *Destination, encodeTimeout time.Duration) (EncodeDelivered, error) {
-	p.c.mu.Lock()
-	mux, o := p.c.mux, p.c.opts
-	p.c.mu.Unlock()
+	mux, o := p.c.current()
 	if mux == nil {
 		return EncodeDelivered{}, fmt.Errorf("%w: pipeline stream not started", ErrPluginUnavailable)
 	}
