@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -46,6 +48,9 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	}
 	opts, err := o.serverOptions(name)
 	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	if err := checkPorts(opts); err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	ns, err := server.NewServer(opts)
@@ -148,4 +153,27 @@ func stableName(dataDir string) (string, error) {
 		return "", fmt.Errorf("embedded nats: write server name: %w", err)
 	}
 	return name, nil
+}
+
+// checkPorts tries the client and cluster listeners before the server
+// does: a port in use then stops start-up at once with an error that says
+// so, where the server would only log it and never become ready.
+func checkPorts(opts *server.Options) error {
+	try := func(what, host string, port int) error {
+		if port <= 0 { // none, or a random port
+			return nil
+		}
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", what, addr, err)
+		}
+		return l.Close()
+	}
+	if !opts.DontListen {
+		if err := try("client listener (nats.listen)", opts.Host, opts.Port); err != nil {
+			return err
+		}
+	}
+	return try("cluster listener (nats.cluster.listen)", opts.Cluster.Host, opts.Cluster.Port)
 }

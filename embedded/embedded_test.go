@@ -2,6 +2,7 @@ package embedded_test
 
 import (
 	"context"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -179,6 +180,40 @@ func TestStart_refuses_inconsistent_options(t *testing.T) {
 				t.Fatal("started")
 			}
 			t.Log(err)
+		})
+	}
+}
+
+func TestStart_port_in_use_fails_at_once_and_says_so(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	addr := busy.Addr().String()
+	tests := []struct {
+		name string
+		o    embedded.Options
+		want string
+	}{
+		{"client listener", embedded.Options{Listen: addr}, "client listener (nats.listen) " + addr},
+		{"cluster listener", embedded.Options{Listen: "127.0.0.1:0", Cluster: embedded.Cluster{Name: "c", Listen: addr, Routes: []string{"nats://" + addr}}}, "cluster listener (nats.cluster.listen) " + addr},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.o.DataDir = t.TempDir()
+			start := time.Now()
+			s, err := embedded.Start(context.Background(), tt.o)
+			if err == nil {
+				s.Shutdown()
+				t.Fatal("started on a port in use")
+			}
+			if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "address already in use") {
+				t.Errorf("err = %v, want it to name %q and say the address is in use", err, tt.want)
+			}
+			if took := time.Since(start); took > 5*time.Second {
+				t.Errorf("took %v to fail, want at once (the server's own wait is 10 s)", took)
+			}
 		})
 	}
 }
