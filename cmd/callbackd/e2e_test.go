@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -336,5 +337,31 @@ func TestServe_exits_zero_on_SIGTERM_while_waiting_for_NATS(t *testing.T) {
 	}
 	if code := p.Wait(t, startWait); code != 0 {
 		t.Fatalf("serve exited with %d after SIGTERM during start-up, want 0\n%s", code, p.Stderr())
+	}
+}
+
+// A start-up failure after the settings view has started (the admin port
+// in use) ends serve at once with one line that names the key, instead of
+// hanging until a signal.
+func TestServe_admin_port_in_use_fails_at_once(t *testing.T) {
+	skipShort(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "callbackd.yaml")
+	body := fmt.Sprintf("data_dir: %s\nnats: {listen: \"127.0.0.1:0\"}\napi: {listen: %q}\n", filepath.Join(dir, "data"), busy.Addr().String())
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := testutil.StartBinary(t, testutil.BuildBinary(t), "serve", "--config", cfg)
+	if code := p.Wait(t, startWait); code == 0 {
+		t.Fatalf("serve exited 0 with its admin port in use\n%s", p.Stderr())
+	}
+	lines := strings.Split(strings.TrimSpace(p.Stderr()), "\n")
+	if last := lines[len(lines)-1]; !strings.Contains(last, "api.listen") || !strings.Contains(last, "address already in use") {
+		t.Errorf("last line %q, want the api.listen key and the cause", last)
 	}
 }

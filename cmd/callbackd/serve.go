@@ -113,11 +113,15 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	}()
 
 	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	view := settings.NewView(log.With("component", "settings"))
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = view.Run(runCtx, store.KV()) })
-	defer wg.Wait()
+	// Cancel, then wait: on an error below (the admin port in use, say)
+	// ctx is still live, and waiting first would hang serve.
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 
 	var pluginsReady func(context.Context) error
 	var pluginRestarts api.ValueFunc
