@@ -268,6 +268,12 @@ func benchDispatcher(b *testing.B, builtins string) {
 	}
 	b.StopTimer()
 	cpu1, self1 := sutCPU(), selfCPU()
+	// Every delivery reached the sink once, as a form body it could parse.
+	if distinct, _, bad, err := sink.Count(); err != nil {
+		b.Fatal(err)
+	} else if distinct != b.N || bad != 0 {
+		b.Fatalf("sink has %d distinct deliveries of %d, %d bodies it could not parse", distinct, b.N, bad)
+	}
 	if *drainCPUProfile != "" {
 		pprof.StopCPUProfile()
 	}

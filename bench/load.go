@@ -165,6 +165,44 @@ func (d *driver) warmUp(ctx context.Context, n int) error {
 	return err
 }
 
+// marks are the counters a phase reads at its start and end.
+type marks struct {
+	parks           uint64
+	conns           int
+	cpu, sink, busy float64
+}
+
+// mark reads the counters at the start of a phase.
+func (d *driver) mark(ctx context.Context) (marks, error) {
+	var m marks
+	var err error
+	if _, m.parks, err = d.t.streamCount(ctx, retryStream); err != nil {
+		return m, err
+	}
+	if m.conns, err = d.tl.sink.Conns(); err != nil {
+		return m, err
+	}
+	m.cpu, m.sink = treeCPU(d.t.PID()), d.tl.sink.CPU()
+	m.busy, _ = machineCPU()
+	return m, nil
+}
+
+// measure fills p's CPU, memory, connection and park figures for the phase
+// from start to end that began with m0.
+func (d *driver) measure(ctx context.Context, p *phase, m0 marks, start, end time.Time) {
+	p.CPU, p.SinkCPU = treeCPU(d.t.PID())-m0.cpu, d.tl.sink.CPU()-m0.sink
+	busy1, _ := machineCPU()
+	p.MachineBusy = (busy1 - m0.busy) / end.Sub(start).Seconds()
+	peak := d.sampler.peak(start, end)
+	p.PeakRSS, p.PeakPSS = peak.rss, peak.pss
+	if conns1, err := d.tl.sink.Conns(); err == nil {
+		p.Conns = conns1 - m0.conns
+	}
+	if _, parks1, err := d.t.streamCount(ctx, retryStream); err == nil {
+		p.Parks = parks1 - m0.parks
+	}
+}
+
 // backlog publishes n events while the consumer is paused, then resumes it
 // and measures the drain.
 func (d *driver) backlog(ctx context.Context, name string, n int) (phase, error) {
@@ -190,34 +228,17 @@ func (d *driver) backlog(ctx context.Context, name string, n int) (phase, error)
 	if err := d.flush(ctx); err != nil {
 		return p, err
 	}
-	_, parks0, err := d.t.streamCount(ctx, retryStream)
+	m0, err := d.mark(ctx)
 	if err != nil {
 		return p, err
 	}
-	conns0, err := d.tl.sink.Conns()
-	if err != nil {
-		return p, err
-	}
-	cpu0, sink0 := treeCPU(d.t.PID()), d.tl.sink.CPU()
-	busy0, _ := machineCPU()
 	if err := d.tl.sink.Hold(false); err != nil {
 		return p, err
 	}
 	start := time.Now()
 	// At least 200 deliveries/s, or the phase is a failure anyway.
 	_, werr := d.waitDistinct(base+n, max(time.Minute, time.Duration(n)*5*time.Millisecond))
-	end := time.Now()
-	p.CPU, p.SinkCPU = treeCPU(d.t.PID())-cpu0, d.tl.sink.CPU()-sink0
-	busy1, _ := machineCPU()
-	p.MachineBusy = (busy1 - busy0) / end.Sub(start).Seconds()
-	peak := d.sampler.peak(start, end)
-	p.PeakRSS, p.PeakPSS = peak.rss, peak.pss
-	if conns1, err := d.tl.sink.Conns(); err == nil {
-		p.Conns = conns1 - conns0
-	}
-	if _, parks1, err := d.t.streamCount(ctx, retryStream); err == nil {
-		p.Parks = parks1 - parks0
-	}
+	d.measure(ctx, &p, m0, start, time.Now())
 	recs, err := d.tl.sink.Records()
 	if err != nil {
 		return p, err
@@ -276,18 +297,12 @@ func (d *driver) steady(ctx context.Context, rate int, dur time.Duration) (phase
 	if err != nil {
 		return p, err
 	}
-	_, parks0, err := d.t.streamCount(ctx, retryStream)
-	if err != nil {
-		return p, err
-	}
-	conns0, err := d.tl.sink.Conns()
-	if err != nil {
-		return p, err
-	}
 	sent := make(map[string]int64, n)
 	interval := time.Second / time.Duration(rate)
-	cpu0, sink0 := treeCPU(d.t.PID()), d.tl.sink.CPU()
-	busy0, _ := machineCPU()
+	m0, err := d.mark(ctx)
+	if err != nil {
+		return p, err
+	}
 	start := time.Now()
 	for i := 1; i <= n; i++ {
 		if wait := time.Until(start.Add(time.Duration(i-1) * interval)); wait > 0 {
@@ -305,18 +320,7 @@ func (d *driver) steady(ctx context.Context, rate int, dur time.Duration) (phase
 		return p, err
 	}
 	_, werr := d.waitDistinct(base+n, 30*time.Second)
-	end := time.Now()
-	p.CPU, p.SinkCPU = treeCPU(d.t.PID())-cpu0, d.tl.sink.CPU()-sink0
-	busy1, _ := machineCPU()
-	p.MachineBusy = (busy1 - busy0) / end.Sub(start).Seconds()
-	peak := d.sampler.peak(start, end)
-	p.PeakRSS, p.PeakPSS = peak.rss, peak.pss
-	if conns1, err := d.tl.sink.Conns(); err == nil {
-		p.Conns = conns1 - conns0
-	}
-	if _, parks1, err := d.t.streamCount(ctx, retryStream); err == nil {
-		p.Parks = parks1 - parks0
-	}
+	d.measure(ctx, &p, m0, start, time.Now())
 	recs, err := d.tl.sink.Records()
 	if err != nil {
 		return p, err
