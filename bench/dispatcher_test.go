@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"testing"
 	"time"
 
@@ -48,6 +49,8 @@ var (
 	drainNoLog      = flag.Bool("drain.nolog", false, "run without the delivery log, to measure its share")
 	drainMemProfile = flag.String("drain.memprofile", "", "write the allocation profile after the drain to this file, and before it to <file>.base")
 	drainHeapMid    = flag.String("drain.heapprofile", "", "write the heap profile (in-use memory) to this file half-way through the drain")
+	// The sink is one host: lifted as in make bench (see README.md).
+	drainPerHost = flag.Int("drain.perhost", 1024, "dispatcher.per_host_concurrency (callbackd's default is 8)")
 )
 
 func TestMain(m *testing.M) {
@@ -96,6 +99,7 @@ func benchDispatcher(b *testing.B, builtins string) {
 		enc = builtin.Encoders()[builtin.CrawlStatusName]
 		t := builtin.NewHTTPForm(builtin.HTTPFormOptions{
 			Timeout: cfg.Delivery.Timeout, UserAgent: "callbackd/bench", Guard: plugins.NewGuard(true, nil),
+			PerHostConcurrency: *drainPerHost,
 		})
 		defer t.Close()
 		transport, failure = t, builtin.NewSSOWebhook()
@@ -111,7 +115,8 @@ func benchDispatcher(b *testing.B, builtins string) {
 		defer m.Close()
 		p, err := m.Launch(ctx, host.Spec{
 			Name: "builtin", Builtin: true, Path: bin,
-			Args:  []string{"plugin", "builtin", "--delivery-timeout=" + cfg.Delivery.Timeout.String(), "--user-agent=callbackd/bench", "--allow-private"},
+			Args: []string{"plugin", "builtin", "--delivery-timeout=" + cfg.Delivery.Timeout.String(), "--user-agent=callbackd/bench", "--allow-private",
+				"--per-host-concurrency=" + strconv.Itoa(*drainPerHost)},
 			Kinds: []string{plugins.PluginEncoder, plugins.PluginTransport, plugins.PluginFailure},
 		})
 		if err != nil {
@@ -181,8 +186,10 @@ func benchDispatcher(b *testing.B, builtins string) {
 		Encoders:  map[string]plugins.Encoder{"crawl_status": enc},
 		Transport: transport, Failure: failure,
 		MaxAttempts: cfg.Delivery.MaxAttempts, Backoff: cfg.Delivery.Backoff,
-		// The sink is one host: lifted as in make bench (see README.md).
-		PerHostConcurrency: 1024,
+		// As serve wires them: in process mode the transport holds the
+		// cap and gets a window of twice it.
+		PerHostConcurrency: *drainPerHost,
+		HostWindow:         map[bool]int{true: 2 * *drainPerHost}[builtins == "process"],
 		MaxInFlight:        cfg.Delivery.MaxInFlight,
 		Logger:             log, Observer: metrics, Recorder: recorder,
 	})

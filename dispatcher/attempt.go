@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,11 +19,7 @@ import (
 func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	u := d.urls.get(j.dest.URL)
 	hs := d.hosts.get(u.host)
-	queue := cap(hs.slots) // a slow host's backlog waits in JetStream
-	if hs.fast() {
-		queue = d.fastQueue // a fast host's slots free up soon: wait here
-	}
-	if !hs.acquire(release, d.hostWait, queue) {
+	if !hs.acquire(release, d.hostWait, d.fastQueue) {
 		d.park(ctx, j)
 		return
 	}
@@ -106,7 +100,7 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 			DeliveryID: j.deliveryID, Destination: j.dest, Notification: j.notification,
 		})
 		if err != nil {
-			d.infraError(j, "deliver", err)
+			d.deliverError(ctx, j, err)
 			return res, false
 		}
 		return res, true
@@ -116,7 +110,7 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 		return out.Result, false
 	}
 	if err != nil {
-		d.infraError(j, "deliver", err)
+		d.deliverError(ctx, j, err)
 		return out.Result, false
 	}
 	if !out.Delivered {
@@ -124,6 +118,17 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 		return out.Result, false
 	}
 	return out.Result, true
+}
+
+// deliverError hands back an attempt that the transport did not make or
+// finish: work the transport found over its host's cap is parked like any
+// over-cap work; anything else is an infrastructure error.
+func (d *Dispatcher) deliverError(ctx context.Context, j *job, err error) {
+	if errors.Is(err, plugins.ErrHostBusy) {
+		d.park(ctx, j)
+		return
+	}
+	d.infraError(j, "deliver", err)
 }
 
 // encodeErr is the encoding's share of an EncodeDeliver error: the error
@@ -155,21 +160,14 @@ func maxDuration(ds []time.Duration) time.Duration {
 	return m
 }
 
-// hostKey is the fairness key of a URL: host:port, lower-cased.
+// hostKey is the fairness key of a URL (plugins.HostKey); text that does
+// not parse is its own key.
 func hostKey(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return raw
 	}
-	host := strings.ToLower(u.Hostname())
-	port := u.Port()
-	if port == "" {
-		port = "80"
-		if strings.EqualFold(u.Scheme, "https") {
-			port = "443"
-		}
-	}
-	return net.JoinHostPort(host, port)
+	return plugins.HostKey(u)
 }
 
 // urlInfo is what the dispatcher derives from a destination URL.
@@ -197,35 +195,61 @@ func (c *urlCache) get(raw string) urlInfo {
 // cap and its backlog beyond that is parked in CALLBACKS_RETRY, so it keeps
 // its slots busy without holding the main consumer's pending limit.
 type hostLimiter struct {
-	limit int
-	mu    sync.Mutex
-	hosts map[string]*hostSlots
+	limit  int // per_host_concurrency
+	window int // attempts handed to the transport while the host is fast
+	mu     sync.Mutex
+	hosts  map[string]*hostSlots
 }
 
+// hostSlots is one host's attempts in flight and the attempts queued for
+// them, first come first served.
 type hostSlots struct {
-	slots   chan struct{}
-	waiting atomic.Int32
+	limit  int // a slow host's attempts in flight, and its queue
+	window int // a fast host's attempts in flight (≥ limit)
+
+	mu      sync.Mutex
+	busy    int
+	waiters []*hostWaiter
+
 	// avgNs is a moving average of the host's attempt durations.
 	avgNs atomic.Int64
 	// lastDoneNs is when an attempt to the host last ended (unix ns).
 	lastDoneNs atomic.Int64
 }
 
+// hostWaiter is an attempt queued for a slot; ready gets a value when the
+// slot is handed to it.
+type hostWaiter struct{ ready chan struct{} }
+
 // slowHost is the average attempt duration from which a host's backlog is
 // parked in JetStream rather than queued in memory.
 const slowHost = 500 * time.Millisecond
 
-// fast reports whether the host answers quickly: quick on average, and not
-// stalled — every slot busy with no attempt ended for slowHost. A dead
-// endpoint stalls within slowHost, so its burst is parked rather than held
-// in memory against the main consumer's pending limit.
-func (h *hostSlots) fast() bool {
+// fastLocked reports whether the host answers quickly: quick on average,
+// and not stalled — at least its cap in flight with no attempt ended for
+// slowHost. A dead endpoint stalls within slowHost, so its burst is parked
+// rather than held in memory against the main consumer's pending limit.
+func (h *hostSlots) fastLocked() bool {
 	if time.Duration(h.avgNs.Load()) >= slowHost {
 		return false
 	}
-	stalled := len(h.slots) == cap(h.slots) &&
+	stalled := h.busy >= h.limit &&
 		time.Duration(time.Now().UnixNano()-h.lastDoneNs.Load()) >= slowHost
 	return !stalled
+}
+
+func (h *hostSlots) fast() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.fastLocked()
+}
+
+// maxBusyLocked is how many attempts the host may have in flight now.
+func (h *hostSlots) maxBusyLocked() int {
+	if h.window > h.limit && h.fastLocked() {
+		return h.window
+	}
+	return h.limit
 }
 
 // observe adds one attempt's duration to the moving average (weight 1/8;
@@ -236,8 +260,8 @@ func (h *hostSlots) observe(d time.Duration) {
 	h.lastDoneNs.Store(time.Now().UnixNano())
 }
 
-func newHostLimiter(limit int) *hostLimiter {
-	return &hostLimiter{limit: limit, hosts: map[string]*hostSlots{}}
+func newHostLimiter(limit, window int) *hostLimiter {
+	return &hostLimiter{limit: limit, window: max(window, limit), hosts: map[string]*hostSlots{}}
 }
 
 // get returns the slots of host. Hosts are few (customers' callback hosts),
@@ -247,7 +271,7 @@ func (l *hostLimiter) get(host string) *hostSlots {
 	defer l.mu.Unlock()
 	hs, ok := l.hosts[host]
 	if !ok {
-		hs = &hostSlots{slots: make(chan struct{}, l.limit)}
+		hs = &hostSlots{limit: l.limit, window: l.window}
 		// A new host gets slowHost of grace before it can count as stalled.
 		hs.lastDoneNs.Store(time.Now().UnixNano())
 		l.hosts[host] = hs
@@ -255,38 +279,77 @@ func (l *hostLimiter) get(host string) *hostSlots {
 	return hs
 }
 
-// acquire takes a slot at once, or queues when fewer than queue are
-// queued already, with the worker released (release) while it waits. It
-// reports false when the work should be parked: the queue is full, the wait
-// passed wait, or the host stopped being fast while it waited.
-func (h *hostSlots) acquire(release func(), wait time.Duration, queue int) bool {
-	select {
-	case h.slots <- struct{}{}:
+// acquire takes a slot at once, or queues — up to fastQueue attempts for a
+// fast host, up to its cap for a slow one — with the worker released
+// (release) while it waits. It reports false when the work should be
+// parked: the queue is full, the wait passed wait, or the host stopped
+// being fast while it waited in a fast host's queue.
+func (h *hostSlots) acquire(release func(), wait time.Duration, fastQueue int) bool {
+	h.mu.Lock()
+	if len(h.waiters) == 0 && h.busy < h.maxBusyLocked() {
+		h.busy++
+		h.mu.Unlock()
 		return true
-	default:
 	}
-	if int(h.waiting.Add(1)) > queue {
-		h.waiting.Add(-1)
+	queue := h.limit // a slow host's backlog waits in JetStream
+	fast := h.fastLocked()
+	if fast {
+		queue = fastQueue // a fast host's slots free up soon: wait here
+	}
+	if len(h.waiters) >= queue {
+		h.mu.Unlock()
 		return false
 	}
-	defer h.waiting.Add(-1)
+	w := &hostWaiter{ready: make(chan struct{}, 1)}
+	h.waiters = append(h.waiters, w)
+	h.mu.Unlock()
 	release()
-	t := time.NewTimer(wait)
+
+	// One timer: it fires every slowHost/2 to see whether a fast host has
+	// stalled, and ends the wait once wait has passed.
+	deadline := time.Now().Add(wait)
+	t := time.NewTimer(min(wait, slowHost/2))
 	defer t.Stop()
-	check := time.NewTicker(slowHost / 2)
-	defer check.Stop()
 	for {
 		select {
-		case h.slots <- struct{}{}:
+		case <-w.ready:
 			return true
-		case <-t.C:
-			return false
-		case <-check.C:
-			if queue > cap(h.slots) && !h.fast() {
-				return false
+		case now := <-t.C:
+			if !now.Before(deadline) || (fast && queue > h.limit && !h.fast()) {
+				// Leave the queue, unless the slot was handed over
+				// meanwhile: then it is ours.
+				return !h.leave(w)
 			}
+			t.Reset(min(deadline.Sub(now), slowHost/2))
 		}
 	}
 }
 
-func (h *hostSlots) release() { <-h.slots }
+// leave takes w out of the queue; false when it was no longer queued (a
+// slot was handed to it).
+func (h *hostSlots) leave(w *hostWaiter) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, x := range h.waiters {
+		if x == w {
+			h.waiters = append(h.waiters[:i], h.waiters[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// release gives a slot back, handing it to the first queued attempt when
+// the host may have one more in flight.
+func (h *hostSlots) release() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.busy--
+	for len(h.waiters) > 0 && h.busy < h.maxBusyLocked() {
+		w := h.waiters[0]
+		h.waiters[0] = nil
+		h.waiters = h.waiters[1:]
+		h.busy++
+		w.ready <- struct{}{}
+	}
+}

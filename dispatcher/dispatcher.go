@@ -60,6 +60,14 @@ type Options struct {
 	Backoff []time.Duration
 	// PerHostConcurrency caps attempts in flight per destination host:port (0 → 8).
 	PerHostConcurrency int
+	// HostWindow is how many attempts per host are handed to the transport
+	// at once while the host answers quickly, when the transport caps its
+	// own requests per host at PerHostConcurrency (the built-in http-form
+	// does): the attempts over the cap wait in the transport, and the next
+	// request starts as soon as one ends, without a round trip through the
+	// dispatcher. A slow host gets PerHostConcurrency. 0, or less than
+	// PerHostConcurrency: PerHostConcurrency (the transport caps nothing).
+	HostWindow int
 	// MaxInFlight caps attempts in flight in all (0 → 1024).
 	MaxInFlight int
 	// Logger receives the dispatcher's logs; nil discards them.
@@ -105,6 +113,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.PerHostConcurrency <= 0 {
 		o.PerHostConcurrency = 8
+	}
+	if o.HostWindow < o.PerHostConcurrency {
+		o.HostWindow = o.PerHostConcurrency
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 1024
@@ -171,7 +182,7 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 		js: js, top: top, view: view, o: o, log: o.Logger, pipelines: pipelines,
 		workers:   make(chan struct{}, o.Workers),
 		inFlight:  make(chan struct{}, o.MaxInFlight),
-		hosts:     newHostLimiter(o.PerHostConcurrency),
+		hosts:     newHostLimiter(o.PerHostConcurrency, o.HostWindow),
 		ackWait:   ackWait,
 		hostWait:  ackWait / 4,
 		fastQueue: max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),

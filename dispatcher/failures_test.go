@@ -305,8 +305,25 @@ func TestDispatcher_refused_destination_is_final(t *testing.T) {
 	}
 }
 
+// hostModes are the two ways the per-host cap is held: by the dispatcher
+// alone, and by the transport with the dispatcher handing it a window of
+// twice the cap (serve with the built-ins in a plugin process).
+var hostModes = []struct {
+	name   string
+	window int
+}{
+	{"dispatcher holds the cap", 0},
+	{"transport holds the cap, window 2x", 4},
+}
+
 func TestDispatcher_slow_host_does_not_starve_others(t *testing.T) {
-	h := newHarness(t, harnessOptions{MaxAttempts: 1, PerHostConcurrency: 2, Workers: 4, DeliveryTimeout: 30 * time.Second})
+	for _, m := range hostModes {
+		t.Run(m.name, func(t *testing.T) { testSlowHost(t, m.window) })
+	}
+}
+
+func testSlowHost(t *testing.T, window int) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 1, PerHostConcurrency: 2, HostWindow: window, Workers: 4, DeliveryTimeout: 30 * time.Second})
 	slow, fast := testutil.NewSink(t), testutil.NewSink(t)
 	release := make(chan struct{})
 	var once sync.Once
@@ -503,8 +520,14 @@ func TestDispatcher_replayed_dead_letters_are_delivered_with_their_delivery_id(t
 // Endpoints that never answer, more of them than workers/per_host, must
 // not hold up a healthy endpoint's events interleaved with theirs.
 func TestDispatcher_dead_endpoints_do_not_starve_a_healthy_one(t *testing.T) {
+	for _, m := range hostModes {
+		t.Run(m.name, func(t *testing.T) { testDeadEndpoints(t, m.window) })
+	}
+}
+
+func testDeadEndpoints(t *testing.T, window int) {
 	const deadHosts = 4 // workers 4 / per_host 2 = 2 hosts could fill the workers
-	h := newHarness(t, harnessOptions{MaxAttempts: 1, Workers: 4, PerHostConcurrency: 2, DeliveryTimeout: 30 * time.Second})
+	h := newHarness(t, harnessOptions{MaxAttempts: 1, Workers: 4, PerHostConcurrency: 2, HostWindow: window, DeliveryTimeout: 30 * time.Second})
 	release := make(chan struct{})
 	var once sync.Once
 	unblock := func() { once.Do(func() { close(release) }) }
@@ -593,5 +616,116 @@ func TestDispatcher_waiting_retries_do_not_stop_fresh_events(t *testing.T) {
 	healthy.WaitFor(t, 20, waitLong)
 	if n := testutil.StreamLen(t, h.js, subjects.RetryStream); n == 0 {
 		t.Error("the retries were all gone before the fresh events arrived; the test proves nothing")
+	}
+}
+
+// peakObserver keeps the most attempts the dispatcher had in flight.
+type peakObserver struct {
+	mu        sync.Mutex
+	now, peak int
+}
+
+func (o *peakObserver) InFlight(delta int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.now += delta
+	o.peak = max(o.peak, o.now)
+}
+
+func (o *peakObserver) Peak() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.peak
+}
+
+func (*peakObserver) Outcome(string, string)                {}
+func (*peakObserver) Attempt(string, string, time.Duration) {}
+func (*peakObserver) DeadLettered(string)                   {}
+
+func TestDispatcher_host_window_keeps_the_cap_at_the_endpoint(t *testing.T) {
+	const limit, window, events = 2, 4, 200
+	obs := &peakObserver{}
+	h := newHarness(t, harnessOptions{PerHostConcurrency: limit, HostWindow: window, Workers: 8, Observer: obs})
+	var inside, most atomic.Int64
+	sink := testutil.NewSink(t)
+	sink.Respond(func(testutil.Request) int {
+		n := inside.Add(1)
+		defer inside.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		return 200
+	})
+	h.setProject("10", sink.URL)
+	h.waitDestination("1", "10", sink.URL)
+	for i := range events {
+		h.publish(eventSubject("crawl_status", "1", "10"), crawl(i+1), "")
+	}
+	sink.WaitFor(t, events, waitLong)
+	h.waitEventsEmpty()
+	if m := most.Load(); m > limit {
+		t.Errorf("the endpoint had %d requests at once; per-host cap %d", m, limit)
+	}
+	// The window was used: more attempts in flight than the cap (the
+	// extra ones waiting in the transport), never more than the window.
+	if p := obs.Peak(); p <= limit || p > window {
+		t.Errorf("at most %d attempts in flight, want %d < n <= %d", p, limit, window)
+	}
+	seen := map[string]bool{}
+	for _, r := range sink.Requests() {
+		seen[r.Header.Get("Callback-Delivery-Id")] = true
+	}
+	if len(seen) != events || len(sink.Requests()) != events {
+		t.Errorf("%d requests, %d distinct deliveries; want %d of each", len(sink.Requests()), len(seen), events)
+	}
+}
+
+// busyFirst is the transport with its host cap full on the first attempt of
+// each delivery id: that attempt is not made (plugins.ErrHostBusy).
+type busyFirst struct {
+	plugins.Transport
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (b *busyFirst) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Result, error) {
+	b.mu.Lock()
+	first := !b.seen[d.DeliveryID]
+	b.seen[d.DeliveryID] = true
+	b.mu.Unlock()
+	if first {
+		return plugins.Result{}, fmt.Errorf("deliver %s: attempt not made: %w", d.DeliveryID, plugins.ErrHostBusy)
+	}
+	return b.Transport.Deliver(ctx, d)
+}
+
+func TestDispatcher_host_busy_at_the_transport_is_parked(t *testing.T) {
+	const events = 3
+	h := newHarness(t, harnessOptions{MaxAttempts: 1, MaxDeliveries: 2, WrapTransport: func(tr plugins.Transport) plugins.Transport {
+		return &busyFirst{Transport: tr, seen: map[string]bool{}}
+	}})
+	sink := testutil.NewSink(t)
+	h.setProject("10", sink.URL)
+	h.waitDestination("1", "10", sink.URL)
+	for i := range events {
+		h.publish(eventSubject("crawl_status", "1", "10"), crawl(i+1), "")
+	}
+	// Parked in CALLBACKS_RETRY, not handed back as an infrastructure
+	// error (which publishes nothing), and not counted as an attempt: with
+	// one attempt each, a counted one would have dead-lettered them.
+	reqs := sink.WaitFor(t, events, waitLong)
+	h.waitEventsEmpty()
+	testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
+	info, err := h.js.Stream(h.ctx, subjects.RetryStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.CachedInfo().State.LastSeq; n < events {
+		t.Errorf("CALLBACKS_RETRY took %d messages, want the %d parked events", n, events)
+	}
+	if d := h.dead(); len(d) != 0 {
+		t.Errorf("%d dead letters, want none", len(d))
+	}
+	if len(reqs) != events {
+		t.Errorf("%d requests, want %d", len(reqs), events)
 	}
 }

@@ -1,6 +1,7 @@
 package dispatcher_test
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -91,6 +92,15 @@ type harnessOptions struct {
 	Backoff []time.Duration
 	// PerHostConcurrency caps attempts per host (0 → the dispatcher's default).
 	PerHostConcurrency int
+	// HostWindow, when set, makes the transport cap its own requests per
+	// host at PerHostConcurrency and the dispatcher hand it HostWindow per
+	// host, as serve does with the built-ins in a plugin process.
+	HostWindow int
+	// WrapTransport, when set, stands between the dispatcher and the
+	// http-form transport.
+	WrapTransport func(plugins.Transport) plugins.Transport
+	// Observer is told what the dispatcher does (nil: nothing).
+	Observer dispatcher.Observer
 	// Failure installs the built-in sso-webhook failure handler.
 	Failure bool
 	// Guard applies the default outbound-safety policy (private addresses
@@ -160,12 +170,22 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	}
 	h.view = settings.NewView(log)
 
-	transport := builtin.NewHTTPForm(builtin.HTTPFormOptions{
+	httpForm := builtin.NewHTTPForm(builtin.HTTPFormOptions{
 		Timeout:   o.DeliveryTimeout,
 		UserAgent: userAgent,
 		Guard:     plugins.NewGuard(!o.Guard, o.AllowCIDRs),
+		PerHostConcurrency: func() int {
+			if o.HostWindow > 0 {
+				return cmp.Or(o.PerHostConcurrency, 8)
+			}
+			return 0
+		}(),
 	})
-	t.Cleanup(transport.Close)
+	t.Cleanup(httpForm.Close)
+	var transport plugins.Transport = httpForm
+	if o.WrapTransport != nil {
+		transport = o.WrapTransport(transport)
+	}
 	var failure plugins.FailureHandler
 	if o.Failure {
 		failure = builtin.NewSSOWebhook()
@@ -192,6 +212,8 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		MaxAttempts:        o.MaxAttempts,
 		Backoff:            o.Backoff,
 		PerHostConcurrency: o.PerHostConcurrency,
+		HostWindow:         o.HostWindow,
+		Observer:           o.Observer,
 		Logger:             log,
 	})
 	if err != nil {

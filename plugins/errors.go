@@ -25,6 +25,14 @@ type invalidError struct{ msg string }
 func (e *invalidError) Error() string { return e.msg }
 func (e *invalidError) Unwrap() error { return ErrInvalidEvent }
 
+// ErrHostBusy is returned (wrapped) by a transport that caps its own
+// requests per host (the built-in http-form, at
+// dispatcher.per_host_concurrency) when no slot of the destination's host
+// came free in time: the attempt was not made. The dispatcher parks the
+// work in CALLBACKS_RETRY, as it parks any work over a host's cap; it costs
+// no attempt.
+var ErrHostBusy = errors.New("host busy: per-host concurrency cap reached")
+
 // ErrPluginUnavailable is returned (wrapped) by the host side of a plugin
 // when the call could not be made or answered: the plugin process is down,
 // restarting or refused, or its connection broke with the call in flight.

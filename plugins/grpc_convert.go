@@ -152,13 +152,16 @@ func errorToPB(err error) *pluginpb.Error {
 		code = pluginpb.ErrorCode_ERROR_CODE_DEADLINE_EXCEEDED
 	case errors.Is(err, context.Canceled):
 		code = pluginpb.ErrorCode_ERROR_CODE_CANCELED
+	case errors.Is(err, ErrHostBusy):
+		code = pluginpb.ErrorCode_ERROR_CODE_HOST_BUSY
 	}
 	return &pluginpb.Error{Code: code, Message: []byte(err.Error())}
 }
 
 // errorFromPB makes the host's error of a plugin's error: an invalid event
 // stays one (errors.Is(err, ErrInvalidEvent)); a deadline stays one
-// (errors.Is(err, context.DeadlineExceeded)); anything else wraps
+// (errors.Is(err, context.DeadlineExceeded)), and so do a cancellation and
+// a busy host (ErrHostBusy); anything else wraps
 // ErrPluginFailed. plugin names the plugin in the message.
 func errorFromPB(plugin string, e *pluginpb.Error) error {
 	if e == nil {
@@ -177,6 +180,8 @@ func codeError(plugin string, code pluginpb.ErrorCode, msg string) error {
 		return fmt.Errorf("plugin %s: %s: %w", plugin, msg, context.DeadlineExceeded)
 	case pluginpb.ErrorCode_ERROR_CODE_CANCELED:
 		return fmt.Errorf("plugin %s: %s: %w", plugin, msg, context.Canceled)
+	case pluginpb.ErrorCode_ERROR_CODE_HOST_BUSY:
+		return fmt.Errorf("plugin %s: %s: %w", plugin, msg, ErrHostBusy)
 	default:
 		return fmt.Errorf("%w: %s: %s", ErrPluginFailed, plugin, msg)
 	}

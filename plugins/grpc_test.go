@@ -219,8 +219,13 @@ func TestGRPC_errors_keep_their_meaning(t *testing.T) {
 			}
 			return Encoded{}, nil
 		})},
-		Transport: transportFunc(func(context.Context, Delivery) (Result, error) { return Result{}, errors.New("no sockets") }),
-		Failure:   failureFunc(func(context.Context, Failure) ([]Outbound, error) { return nil, Invalid("odd failure") }),
+		Transport: transportFunc(func(_ context.Context, d Delivery) (Result, error) {
+			if d.DeliveryID == "busy" {
+				return Result{}, fmt.Errorf("deliver busy: attempt not made: %w", ErrHostBusy)
+			}
+			return Result{}, errors.New("no sockets")
+		}),
+		Failure: failureFunc(func(context.Context, Failure) ([]Outbound, error) { return nil, Invalid("odd failure") }),
 	})
 	e := enc.Encoder("test", EncoderInfo{})
 	call := func(p string, timeout time.Duration) error {
@@ -246,8 +251,11 @@ func TestGRPC_errors_keep_their_meaning(t *testing.T) {
 	if _, err := enc.Encoder("nope", EncoderInfo{}).Encode(context.Background(), Event{}); !errors.Is(err, ErrPluginFailed) || !strings.Contains(err.Error(), `no encoder "nope"`) {
 		t.Errorf("unknown encoder: %v", err)
 	}
-	if _, err := tr.Deliver(context.Background(), Delivery{}); !errors.Is(err, ErrPluginFailed) {
+	if _, err := tr.Deliver(context.Background(), Delivery{}); !errors.Is(err, ErrPluginFailed) || errors.Is(err, ErrHostBusy) {
 		t.Errorf("transport: %v", err)
+	}
+	if _, err := tr.Deliver(context.Background(), Delivery{DeliveryID: "busy"}); !errors.Is(err, ErrHostBusy) || errors.Is(err, ErrPluginFailed) {
+		t.Errorf("transport, host busy: %v", err)
 	}
 	if _, err := fh.OnFailure(context.Background(), Failure{}); !errors.Is(err, ErrInvalidEvent) {
 		t.Errorf("failure: %v", err)

@@ -40,6 +40,7 @@ func runPluginCommand(args []string, stderr io.Writer) int {
 	timeout := fs.Duration("delivery-timeout", 30*time.Second, "http-form: timeout of one attempt (delivery.timeout)")
 	userAgent := fs.String("user-agent", "callbackd/"+version, "http-form: User-Agent header")
 	allowPrivate := fs.Bool("allow-private", false, "http-form: deliver to private addresses (delivery.allow_private)")
+	perHost := fs.Int("per-host-concurrency", 0, "http-form: requests in flight per host:port (dispatcher.per_host_concurrency; 0: no cap)")
 	var allow []netip.Prefix
 	fs.Func("allow-cidr", "http-form: exempt a range from the outbound policy (delivery.allow_cidrs; repeatable)", func(s string) error {
 		p, err := netip.ParsePrefix(s)
@@ -54,9 +55,10 @@ func runPluginCommand(args []string, stderr io.Writer) int {
 	}
 	tuneBuiltinGC()
 	plugins.Serve(builtinServeConfig(builtin.HTTPFormOptions{
-		Timeout:   *timeout,
-		UserAgent: *userAgent,
-		Guard:     plugins.NewGuard(*allowPrivate, allow),
+		Timeout:            *timeout,
+		UserAgent:          *userAgent,
+		Guard:              plugins.NewGuard(*allowPrivate, allow),
+		PerHostConcurrency: *perHost,
 	}))
 	return 0 // not reached
 }

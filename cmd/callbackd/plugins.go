@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,6 +28,10 @@ type pluginSet struct {
 	Transport plugins.Transport
 	// Failure is plugins.failure.
 	Failure plugins.FailureHandler
+	// TransportCapsHosts is true when the transport is the built-in
+	// http-form, which caps its own requests per host at
+	// dispatcher.per_host_concurrency.
+	TransportCapsHosts bool
 
 	manager *host.Manager // nil when nothing runs in a process
 	closers []func()
@@ -146,6 +151,7 @@ func builtinArgs(cfg *config.Config) []string {
 	args := []string{"plugin", "builtin",
 		"--delivery-timeout=" + cfg.Delivery.Timeout.String(),
 		"--user-agent=callbackd/" + version,
+		"--per-host-concurrency=" + strconv.Itoa(cfg.Dispatcher.PerHostConcurrency),
 	}
 	if cfg.Delivery.AllowPrivate {
 		args = append(args, "--allow-private")
@@ -159,9 +165,10 @@ func builtinArgs(cfg *config.Config) []string {
 // newHTTPForm returns the built-in transport configured from cfg.
 func newHTTPForm(cfg *config.Config) *builtin.HTTPForm {
 	return builtin.NewHTTPForm(builtin.HTTPFormOptions{
-		Timeout:   cfg.Delivery.Timeout,
-		UserAgent: "callbackd/" + version,
-		Guard:     plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs()),
+		Timeout:            cfg.Delivery.Timeout,
+		UserAgent:          "callbackd/" + version,
+		Guard:              plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs()),
+		PerHostConcurrency: cfg.Dispatcher.PerHostConcurrency,
 	})
 }
 
@@ -276,6 +283,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 			set.Encoders[u.eventType] = enc
 			set.IDFields[u.eventType] = info.IDFields
 		case plugins.PluginTransport:
+			set.TransportCapsHosts = u.entry.Builtin != ""
 			if proc == nil {
 				t := newHTTPForm(cfg)
 				set.closers = append(set.closers, t.Close)

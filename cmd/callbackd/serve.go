@@ -44,6 +44,20 @@ func newServeCmd() *cobra.Command {
 	return cmd
 }
 
+// hostWindow is how many attempts per host the dispatcher hands the
+// transport at once: twice the per-host cap when the transport holds the
+// cap itself (the built-in http-form) in a plugin process, so that the next
+// request to a busy host is already waiting beside it rather than two
+// crossings away; else the cap. In-process, a round trip through the
+// dispatcher is cheap and the second queue only cost (measured: 0.93 →
+// 0.82 of the floor at the default cap).
+func hostWindow(cfg *config.Config, ps *pluginSet) int {
+	if ps.TransportCapsHosts && cfg.Plugins.Builtins != "inprocess" {
+		return 2 * cfg.Dispatcher.PerHostConcurrency
+	}
+	return cfg.Dispatcher.PerHostConcurrency
+}
+
 // serve runs callbackd until ctx is done (SIGINT/SIGTERM), then drains.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStreams bool) error {
 	// Plugins first: a refused or missing plugin stops start-up before
@@ -152,6 +166,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		MaxAttempts:        cfg.Delivery.MaxAttempts,
 		Backoff:            cfg.Delivery.Backoff,
 		PerHostConcurrency: cfg.Dispatcher.PerHostConcurrency,
+		HostWindow:         hostWindow(cfg, ps),
 		MaxInFlight:        cfg.Delivery.MaxInFlight,
 		Logger:             log.With("component", "dispatcher"),
 		Observer:           metrics,

@@ -2,6 +2,7 @@ package builtin
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -24,6 +25,7 @@ import (
 const (
 	defaultHTTPFormTimeout     = 30 * time.Second
 	defaultMaxIdleConnsPerHost = 1024
+	defaultHostSlotWait        = 2 * time.Second
 	maxResponseHeaderBytes     = 64 << 10
 	// maxResponseRead is how much of a response body is read; past it the
 	// connection is closed rather than drained.
@@ -55,8 +57,21 @@ type HTTPFormOptions struct {
 	// nil means plugins.NewGuard(false, nil): private addresses refused.
 	Guard *plugins.Guard
 	// MaxIdleConnsPerHost is how many idle keep-alive connections are kept
-	// per host. 0 means 64.
+	// per host. 0 means 1024.
 	MaxIdleConnsPerHost int
+	// PerHostConcurrency caps the requests in flight per destination
+	// (plugins.HostKey: host:port, lower-cased), as
+	// dispatcher.per_host_concurrency does. 0: no cap of its own. With the
+	// cap here, the dispatcher can hand the transport a few more attempts
+	// per host than the cap: they wait for a slot in this process, and the
+	// next request starts the moment one ends instead of after a round trip
+	// through the dispatcher (two plugin crossings in process mode).
+	PerHostConcurrency int
+	// HostSlotWait bounds an attempt's wait for one of its host's slots
+	// (0 → 2 s). When it passes, the attempt is not made: Deliver returns
+	// an error, and the attempt does not count. It stays within the 5 s
+	// by which a plugin call's deadline exceeds delivery.timeout.
+	HostSlotWait time.Duration
 }
 
 // HTTPForm is the built-in http-form transport: it POSTs a notification,
@@ -70,6 +85,7 @@ type HTTPForm struct {
 	timeoutText string
 	userAgent   []string
 	transport   *http.Transport
+	hosts       *hostCaps // nil: no per-host cap
 }
 
 var _ plugins.Transport = (*HTTPForm)(nil)
@@ -102,12 +118,16 @@ func NewHTTPForm(opts HTTPFormOptions) *HTTPForm {
 		// HTTP/2 is not forced: with a custom dialer the transport speaks
 		// HTTP/1.1, whose connection handling the read limits rely on.
 	}
-	return &HTTPForm{
+	t := &HTTPForm{
 		timeout:     opts.Timeout,
 		timeoutText: "timeout after " + opts.Timeout.String(),
 		userAgent:   []string{opts.UserAgent},
 		transport:   tr,
 	}
+	if opts.PerHostConcurrency > 0 {
+		t.hosts = &hostCaps{limit: opts.PerHostConcurrency, wait: cmp.Or(opts.HostSlotWait, defaultHostSlotWait)}
+	}
+	return t
 }
 
 // Close closes the idle keep-alive connections. Deliveries in flight are not
@@ -118,10 +138,12 @@ func (t *HTTPForm) Close() {
 
 // Deliver makes one attempt to deliver d. Whatever happened at or on the way
 // to the endpoint is in the Result, with a nil error. The error is non-nil
-// only when ctx ended before the attempt got an answer (callbackd shutting
-// down, or the caller's deadline): the attempt then did not count, and the
-// error wraps ctx.Err(). The per-attempt timeout (HTTPFormOptions.Timeout)
-// is not such an error: it is a retryable result.
+// only when the attempt was not made or got no answer for reasons of our
+// own: ctx ended (callbackd shutting down, or the caller's deadline; the
+// error wraps ctx.Err()), or, with a per-host cap, no slot came free within
+// HostSlotWait (the error wraps plugins.ErrHostBusy). The attempt then did not
+// count. The per-attempt timeout (HTTPFormOptions.Timeout) is not such an
+// error: it is a retryable result.
 func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Result, error) {
 	if err := ctx.Err(); err != nil {
 		return plugins.Result{}, fmt.Errorf("deliver %s: attempt abandoned: %w", d.DeliveryID, err)
@@ -130,6 +152,16 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 	// straight into the KV bucket reach a transport as they are.
 	if err := plugins.CheckHeaders(d.Destination.Headers); err != nil {
 		return finalResult(err.Error()), nil
+	}
+
+	if t.hosts != nil {
+		slot, err := t.hosts.acquire(ctx, d.Destination.URL)
+		if err != nil {
+			return plugins.Result{}, fmt.Errorf("deliver %s: attempt not made: %w", d.DeliveryID, err)
+		}
+		// Given back once the response is read and closed (or the
+		// attempt failed): the request is over then.
+		defer func() { <-slot }()
 	}
 
 	start := time.Now()
@@ -411,4 +443,60 @@ func shortErrorText(s string) string {
 		s = s[:i] + "…"
 	}
 	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// hostCaps caps requests in flight per destination host:port. A slot is a
+// token in the host's channel; the channels are kept (destinations are the
+// configured callback URLs, and the SSO webhooks: few).
+type hostCaps struct {
+	limit int
+	wait  time.Duration
+	// byURL maps a destination URL to its host's slots, so that the hot
+	// path neither parses nor allocates.
+	byURL  sync.Map // string → chan struct{}
+	mu     sync.Mutex
+	byHost map[string]chan struct{}
+}
+
+// acquire takes a slot of rawURL's host and returns the channel to give it
+// back to (a receive). It waits up to h.wait, or until ctx ends.
+func (h *hostCaps) acquire(ctx context.Context, rawURL string) (chan struct{}, error) {
+	slots := h.slots(rawURL)
+	select {
+	case slots <- struct{}{}:
+		return slots, nil
+	default:
+	}
+	t := time.NewTimer(h.wait)
+	defer t.Stop()
+	select {
+	case slots <- struct{}{}:
+		return slots, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, fmt.Errorf("%w: %d requests in flight for %s", plugins.ErrHostBusy, h.limit, h.wait)
+	}
+}
+
+func (h *hostCaps) slots(rawURL string) chan struct{} {
+	if v, ok := h.byURL.Load(rawURL); ok {
+		return v.(chan struct{})
+	}
+	key := rawURL // text that does not parse is its own key (and fails later)
+	if u, err := url.Parse(rawURL); err == nil {
+		key = plugins.HostKey(u)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.byHost == nil {
+		h.byHost = map[string]chan struct{}{}
+	}
+	slots, ok := h.byHost[key]
+	if !ok {
+		slots = make(chan struct{}, h.limit)
+		h.byHost[key] = slots
+	}
+	h.byURL.Store(rawURL, slots)
+	return slots
 }

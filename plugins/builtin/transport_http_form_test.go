@@ -793,3 +793,135 @@ func BenchmarkHTTPForm_Deliver(b *testing.B) {
 		}
 	})
 }
+
+// blockingSink is an httptest server whose requests wait for release, and
+// which counts the requests in its handler at once.
+type blockingSink struct {
+	*httpFormSink
+	release chan struct{}
+	inside  atomic.Int64
+	most    atomic.Int64
+	entered chan struct{}
+	once    sync.Once
+}
+
+func newBlockingSink(t *testing.T) *blockingSink {
+	s := &blockingSink{release: make(chan struct{}), entered: make(chan struct{}, 100)}
+	s.httpFormSink = newHTTPFormSink(t, func(w http.ResponseWriter, r *http.Request) {
+		n := s.inside.Add(1)
+		for m := s.most.Load(); n > m && !s.most.CompareAndSwap(m, n); m = s.most.Load() {
+		}
+		s.entered <- struct{}{}
+		select {
+		case <-s.release:
+		case <-r.Context().Done():
+		}
+		s.inside.Add(-1)
+	})
+	t.Cleanup(s.unblock)
+	return s
+}
+
+// unblock lets every request waiting in the handler, and every later one,
+// answer.
+func (s *blockingSink) unblock() { s.once.Do(func() { close(s.release) }) }
+
+func TestHTTPForm_per_host_cap(t *testing.T) {
+	const limit, attempts = 2, 7
+	sink := newBlockingSink(t)
+	other := newHTTPFormSink(t, nil)
+	tr := NewHTTPForm(HTTPFormOptions{Guard: httpFormLoopback(), PerHostConcurrency: limit, HostSlotWait: time.Minute})
+	t.Cleanup(tr.Close)
+
+	// The same host spelled two ways counts once (host:port, lower-cased).
+	port := sink.Listener.Addr().(*net.TCPAddr).Port
+	spellings := []string{
+		"http://localhost:" + strconv.Itoa(port),
+		"HTTP://LOCALHOST:" + strconv.Itoa(port) + "/A",
+	}
+	results := make(chan error, attempts)
+	for i := range attempts {
+		u := spellings[i%2]
+		go func() {
+			res, err := tr.Deliver(context.Background(), httpFormDelivery(u))
+			if err == nil && res.Outcome != plugins.OutcomeDelivered {
+				err = fmt.Errorf("outcome %s (%s)", res.Outcome, res.Error)
+			}
+			results <- err
+		}()
+	}
+	for range limit {
+		<-sink.entered
+	}
+	// Another host is not held up by a full one.
+	if res := deliverOK(t, tr, httpFormDelivery(other.URL)); res.Outcome != plugins.OutcomeDelivered {
+		t.Fatalf("other host: %+v", res)
+	}
+	if n := sink.inside.Load(); n != limit {
+		t.Fatalf("%d requests in the handler, want the cap, %d", n, limit)
+	}
+	sink.unblock()
+	for range attempts {
+		if err := <-results; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := len(sink.requests()); n != attempts {
+		t.Fatalf("sink saw %d requests, want %d", n, attempts)
+	}
+	if m := sink.most.Load(); m > limit {
+		t.Fatalf("the sink had %d requests at once, cap %d", m, limit)
+	}
+}
+
+func TestHTTPForm_per_host_cap_full_is_an_attempt_not_made(t *testing.T) {
+	sink := newBlockingSink(t)
+	tr := NewHTTPForm(HTTPFormOptions{Guard: httpFormLoopback(), PerHostConcurrency: 1, HostSlotWait: 50 * time.Millisecond})
+	t.Cleanup(tr.Close)
+	first := make(chan error, 1)
+	go func() {
+		_, err := tr.Deliver(context.Background(), httpFormDelivery(sink.URL))
+		first <- err
+	}()
+	<-sink.entered
+
+	tests := []struct {
+		name string
+		ctx  func() context.Context
+		want error
+	}{
+		{"no slot within the wait", context.Background, plugins.ErrHostBusy},
+		{"cancelled while waiting", func() context.Context {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(10*time.Millisecond, cancel)
+			return ctx
+		}, context.Canceled},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := tr.Deliver(tc.ctx(), httpFormDelivery(sink.URL))
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v (result %+v), want %v", err, res, tc.want)
+			}
+			if !strings.Contains(err.Error(), "attempt not made") {
+				t.Errorf("error %q does not say the attempt was not made", err)
+			}
+		})
+	}
+	if n := len(sink.requests()); n != 1 {
+		t.Fatalf("sink saw %d requests, want only the first", n)
+	}
+	sink.unblock()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	// The slot is back: the next attempt is made.
+	done := make(chan error, 1)
+	go func() {
+		_, err := tr.Deliver(context.Background(), httpFormDelivery(sink.URL))
+		done <- err
+	}()
+	if err := <-done; err != nil {
+		t.Fatalf("after the first ended: %v", err)
+	}
+}

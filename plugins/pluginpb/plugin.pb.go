@@ -104,6 +104,10 @@ const (
 	// ERROR_CODE_UNKNOWN_ENCODER: the item named an encoder the process does
 	// not serve.
 	ErrorCode_ERROR_CODE_UNKNOWN_ENCODER ErrorCode = 4
+	// ERROR_CODE_HOST_BUSY: the transport caps its requests per host and no
+	// slot came free in time (plugins.ErrHostBusy): the attempt was not made,
+	// and the host parks the work as over its host's cap.
+	ErrorCode_ERROR_CODE_HOST_BUSY ErrorCode = 5
 )
 
 // Enum value maps for ErrorCode.
@@ -114,6 +118,7 @@ var (
 		2: "ERROR_CODE_DEADLINE_EXCEEDED",
 		3: "ERROR_CODE_CANCELED",
 		4: "ERROR_CODE_UNKNOWN_ENCODER",
+		5: "ERROR_CODE_HOST_BUSY",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_INTERNAL":          0,
@@ -121,6 +126,7 @@ var (
 		"ERROR_CODE_DEADLINE_EXCEEDED": 2,
 		"ERROR_CODE_CANCELED":          3,
 		"ERROR_CODE_UNKNOWN_ENCODER":   4,
+		"ERROR_CODE_HOST_BUSY":         5,
 	}
 )
 
@@ -1877,13 +1883,14 @@ const file_callbackd_plugin_v1_plugin_proto_rawDesc = "" +
 	"\tKIND_NULL\x10\x00\x12\x0f\n" +
 	"\vKIND_STRING\x10\x01\x12\x0f\n" +
 	"\vKIND_NUMBER\x10\x02\x12\r\n" +
-	"\tKIND_BOOL\x10\x03*\x9d\x01\n" +
+	"\tKIND_BOOL\x10\x03*\xb7\x01\n" +
 	"\tErrorCode\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\x00\x12\x1c\n" +
 	"\x18ERROR_CODE_INVALID_EVENT\x10\x01\x12 \n" +
 	"\x1cERROR_CODE_DEADLINE_EXCEEDED\x10\x02\x12\x17\n" +
 	"\x13ERROR_CODE_CANCELED\x10\x03\x12\x1e\n" +
-	"\x1aERROR_CODE_UNKNOWN_ENCODER\x10\x042h\n" +
+	"\x1aERROR_CODE_UNKNOWN_ENCODER\x10\x04\x12\x18\n" +
+	"\x14ERROR_CODE_HOST_BUSY\x10\x052h\n" +
 	"\rPluginService\x12W\n" +
 	"\bDescribe\x12$.callbackd.plugin.v1.DescribeRequest\x1a%.callbackd.plugin.v1.DescribeResponse2g\n" +
 	"\x0eEncoderService\x12U\n" +

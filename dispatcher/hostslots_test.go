@@ -1,0 +1,128 @@
+package dispatcher
+
+import (
+	"testing"
+	"time"
+)
+
+// The per-host limiter's rules, one host at a time. The dispatcher-level
+// tests (failures_test.go) show them with real endpoints.
+
+func TestHostSlots_immediate_slots(t *testing.T) {
+	tests := []struct {
+		name          string
+		limit, window int
+		slow          bool
+		want          int
+	}{
+		{"no window", 2, 2, false, 2},
+		{"fast host gets the window", 2, 4, false, 4},
+		{"slow host gets the cap", 2, 4, true, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			hs := newHostLimiter(tc.limit, tc.window).get("h:80")
+			if tc.slow {
+				hs.avgNs.Store(int64(slowHost))
+			}
+			got := 0
+			for hs.acquire(func() {}, 0, 0) { // no queue: false once full
+				got++
+				if got > tc.window {
+					break
+				}
+			}
+			if got != tc.want {
+				t.Fatalf("%d slots at once, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestHostSlots_queue_is_first_come_first_served(t *testing.T) {
+	hs := newHostLimiter(1, 1).get("h:80")
+	if !hs.acquire(func() {}, 0, 8) {
+		t.Fatal("first acquire failed")
+	}
+	order := make(chan int, 3)
+	for i := range 3 {
+		released := make(chan struct{})
+		go func() {
+			if hs.acquire(func() { close(released) }, time.Minute, 8) {
+				order <- i
+			}
+		}()
+		<-released // queued before the next one
+	}
+	for want := range 3 {
+		hs.release()
+		if got := <-order; got != want {
+			t.Fatalf("slot went to waiter %d, want %d", got, want)
+		}
+	}
+}
+
+func TestHostSlots_queue_limits_and_wait(t *testing.T) {
+	t.Run("fast host queues up to fastQueue", func(t *testing.T) {
+		hs := newHostLimiter(1, 1).get("h:80")
+		hs.acquire(func() {}, 0, 0)
+		released := make(chan struct{})
+		got := make(chan bool, 1)
+		go func() { got <- hs.acquire(func() { close(released) }, time.Minute, 1) }()
+		<-released
+		if hs.acquire(func() {}, time.Minute, 1) {
+			t.Fatal("a second waiter was queued past fastQueue 1")
+		}
+		hs.release()
+		if !<-got {
+			t.Fatal("the waiter did not get the released slot")
+		}
+	})
+	t.Run("slow host queues up to its cap", func(t *testing.T) {
+		hs := newHostLimiter(1, 4).get("h:80")
+		hs.avgNs.Store(int64(slowHost))
+		hs.acquire(func() {}, 0, 0)
+		released := make(chan struct{})
+		go func() { hs.acquire(func() { close(released) }, time.Minute, 100) }()
+		<-released
+		if hs.acquire(func() {}, time.Minute, 100) {
+			t.Fatal("a slow host queued more than its cap")
+		}
+		hs.release()
+	})
+	t.Run("the wait ends and leaves the queue", func(t *testing.T) {
+		hs := newHostLimiter(1, 1).get("h:80")
+		hs.acquire(func() {}, 0, 0)
+		if hs.acquire(func() {}, 20*time.Millisecond, 8) {
+			t.Fatal("acquire succeeded with the slot held")
+		}
+		hs.mu.Lock()
+		n := len(hs.waiters)
+		hs.mu.Unlock()
+		if n != 0 {
+			t.Fatalf("%d waiters left in the queue", n)
+		}
+		hs.release()
+		if !hs.acquire(func() {}, 0, 0) {
+			t.Fatal("the released slot was lost")
+		}
+	})
+	t.Run("a fast host's waiter is parked when the host turns slow", func(t *testing.T) {
+		hs := newHostLimiter(1, 1).get("h:80")
+		hs.acquire(func() {}, 0, 0)
+		start := time.Now()
+		// Queued as a fast host's (fastQueue 8 > cap); then the host turns
+		// slow: the next check parks it, long before its minute's wait.
+		released := make(chan struct{})
+		got := make(chan bool, 1)
+		go func() { got <- hs.acquire(func() { close(released) }, time.Minute, 8) }()
+		<-released
+		hs.avgNs.Store(int64(slowHost))
+		if <-got {
+			t.Fatal("the waiter got a slot")
+		}
+		if d := time.Since(start); d > 30*time.Second {
+			t.Fatalf("parked after %s; the check runs every %s", d, slowHost/2)
+		}
+	})
+}
