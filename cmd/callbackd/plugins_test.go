@@ -107,6 +107,54 @@ func TestStartPlugins_transport_settings_reach_the_builtin_process(t *testing.T)
 	}
 }
 
+// TestStartPlugins_per_host_cap_is_held_by_the_transport checks that
+// dispatcher.per_host_concurrency reaches the http-form transport in both
+// modes, that attempts over it are not made (plugins.ErrHostBusy, across
+// the plugin boundary too), and the window serve gives the dispatcher.
+func TestStartPlugins_per_host_cap_is_held_by_the_transport(t *testing.T) {
+	useBuiltBinary(t)
+	const limit, attempts = 2, 5
+	for _, tc := range []struct {
+		mode   string
+		window int
+	}{{"inprocess", limit}, {"process", 2 * limit}} {
+		t.Run(tc.mode, func(t *testing.T) {
+			cfg := pluginsConfig(t, tc.mode)
+			cfg.Dispatcher.PerHostConcurrency = limit
+			ps := startTestPlugins(t, cfg)
+			if !ps.TransportCapsHosts {
+				t.Fatal("the built-in transport does not count as holding the cap")
+			}
+			if w := hostWindow(cfg, ps); w != tc.window {
+				t.Errorf("host window %d, want %d", w, tc.window)
+			}
+			release := make(chan struct{})
+			sink := testutil.NewSink(t)
+			sink.Respond(func(testutil.Request) int { <-release; return 200 })
+			t.Cleanup(func() { close(release) })
+			errs := make(chan error, attempts)
+			for i := range attempts {
+				go func() {
+					_, err := ps.Transport.Deliver(context.Background(), plugins.Delivery{
+						DeliveryID: "d" + string(rune('0'+i)), Destination: plugins.Destination{URL: sink.URL},
+					})
+					errs <- err
+				}()
+			}
+			// The cap's worth of attempts hang in the sink; the others find
+			// no slot within the transport's 2 s wait and are not made.
+			for range attempts - limit {
+				if err := <-errs; !errors.Is(err, plugins.ErrHostBusy) {
+					t.Fatalf("attempt over the cap: %v, want plugins.ErrHostBusy", err)
+				}
+			}
+			if n := len(sink.Requests()); n != limit {
+				t.Fatalf("sink saw %d requests, want %d (the cap)", n, limit)
+			}
+		})
+	}
+}
+
 func TestStartPlugins_refusals_name_the_config_key(t *testing.T) {
 	writable := t.TempDir()
 	if err := os.Chmod(writable, 0o777); err != nil {
