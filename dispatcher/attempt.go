@@ -213,7 +213,8 @@ type hostSlots struct {
 
 	// avgNs is a moving average of the host's attempt durations.
 	avgNs atomic.Int64
-	// lastDoneNs is when an attempt to the host last ended (unix ns).
+	// lastDoneNs is when an attempt to the host last ended, or when it
+	// last got busy after being idle (unix ns).
 	lastDoneNs atomic.Int64
 }
 
@@ -286,6 +287,13 @@ func (l *hostLimiter) get(host string) *hostSlots {
 // being fast while it waited in a fast host's queue.
 func (h *hostSlots) acquire(release func(), wait time.Duration, fastQueue int) bool {
 	h.mu.Lock()
+	if h.busy == 0 {
+		// An idle host's first attempt starts its stall clock afresh: a
+		// burst after a quiet spell gets slowHost of grace, like a new
+		// host, instead of counting as stalled at once (the last attempt
+		// ended long ago) and being parked.
+		h.lastDoneNs.Store(time.Now().UnixNano())
+	}
 	if len(h.waiters) == 0 && h.busy < h.maxBusyLocked() {
 		h.busy++
 		h.mu.Unlock()

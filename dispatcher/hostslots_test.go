@@ -126,3 +126,31 @@ func TestHostSlots_queue_limits_and_wait(t *testing.T) {
 		}
 	})
 }
+
+func TestHostSlots_a_burst_after_a_quiet_spell_is_not_a_stall(t *testing.T) {
+	const limit, queued = 2, 3 // more queued than a slow host's queue (its cap)
+	hs := newHostLimiter(limit, limit).get("h:80")
+	// The last attempt ended long ago; nothing is in flight.
+	hs.lastDoneNs.Store(time.Now().Add(-time.Hour).UnixNano())
+	for range limit {
+		hs.acquire(func() {}, 0, 0)
+	}
+	// The slots are full at once: a fast host's burst queues rather than
+	// parks.
+	got := make(chan bool, queued)
+	for i := range queued {
+		released := make(chan struct{})
+		go func() { got <- hs.acquire(func() { close(released) }, time.Minute, 8) }()
+		select {
+		case <-released:
+		case ok := <-got:
+			t.Fatalf("attempt %d of the burst was not queued (acquired %v): the idle host counted as stalled", limit+i+1, ok)
+		}
+	}
+	for range queued {
+		hs.release()
+		if !<-got {
+			t.Fatal("a queued attempt did not get a released slot")
+		}
+	}
+}
