@@ -59,7 +59,9 @@ func (p phase) CPUPer10k() float64 {
 	return p.CPU / float64(p.Received) * 10000
 }
 
-// driver runs the phases of one scenario against one target.
+// driver runs the phases of one scenario against one target. Every count
+// it reads of the sink is of its target's path (scenario.HookPath): other
+// scenarios' targets are up at the same time.
 type driver struct {
 	tl      *tools
 	t       *target
@@ -68,6 +70,11 @@ type driver struct {
 	// published counts every event published to the target, warm-up
 	// included, for the ledger.
 	published int
+}
+
+// count is the sink's count of the requests to this target's path.
+func (d *driver) count() (distinct, requests, bad int, err error) {
+	return d.tl.sink.CountPath(d.t.sc.HookPath())
 }
 
 func (d *driver) msgID(phase string, i int) string {
@@ -102,12 +109,13 @@ func (d *driver) flush(ctx context.Context) error {
 	}
 }
 
-// waitDistinct polls the sink until it has seen want distinct ids, the
-// target dies, or timeout passes; it returns the count last seen.
+// waitDistinct polls the sink until it has seen want distinct ids on the
+// target's path, the target dies, or timeout passes; it returns the count
+// last seen.
 func (d *driver) waitDistinct(want int, timeout time.Duration) (int, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		n, _, _, err := d.tl.sink.Count()
+		n, _, _, err := d.count()
 		if err != nil {
 			return 0, err
 		}
@@ -128,7 +136,7 @@ func (d *driver) waitDistinct(want int, timeout time.Duration) (int, error) {
 // project's URL), then sends n events through to warm connections, plugin
 // processes and the heap.
 func (d *driver) warmUp(ctx context.Context, n int) error {
-	base, _, _, err := d.tl.sink.Count()
+	base, _, _, err := d.count()
 	if err != nil {
 		return err
 	}
@@ -148,12 +156,19 @@ func (d *driver) warmUp(ctx context.Context, n int) error {
 			return fmt.Errorf("no probe event delivered in 30 s:\n%s", d.t.logTail())
 		}
 	}
-	base, _, _, err = d.tl.sink.Count()
+	return d.sendThrough(ctx, "warmup", n)
+}
+
+// sendThrough publishes n events of phase (a name no other phase of the
+// target uses: it keeps message ids apart) and waits until all of them
+// reached the sink. Nothing is measured.
+func (d *driver) sendThrough(ctx context.Context, phase string, n int) error {
+	base, _, _, err := d.count()
 	if err != nil {
 		return err
 	}
 	for i := 1; i <= n; i++ {
-		if _, err := d.publishAsync("warmup", i); err != nil {
+		if _, err := d.publishAsync(phase, i); err != nil {
 			return err
 		}
 	}
@@ -207,7 +222,7 @@ func (d *driver) measure(ctx context.Context, p *phase, m0 marks, start, end tim
 // and measures the drain.
 func (d *driver) backlog(ctx context.Context, name string, n int) (phase, error) {
 	p := phase{N: n}
-	base, _, _, err := d.tl.sink.Count()
+	base, _, _, err := d.count()
 	if err != nil {
 		return p, err
 	}
@@ -293,7 +308,7 @@ func (d *driver) backlog(ctx context.Context, name string, n int) (phase, error)
 func (d *driver) steady(ctx context.Context, rate int, dur time.Duration) (phase, error) {
 	n := int(float64(rate) * dur.Seconds())
 	p := phase{N: n}
-	base, _, _, err := d.tl.sink.Count()
+	base, _, _, err := d.count()
 	if err != nil {
 		return p, err
 	}
@@ -380,12 +395,13 @@ func (l ledger) String() string {
 }
 
 // settle waits until the ledger balances (or 30 s pass) and returns it;
-// sink0 is the sink's count before the scenario.
+// sinkDistinct0, sinkRequests0 and sinkBad0 are the sink's counts of the
+// target's path before the target started.
 func (d *driver) settle(ctx context.Context, sinkDistinct0, sinkRequests0, sinkBad0 int) (ledger, error) {
 	var l ledger
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		distinct, requests, bad, err := d.tl.sink.Count()
+		distinct, requests, bad, err := d.count()
 		if err != nil {
 			return l, err
 		}

@@ -75,7 +75,10 @@ var allScenarios = []scenario{
 	{Name: "inprocess", Builtins: "inprocess"},
 	{Name: "process", Builtins: "process", Big: true},
 	{Name: "plugin", Builtins: "process", ThirdParty: true},
-	{Name: "process-cap8", Builtins: "process", DefaultCap: true, Backlog: 500},
+	// The true default, 8 requests in flight to the one sink host, beside
+	// a floor with the same 8 in flight.
+	{Name: "floor-cap8", Floor: true, Workers: 8},
+	{Name: "process-cap8", Builtins: "process", DefaultCap: true, Against: "floor-cap8"},
 }
 
 func runDriver(args []string) error {
@@ -90,11 +93,11 @@ func runDriver(args []string) error {
 	fs.IntVar(&o.workers, "floor-workers", 64, "the floor's messages in flight (pull-ahead and HTTP requests)")
 	fs.StringVar(&o.pull, "floor-pull", "fetch", "how the floor pulls: fetch (two Fetch loops) or messages (a Messages iterator, as callbackd)")
 	fs.IntVar(&o.perHost, "per-host", 1024, "callbackd dispatcher.per_host_concurrency but in process-cap8 (0: callbackd's default, 8)")
-	fs.StringVar(&o.scenarios, "scenarios", "floor,inprocess,process,plugin,process-cap8", "scenarios to run, comma-separated")
+	fs.StringVar(&o.scenarios, "scenarios", "floor,inprocess,process,plugin,floor-cap8,process-cap8", "scenarios to run, comma-separated")
 	fs.StringVar(&o.out, "out", "", "results directory (default: bench/results of the module)")
 	fs.StringVar(&o.readme, "readme", "", "README to update between its results markers (full runs only)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, data dirs)")
-	fs.IntVar(&o.repeat, "repeat", 3, "backlog drains per scenario; the median one is reported")
+	fs.IntVar(&o.repeat, "repeat", 3, "rounds of backlog drains, each scenario once per round; the median drain and the median ratio to the floor's drain of the same round are reported")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -162,7 +165,7 @@ func runDriver(args []string) error {
 
 	rep := &report{
 		When: start, Machine: describeMachine(root), N: o.n, Big: o.big, Rate: o.rate, Steady: o.steady,
-		FloorCfg: fmt.Sprintf("embedded nats-server in its own process, %d workers", o.workers),
+		FloorCfg: fmt.Sprintf("embedded nats-server in its own process, %d workers (floor-cap8: 8, the requests in flight of process-cap8, which is compared with it)", o.workers),
 	}
 	want := map[string]bool{}
 	for _, s := range strings.Split(o.scenarios, ",") {
@@ -170,6 +173,16 @@ func runDriver(args []string) error {
 	}
 	nonce := make([]byte, 4)
 	_, _ = rand.Read(nonce)
+	// Every target is started first and stays up; the drains then go in
+	// rounds, each scenario once per round, so that the machine's drift
+	// (this box is shared) falls alike on the scenarios of a round and
+	// each round's rate can be paired with the floor's of the same round.
+	var runs []*run
+	defer func() {
+		for _, r := range runs {
+			r.stop()
+		}
+	}()
 	for _, sc := range allScenarios {
 		if !want[sc.Name] {
 			continue
@@ -181,12 +194,31 @@ func runDriver(args []string) error {
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			return err
 		}
-		res := runScenario(ctx, tl, sc, o, dir, hex.EncodeToString(nonce))
-		rep.Results = append(rep.Results, res)
-		if res.Unavailable == "" && !res.Ledger.OK() {
+		r := &run{sc: sc}
+		runs = append(runs, r)
+		r.start(ctx, tl, o, dir, hex.EncodeToString(nonce))
+	}
+	rounds := max(o.repeat, 1)
+	for round := range rounds {
+		for _, r := range runs {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.drain(ctx, round, rounds)
+		}
+	}
+	for _, r := range runs {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.finish(ctx, o)
+		r.stop()
+		rep.Results = append(rep.Results, r.res)
+		if r.res.Unavailable == "" && !r.res.Ledger.OK() {
 			rep.Void = true
 		}
 	}
+	rep.pairRatios()
 	rep.Took = time.Since(start)
 	md := rep.Markdown()
 	fmt.Print("\n" + md)
@@ -205,102 +237,178 @@ func runDriver(args []string) error {
 	return nil
 }
 
-// runScenario starts the scenario's target on an empty data dir and runs
-// every phase against it.
-func runScenario(ctx context.Context, tl *tools, sc scenario, o options, dir, nonce string) (res result) {
-	res.Name = sc.Name
-	logf := func(format string, args ...any) {
-		fmt.Fprintf(os.Stderr, "bench: %-9s "+format+"\n", append([]any{sc.Name}, args...)...)
+// run is one scenario's target from its start to its stop, and its
+// measurements. runDriver starts every scenario's target, then has them
+// drain in rounds (run.drain), then finishes them one by one (run.finish).
+type run struct {
+	sc  scenario
+	res result
+	// t, smp and d are set while the target is up.
+	t   *target
+	smp *sampler
+	d   *driver
+	// done is set once the scenario failed or was unavailable: it takes
+	// part in no more phases.
+	done bool
+	// n is how many events each backlog drain publishes.
+	n int
+	// drains are the backlog drains so far, in round order.
+	drains []phase
+	// The sink's counts of the target's path before the target started,
+	// for the ledger.
+	sinkDistinct0, sinkRequests0, sinkBad0 int
+}
+
+// logf writes a progress line for the scenario on stderr.
+func (r *run) logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: %-9s "+format+"\n", append([]any{r.sc.Name}, args...)...)
+}
+
+// start starts the scenario's target on an empty data dir under dir, then
+// warms it up and, for the scenario with Big, drains the big backlog. A
+// failure is recorded in r.res and ends the run (r.done).
+func (r *run) start(ctx context.Context, tl *tools, o options, dir, nonce string) {
+	sc := r.sc
+	r.res.Name, r.res.Floor = sc.Name, sc.Floor
+	if !sc.Floor {
+		r.res.Against = sc.floorName()
 	}
 	if sc.ThirdParty && tl.pluginErr != nil {
-		res.Unavailable = tl.pluginErr.Error()
-		logf("unavailable: %s", res.Unavailable)
-		return res
+		r.res.Unavailable = tl.pluginErr.Error()
+		r.logf("unavailable: %s", r.res.Unavailable)
+		r.done = true
+		return
 	}
-	d0, r0, b0, err := tl.sink.Count()
-	if err != nil {
-		res.Error = err.Error()
-		return res
+	var err error
+	if r.sinkDistinct0, r.sinkRequests0, r.sinkBad0, err = tl.sink.CountPath(sc.HookPath()); err != nil {
+		r.res.Error = err.Error()
+		r.done = true
+		return
 	}
 	// What the machine is busy with before the target starts: this box is
-	// shared, and the numbers below are only as quiet as it is.
+	// shared, and the numbers below are only as quiet as it is. (The
+	// targets started before this one are up and idle by then.)
 	busy0, _ := machineCPU()
 	time.Sleep(time.Second)
 	busy1, _ := machineCPU()
-	res.Background = busy1 - busy0
+	r.res.Background = busy1 - busy0
 	t, err := startTarget(ctx, tl, sc, dir)
 	if err != nil {
 		if sc.ThirdParty {
-			res.Unavailable = "callbackd does not start with the example plugin: " + firstLine(err.Error(), nil)
-			logf("unavailable: %v", err)
+			r.res.Unavailable = "callbackd does not start with the example plugin: " + firstLine(err.Error(), nil)
+			r.logf("unavailable: %v", err)
 		} else {
-			res.Error = err.Error()
-			logf("failed: %v", err)
+			r.res.Error = err.Error()
+			r.logf("failed: %v", err)
 		}
-		return res
+		r.done = true
+		return
 	}
-	defer t.Stop()
-	res.Ready = t.Ready
-	logf("ready in %s (background load before start: %.2f CPUs)", t.Ready.Round(time.Millisecond), res.Background)
-	smp := startSampler(t.PID(), 100*time.Millisecond)
-	defer smp.Stop()
-	d := &driver{tl: tl, t: t, sampler: smp, nonce: nonce}
+	r.t = t
+	r.res.Ready = t.Ready
+	r.logf("ready in %s (background load before start: %.2f CPUs)", t.Ready.Round(time.Millisecond), r.res.Background)
+	// The sampler runs as long as the target: every phase reads its peak
+	// memory over its own time span.
+	r.smp = startSampler(t.PID(), 100*time.Millisecond)
+	r.d = &driver{tl: tl, t: t, sampler: r.smp, nonce: nonce}
 
-	fail := func(what string, err error) result {
-		res.Error = what + ": " + err.Error()
-		logf("%s", res.Error)
-		res.Ledger, _ = d.settle(ctx, d0, r0, b0)
-		return res
+	if err := r.d.warmUp(ctx, o.warmup); err != nil {
+		r.fail(ctx, "warm-up", err)
+		return
 	}
-	if err := d.warmUp(ctx, o.warmup); err != nil {
-		return fail("warm-up", err)
-	}
-	logf("warmed up with %d events", o.warmup)
+	r.logf("warmed up with %d events", o.warmup)
 	// The 100,000-event backlog comes first, right after the warm-up: its
 	// peak memory is the target's for that backlog alone, not with the
 	// drains' message ids still in the 2-minute de-duplication window.
 	if sc.Big && o.big > 0 {
-		big, err := d.backlog(ctx, "big", o.big)
-		res.Big = &big
+		big, err := r.d.backlog(ctx, "big", o.big)
+		r.res.Big = &big
 		if err != nil {
-			return fail("big backlog", err)
+			r.fail(ctx, "big backlog", err)
+			return
 		}
-		logf("backlog %d: %.0f deliveries/s, peak PSS %s MiB", o.big, big.Rate, mib(big.PeakPSS))
+		r.logf("backlog %d: %.0f deliveries/s, peak PSS %s MiB", o.big, big.Rate, mib(big.PeakPSS))
 	}
-	n := o.n
+	r.n = o.n
 	if sc.Backlog > 0 {
-		n = min(sc.Backlog, o.n)
+		r.n = min(sc.Backlog, o.n)
 	}
+}
+
+// drain runs the scenario's backlog drain of round (from 0, of rounds),
+// unless the scenario is done.
+func (r *run) drain(ctx context.Context, round, rounds int) {
+	if r.done {
+		return
+	}
+	// The target sat idle while the others drained: the drain is a burst
+	// after a quiet spell, which callbackd must take at full speed (an
+	// earlier build parked it: it judged an idle host's full slots as a
+	// stall, by an answer long past).
+	p, err := r.d.backlog(ctx, fmt.Sprintf("backlog%d", round), r.n) // the name keeps message ids apart
+	if err != nil {
+		r.fail(ctx, "backlog", err)
+		return
+	}
+	r.drains = append(r.drains, p)
+	r.logf("backlog %d, round %d/%d: %.0f deliveries/s, %.2f CPU s/10k (sink %.2f), machine %.2f CPUs busy, %d parks, %d new connections, longest gap %s",
+		r.n, round+1, rounds, p.Rate, p.CPUPer10k(), p.SinkCPU/float64(max(p.Received, 1))*10000, p.MachineBusy, p.Parks,
+		p.Conns, p.MaxGap.Round(time.Millisecond))
+}
+
+// finish records the drains, then runs the steady load and settles the
+// ledger, unless the scenario is done. It leaves the target up (stop).
+func (r *run) finish(ctx context.Context, o options) {
+	if r.done {
+		return
+	}
+	r.done = true
 	// The box is shared and a single drain moves by ±20 % between runs:
-	// drain o.repeat times and report the median drain (all its figures),
-	// with the range of the rates beside it.
-	var drains []phase
-	for i := range max(o.repeat, 1) {
-		p, err := d.backlog(ctx, fmt.Sprintf("backlog%d", i), n) // the name keeps message ids apart
-		if err != nil {
-			return fail("backlog", err)
+	// the median drain (all its figures) is reported, with the range of
+	// the rates beside it; the rates stay in round order for the ratios to
+	// the floor's drains of the same rounds (report.pairRatios).
+	if len(r.drains) > 0 {
+		sorted := slices.SortedFunc(slices.Values(r.drains), func(a, b phase) int { return cmp.Compare(a.Rate, b.Rate) })
+		r.res.Backlog = sorted[len(sorted)/2]
+		for _, p := range r.drains {
+			r.res.BacklogRates = append(r.res.BacklogRates, p.Rate)
+			r.res.Backlog.Parks = max(r.res.Backlog.Parks, p.Parks)
+			r.res.Backlog.MaxGap = max(r.res.Backlog.MaxGap, p.MaxGap)
 		}
-		drains = append(drains, p)
-		logf("backlog %d: %.0f deliveries/s, %.2f CPU s/10k (sink %.2f), machine %.2f CPUs busy, %d parks, %d new connections, longest gap %s", n, p.Rate,
-			p.CPUPer10k(), p.SinkCPU/float64(max(p.Received, 1))*10000, p.MachineBusy, p.Parks,
-			p.Conns, p.MaxGap.Round(time.Millisecond))
 	}
-	slices.SortFunc(drains, func(a, b phase) int { return cmp.Compare(a.Rate, b.Rate) })
-	res.Backlog = drains[len(drains)/2]
-	for _, p := range drains {
-		res.BacklogRates = append(res.BacklogRates, p.Rate)
-		res.Backlog.Parks = max(res.Backlog.Parks, p.Parks)
-		res.Backlog.MaxGap = max(res.Backlog.MaxGap, p.MaxGap)
+	var err error
+	if r.res.Steady, err = r.d.steady(ctx, o.rate, o.steady); err != nil {
+		r.fail(ctx, "steady", err)
+		return
 	}
-	if res.Steady, err = d.steady(ctx, o.rate, o.steady); err != nil {
-		return fail("steady", err)
+	r.logf("steady %d/s: p50 %s p99 %s p99.9 %s", o.rate, r.res.Steady.P50, r.res.Steady.P99, r.res.Steady.P999)
+	if r.res.Ledger, err = r.d.settle(ctx, r.sinkDistinct0, r.sinkRequests0, r.sinkBad0); err != nil {
+		r.res.Error = "ledger: " + err.Error()
 	}
-	logf("steady %d/s: p50 %s p99 %s p99.9 %s", o.rate, res.Steady.P50, res.Steady.P99, res.Steady.P999)
-	if res.Ledger, err = d.settle(ctx, d0, r0, b0); err != nil {
-		res.Error = "ledger: " + err.Error()
+	r.logf("ledger %s", r.res.Ledger)
+}
+
+// fail records the failure of a phase and the ledger so far, and ends the
+// run: the target is stopped and the scenario takes part in no more phases.
+func (r *run) fail(ctx context.Context, what string, err error) {
+	r.res.Error = what + ": " + err.Error()
+	r.logf("%s", r.res.Error)
+	r.res.Ledger, _ = r.d.settle(ctx, r.sinkDistinct0, r.sinkRequests0, r.sinkBad0)
+	r.done = true
+	r.stop()
+}
+
+// stop stops the target's sampler and the target, if they are up. It may
+// be called more than once.
+func (r *run) stop() {
+	if r.smp != nil {
+		r.smp.Stop()
+		r.smp = nil
 	}
-	logf("ledger %s", res.Ledger)
-	return res
+	if r.t != nil {
+		r.t.Stop()
+		r.t = nil
+	}
 }
 
 func moduleRoot() (string, error) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"image/color"
@@ -21,6 +22,10 @@ import (
 // result is one scenario's measurements.
 type result struct {
 	Name string `json:"name"`
+	// Floor is set for a floor's result; Against names the floor a
+	// callbackd scenario is compared with ("" → "floor").
+	Floor   bool   `json:"floor,omitempty"`
+	Against string `json:"against,omitempty"`
 	// Unavailable says why the scenario could not run (the example plugin
 	// not built, for instance); nothing else is set then.
 	Unavailable string `json:"unavailable,omitempty"`
@@ -31,11 +36,18 @@ type result struct {
 	Background float64       `json:"background_cpus"`
 	Ready      time.Duration `json:"ready"`
 	// Backlog is the median of the backlog drains (by rate); their rates,
-	// lowest first, are in BacklogRates. Parks and the longest gap are the
-	// worst of all drains.
+	// in round order (BacklogRates[k] is round k's), are in BacklogRates.
+	// Parks and the longest gap are the worst of all drains.
 	Backlog      phase     `json:"backlog"`
 	BacklogRates []float64 `json:"backlog_rates"`
-	Steady       phase     `json:"steady"`
+	// RatiosToFloor are the paired ratios to the floor, in round order:
+	// for every round in which both the scenario and the floor drained,
+	// the scenario's rate over the floor's (the floor's own are 1). The
+	// drains of a round run one after another, so the machine's drift
+	// falls alike on both sides of a ratio; their median is the scenario's
+	// "× floor". Empty without a floor.
+	RatiosToFloor []float64 `json:"ratios_to_floor"`
+	Steady        phase     `json:"steady"`
 	// Big is the 100,000-event backlog, default configuration only.
 	Big    *phase `json:"big,omitempty"`
 	Ledger ledger `json:"ledger"`
@@ -66,13 +78,52 @@ type report struct {
 	Void     bool          `json:"void"`
 }
 
-func (r *report) floor() *result {
+// floor is the main floor's result (64 in flight), nil when it did not run.
+func (r *report) floor() *result { return r.find("floor") }
+
+// floorFor is the floor x is compared with: its Against, else the main
+// floor; nil when that did not run.
+func (r *report) floorFor(x result) *result { return r.find(cmp.Or(x.Against, "floor")) }
+
+// pairRatios sets every scenario's RatiosToFloor from its drain rates and
+// the floor's of the same rounds.
+func (r *report) pairRatios() {
 	for i := range r.Results {
-		if r.Results[i].Name == "floor" && r.Results[i].ran() {
-			return &r.Results[i]
+		x := &r.Results[i]
+		fl := r.floorFor(*x)
+		if !x.ran() || fl == nil {
+			continue
+		}
+		floorRates := slices.Clone(fl.BacklogRates)
+		x.RatiosToFloor = nil
+		for k := range min(len(x.BacklogRates), len(floorRates)) {
+			if floorRates[k] > 0 {
+				x.RatiosToFloor = append(x.RatiosToFloor, x.BacklogRates[k]/floorRates[k])
+			}
 		}
 	}
-	return nil
+}
+
+// ratioToFloor is the median of x's paired ratios to the floor; ok is
+// false when there are none (no floor, or x did not drain).
+func (x result) ratioToFloor() (q float64, ok bool) {
+	if len(x.RatiosToFloor) == 0 {
+		return 0, false
+	}
+	return median(x.RatiosToFloor), true
+}
+
+// median is the middle value of xs, or the mean of the two middle ones
+// for an even count; 0 for none.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func (r *report) find(name string) *result {
@@ -108,6 +159,27 @@ func rateRange(rates []float64) string {
 	return fmt.Sprintf("%.0f–%.0f", slices.Min(rates), slices.Max(rates))
 }
 
+// pairedRatio is the median of x's paired ratios to the floor, "–" without.
+func pairedRatio(x result) string {
+	q, ok := x.ratioToFloor()
+	if !ok {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", q)
+}
+
+// pairedRange is "lowest–highest" of x's paired ratios to the floor, ""
+// for a single one, "–" without.
+func pairedRange(x result) string {
+	switch len(x.RatiosToFloor) {
+	case 0:
+		return "–"
+	case 1:
+		return ""
+	}
+	return fmt.Sprintf("%.2f–%.2f", slices.Min(x.RatiosToFloor), slices.Max(x.RatiosToFloor))
+}
+
 // Markdown renders the run as the table README.md shows.
 func (r *report) Markdown() string {
 	var b strings.Builder
@@ -118,20 +190,15 @@ func (r *report) Markdown() string {
 	if r.Void {
 		b.WriteString("**VOID RUN: a ledger did not balance (see the ledger column).**\n\n")
 	}
-	b.WriteString("| scenario | backlog deliveries/s (median) | × floor | drains: lowest–highest /s | steady p50 ms | p99 ms | p99.9 ms | max ms | ready s | ledger: published = delivered+dead+skipped+no_dest |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
-	fl := r.floor()
-	var floorRate, floorCPU, floorSteadyCPU float64
-	if fl != nil {
-		floorRate, floorCPU, floorSteadyCPU = fl.Backlog.Rate, fl.Backlog.CPUPer10k(), fl.Steady.CPUPer10k()
-	}
+	b.WriteString("| scenario | backlog deliveries/s (median) | × floor (median of rounds) | × floor, per round: lowest–highest | drains: lowest–highest /s | steady p50 ms | p99 ms | p99.9 ms | max ms | ready s | ledger: published = delivered+dead+skipped+no_dest |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, x := range r.Results {
 		if x.Unavailable != "" {
-			fmt.Fprintf(&b, "| %s | unavailable: %s |||||||||\n", x.Name, oneLine(x.Unavailable))
+			fmt.Fprintf(&b, "| %s | unavailable: %s ||||||||||\n", x.Name, oneLine(x.Unavailable))
 			continue
 		}
 		ready := fmt.Sprintf("%.2f", x.Ready.Seconds())
-		if x.Name == "floor" {
+		if x.Floor {
 			ready += " ¹"
 		}
 		led := x.Ledger.String()
@@ -144,8 +211,8 @@ func (r *report) Markdown() string {
 		if x.Error != "" {
 			led += " — error: " + oneLine(x.Error)
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-			x.Name, x.Backlog.Rate, ratio(x.Backlog.Rate, floorRate), rateRange(x.BacklogRates),
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			x.Name, x.Backlog.Rate, pairedRatio(x), pairedRange(x), rateRange(x.BacklogRates),
 			ms(x.Steady.P50), ms(x.Steady.P99), ms(x.Steady.P999), ms(x.Steady.Max), ready, led)
 	}
 	b.WriteString("\n| scenario | CPU s / 10k, backlog | × floor | CPU s / 10k, steady | × floor | peak RSS MiB | peak PSS MiB | parks | sink connections opened, backlog | longest arrival gap, backlog ms | machine CPUs busy, backlog | background CPUs before start |\n")
@@ -153,6 +220,10 @@ func (r *report) Markdown() string {
 	for _, x := range r.Results {
 		if x.Unavailable != "" {
 			continue
+		}
+		var floorCPU, floorSteadyCPU float64
+		if fl := r.floorFor(x); fl != nil {
+			floorCPU, floorSteadyCPU = fl.Backlog.CPUPer10k(), fl.Steady.CPUPer10k()
 		}
 		peakRSS, peakPSS := max(x.Backlog.PeakRSS, x.Steady.PeakRSS), max(x.Backlog.PeakPSS, x.Steady.PeakPSS)
 		fmt.Fprintf(&b, "| %s | %.2f | %s | %.2f | %s | %s | %s | %d | %d | %s | %.2f | %.2f |\n",
@@ -162,6 +233,11 @@ func (r *report) Markdown() string {
 			x.Backlog.MachineBusy, x.Background)
 	}
 	b.WriteString("\n¹ the floor's \"ready\" is its own start (nats-server, stream, consumer), for comparison only.\n")
+	for _, x := range r.Results {
+		if x.Against != "" && x.Against != "floor" {
+			fmt.Fprintf(&b, "\n%s is compared with %s (the same requests in flight), in both tables; every other row with floor.\n", x.Name, x.Against)
+		}
+	}
 	for _, x := range r.Results {
 		if x.Big != nil {
 			fmt.Fprintf(&b, "\n%s, %d-event backlog: %.0f deliveries/s, peak RSS %s MiB, **peak PSS %s MiB**, CPU %.2f s / 10k, %d parks.\n",
@@ -180,18 +256,24 @@ func (r *report) Markdown() string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", name, measured, m)
 	}
+	// The throughput targets take the median of the paired ratios (rounds
+	// in which both drained).
 	def, inp := r.find("process"), r.find("inprocess")
-	if fl != nil && def != nil {
-		q := def.Backlog.Rate / fl.Backlog.Rate
-		target("default (built-ins in a process) ≥ 0.70 × floor deliveries/s", fmt.Sprintf("%.2f", q), q >= 0.70, true)
-	} else {
-		target("default (built-ins in a process) ≥ 0.70 × floor deliveries/s", "", false, false)
-	}
-	if fl != nil && inp != nil {
-		q := inp.Backlog.Rate / fl.Backlog.Rate
-		target("inprocess ≥ 0.90 × floor deliveries/s", fmt.Sprintf("%.2f", q), q >= 0.90, true)
-	} else {
-		target("inprocess ≥ 0.90 × floor deliveries/s", "", false, false)
+	for _, t := range []struct {
+		x    *result
+		name string
+		min  float64
+	}{
+		{def, "default (built-ins in a process) ≥ 0.70 × floor deliveries/s", 0.70},
+		{inp, "inprocess ≥ 0.90 × floor deliveries/s", 0.90},
+	} {
+		if t.x != nil {
+			if q, ok := t.x.ratioToFloor(); ok {
+				target(t.name, fmt.Sprintf("%.2f", q), q >= t.min, true)
+				continue
+			}
+		}
+		target(t.name, "", false, false)
 	}
 	for _, x := range []*result{def, inp} {
 		if x == nil {
@@ -239,6 +321,7 @@ func (r *report) write(base string) error {
 func (r *report) chart(path string) error {
 	var names []string
 	var rates plotter.Values
+	var ratios []string // each bar's paired ratio to the floor
 	var p50, p99, p999 plotter.Values
 	for _, x := range r.Results {
 		if !x.ran() {
@@ -246,6 +329,11 @@ func (r *report) chart(path string) error {
 		}
 		names = append(names, x.Name)
 		rates = append(rates, x.Backlog.Rate)
+		if q, ok := x.ratioToFloor(); ok {
+			ratios = append(ratios, fmt.Sprintf("  ×%.2f", q))
+		} else {
+			ratios = append(ratios, "")
+		}
 		p50 = append(p50, x.Steady.P50.Seconds()*1000)
 		p99 = append(p99, x.Steady.P99.Seconds()*1000)
 		p999 = append(p999, x.Steady.P999.Seconds()*1000)
@@ -265,13 +353,13 @@ func (r *report) chart(path string) error {
 	bars.Color = color.RGBA{R: 0x33, G: 0x66, B: 0xcc, A: 0xff}
 	bars.LineStyle.Width = 0
 	tp.Add(plotter.NewGrid(), bars)
-	// Each bar's ratio to the floor, above it.
+	// Each bar's median paired ratio to the floor, above it.
 	if fl := r.floor(); fl != nil {
 		xys := make(plotter.XYs, len(rates))
 		texts := make([]string, len(rates))
 		for i, v := range rates {
 			xys[i] = plotter.XY{X: float64(i), Y: v}
-			texts[i] = fmt.Sprintf("%.0f/s  ×%.2f", v, v/fl.Backlog.Rate)
+			texts[i] = fmt.Sprintf("%.0f/s%s", v, ratios[i])
 		}
 		labels, err := plotter.NewLabels(plotter.XYLabels{XYs: xys, Labels: texts})
 		if err != nil {

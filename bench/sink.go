@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -25,6 +26,7 @@ import (
 // and receive time. The driver reads the records over the same listener:
 //
 //	GET  /_count        "<distinct ids> <requests> <bad bodies>"
+//	GET  /_count?path=P the same, of the requests to path P only
 //	GET  /_dump?from=K  records K… as lines "<delivery id> <unix nanos>"
 //	GET  /_conns        "<connections accepted>"
 //	POST /_gate?hold=1  hold every answer from now on (hold=0: release)
@@ -32,15 +34,23 @@ import (
 // Holding the answers is how a backlog is made: the system under test
 // pulls what its in-flight limits allow and waits, the rest stays in the
 // stream until the gate opens.
+//
+// Every scenario's target posts to a path of its own (scenario.HookPath),
+// and the sink counts by path too: the targets of a run are all up at once,
+// and each one's ledger counts only what reached its own path.
 type sinkServer struct {
 	mu       sync.Mutex
 	ids      []string
 	at       []int64
 	distinct map[string]struct{}
 	bad      int
-	gate     chan struct{} // closed while answers flow
-	conns    atomic.Int64  // connections accepted
+	paths    map[string]*sinkTally // by request path
+	gate     chan struct{}         // closed while answers flow
+	conns    atomic.Int64          // connections accepted
 }
+
+// sinkTally is what the sink counted of the requests to one path.
+type sinkTally struct{ distinct, requests, bad int }
 
 // runSink serves until SIGTERM or SIGINT. It prints "listening <addr>" on
 // stdout once it accepts connections.
@@ -53,7 +63,7 @@ func runSink(args []string) error {
 	if err != nil {
 		return err
 	}
-	s := &sinkServer{distinct: map[string]struct{}{}, gate: make(chan struct{})}
+	s := &sinkServer{distinct: map[string]struct{}{}, paths: map[string]*sinkTally{}, gate: make(chan struct{})}
 	close(s.gate)
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /_gate", s.setGate)
@@ -87,12 +97,22 @@ func (s *sinkServer) receive(w http.ResponseWriter, r *http.Request) {
 	ok := r.ParseForm() == nil && r.PostForm.Get("message") != ""
 	id := r.Header.Get("Callback-Delivery-Id")
 	s.mu.Lock()
+	t := s.paths[r.URL.Path]
+	if t == nil {
+		t = &sinkTally{}
+		s.paths[r.URL.Path] = t
+	}
 	if !ok || id == "" {
 		s.bad++
+		t.bad++
 	} else {
 		s.ids = append(s.ids, id)
 		s.at = append(s.at, now)
-		s.distinct[id] = struct{}{}
+		t.requests++
+		if _, seen := s.distinct[id]; !seen {
+			s.distinct[id] = struct{}{}
+			t.distinct++
+		}
 	}
 	gate := s.gate
 	s.mu.Unlock()
@@ -117,9 +137,17 @@ func (s *sinkServer) setGate(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (s *sinkServer) count(w http.ResponseWriter, _ *http.Request) {
+func (s *sinkServer) count(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
 	s.mu.Lock()
 	d, n, bad := len(s.distinct), len(s.ids), s.bad
+	if q.Has("path") {
+		var t sinkTally
+		if p := s.paths[q.Get("path")]; p != nil {
+			t = *p
+		}
+		d, n, bad = t.distinct, t.requests, t.bad
+	}
 	s.mu.Unlock()
 	fmt.Fprintf(w, "%d %d %d\n", d, n, bad)
 }
@@ -178,9 +206,19 @@ func startSink(self string) (*sinkClient, error) {
 // Count returns how many distinct delivery ids and requests the sink has
 // seen, and how many bodies it could not parse.
 func (c *sinkClient) Count() (distinct, requests, bad int, err error) {
-	resp, err := c.http.Get(c.URL + "/_count")
+	return c.count(c.URL + "/_count")
+}
+
+// CountPath is Count of the requests to path only (a target's
+// scenario.HookPath).
+func (c *sinkClient) CountPath(path string) (distinct, requests, bad int, err error) {
+	return c.count(c.URL + "/_count?path=" + url.QueryEscape(path))
+}
+
+func (c *sinkClient) count(u string) (distinct, requests, bad int, err error) {
+	resp, err := c.http.Get(u)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, fmt.Errorf("sink count: %w", err)
 	}
 	defer resp.Body.Close()
 	_, err = fmt.Fscan(resp.Body, &distinct, &requests, &bad)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -52,7 +53,15 @@ type scenario struct {
 	DefaultCap bool
 	// Backlog, when not 0, is the backlog size instead of -n.
 	Backlog int
+	// Workers, for a floor, is its requests in flight instead of
+	// -floor-workers.
+	Workers int
+	// Against names the floor the scenario's ratios are to ("" → "floor").
+	Against string
 }
+
+// floorName is the floor the scenario is compared with.
+func (s scenario) floorName() string { return cmp.Or(s.Against, "floor") }
 
 // EventType is the type of the events published to the scenario.
 func (s scenario) EventType() string {
@@ -61,6 +70,11 @@ func (s scenario) EventType() string {
 	}
 	return "crawl_status"
 }
+
+// HookPath is the path of the sink's URL that the scenario's target posts
+// to: one per scenario, so that the sink can count each target's deliveries
+// apart while all of a run's targets are up.
+func (s scenario) HookPath() string { return "/hook/" + s.Name }
 
 // payload is the JSON of event i (from 1) of the scenario's type.
 func (s scenario) payload(i int) []byte {
@@ -133,7 +147,7 @@ func startTarget(ctx context.Context, tl *tools, sc scenario, dir string) (*targ
 	var ready func() (bool, error)
 	if sc.Floor {
 		t.cmd = exec.Command(tl.self, "floor", "-listen", natsAddr, "-store", filepath.Join(dir, "data"),
-			"-sink", tl.sink.URL+"/hook", "-workers", strconv.Itoa(tl.workers), "-pull", tl.pull)
+			"-sink", tl.sink.URL+sc.HookPath(), "-workers", strconv.Itoa(cmp.Or(sc.Workers, tl.workers)), "-pull", tl.pull)
 		t.cmd.Stderr = logf
 		out, err := t.cmd.StdoutPipe()
 		if err != nil {
@@ -213,7 +227,7 @@ func startTarget(ctx context.Context, tl *tools, sc scenario, dir string) (*targ
 			t.Stop()
 			return nil, err
 		}
-		if _, err := kv.Put(ctx, "project."+benchProject, fmt.Appendf(nil, `{"apiCallbackUrl":%q}`, tl.sink.URL+"/hook")); err != nil {
+		if _, err := kv.Put(ctx, "project."+benchProject, fmt.Appendf(nil, `{"apiCallbackUrl":%q}`, tl.sink.URL+sc.HookPath())); err != nil {
 			t.Stop()
 			return nil, err
 		}
