@@ -218,20 +218,24 @@ func (d *driver) measure(ctx context.Context, p *phase, m0 marks, start, end tim
 	}
 }
 
-// backlog publishes n events while the consumer is paused, then resumes it
-// and measures the drain.
+// backlog publishes n events and measures the drain of what is left of
+// them once the last publish is acknowledged (the target consumes while
+// they are published). With hold (-hold), the sink instead holds its
+// answers while the backlog is published and the drain is measured from
+// their release.
 func (d *driver) backlog(ctx context.Context, name string, n int) (phase, error) {
 	p := phase{N: n}
 	base, _, _, err := d.count()
 	if err != nil {
 		return p, err
 	}
-	// The sink holds its answers while the backlog is published: the
-	// target pulls what its in-flight limits allow and waits.
-	if err := d.tl.sink.Hold(true); err != nil {
-		return p, err
+	if d.tl.hold {
+		// The target pulls what its in-flight limits allow and waits.
+		if err := d.tl.sink.Hold(true); err != nil {
+			return p, err
+		}
+		defer func() { _ = d.tl.sink.Hold(false) }()
 	}
-	defer func() { _ = d.tl.sink.Hold(false) }()
 	ids := make(map[string]struct{}, n)
 	for i := 1; i <= n; i++ {
 		id, err := d.publishAsync(name, i)
@@ -247,8 +251,10 @@ func (d *driver) backlog(ctx context.Context, name string, n int) (phase, error)
 	if err != nil {
 		return p, err
 	}
-	if err := d.tl.sink.Hold(false); err != nil {
-		return p, err
+	if d.tl.hold {
+		if err := d.tl.sink.Hold(false); err != nil {
+			return p, err
+		}
 	}
 	start := time.Now()
 	// At least 200 deliveries/s, or the phase is a failure anyway.
@@ -258,10 +264,12 @@ func (d *driver) backlog(ctx context.Context, name string, n int) (phase, error)
 	if err != nil {
 		return p, err
 	}
+	// The drain is what arrived from start on: without -hold the target
+	// delivered part of the backlog while it was being published.
 	var last int64
 	seen := make(map[string]struct{}, n)
 	for _, r := range recs {
-		if _, ok := ids[r.id]; !ok {
+		if _, ok := ids[r.id]; !ok || r.at < start.UnixNano() {
 			continue
 		}
 		seen[r.id] = struct{}{}

@@ -68,6 +68,7 @@ type options struct {
 	readme    string
 	keep      bool
 	repeat    int
+	hold      bool
 }
 
 var allScenarios = []scenario{
@@ -98,6 +99,7 @@ func runDriver(args []string) error {
 	fs.StringVar(&o.readme, "readme", "", "README to update between its results markers (full runs only)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, data dirs)")
 	fs.IntVar(&o.repeat, "repeat", 3, "rounds of backlog drains, each scenario once per round; the median drain and the median ratio to the floor's drain of the same round are reported")
+	fs.BoolVar(&o.hold, "hold", false, "the sink holds its answers while each backlog is published and the drain is timed from their release (default: timed from the last publish's ack, the target consuming meanwhile)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -143,7 +145,7 @@ func runDriver(args []string) error {
 		defer os.RemoveAll(tmp)
 	}
 
-	tl := &tools{workers: o.workers, perHost: o.perHost, pull: o.pull}
+	tl := &tools{workers: o.workers, perHost: o.perHost, pull: o.pull, hold: o.hold}
 	if tl.self, err = os.Executable(); err != nil {
 		return err
 	}

@@ -118,6 +118,7 @@ type tools struct {
 	workers   int    // floor workers
 	pull      string // floor pull style
 	perHost   int    // dispatcher.per_host_concurrency, 0 = callbackd's default
+	hold      bool   // the sink holds its answers while a backlog is published
 }
 
 func freeAddr() (string, error) {

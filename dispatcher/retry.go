@@ -16,9 +16,18 @@ import (
 // so that parking backs off.
 const headerParked = "Callbackd-Parked"
 
-// maxParkDelay caps the wait of parked work, so that a host that recovers
-// gets its parked backlog back soon.
-const maxParkDelay = time.Second
+// Parked work waits parkDelay, doubling each time the same work is parked
+// again, up to maxParkDelay (jittered ±50 %): a host that was busy for a
+// moment gets its work back within a second, while the backlog of one that
+// stays stalled comes around every half minute rather than every second.
+// Capped at 1 s, 5,000 events for a hanging endpoint were re-parked at
+// 5,000 a second for as long as it hung (measured: 40,000 parks in 8 s;
+// with the cap at 30 s, 13,500 and falling), and a backlog ten times that
+// would have taken the whole machine from the other hosts.
+const (
+	parkDelay    = 250 * time.Millisecond
+	maxParkDelay = 30 * time.Second
+)
 
 // scheduleRetry publishes attempt j.attempt+1 to CALLBACKS_RETRY, due after
 // wait, and reports whether the stream acknowledged it. The caller acks the
@@ -37,7 +46,7 @@ func (d *Dispatcher) scheduleRetry(ctx context.Context, j *job, wait time.Durati
 // work waits without holding a worker or the main consumer's pending limit.
 func (d *Dispatcher) park(ctx context.Context, j *job) {
 	// Jittered, so parked work does not come due in lock-step.
-	base := min(250*time.Millisecond<<min(j.parked, 5), maxParkDelay)
+	base := min(parkDelay<<min(j.parked, 7), maxParkDelay)
 	delay := base/2 + rand.N(base)
 	if d.publishRetry(ctx, j, j.attempt, j.parked+1, time.Now().Add(delay), "park:"+sourceRef(j), "park") {
 		d.log.Debug("parked over the host's concurrency cap", d.attrs(j, slog.Int("attempt", j.attempt), slog.Duration("wait", delay))...)
