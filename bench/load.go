@@ -225,6 +225,8 @@ func (d *driver) measure(ctx context.Context, p *phase, m0 marks, start, end tim
 // their release.
 func (d *driver) backlog(ctx context.Context, name string, n int) (phase, error) {
 	p := phase{N: n}
+	d.sampler.measuring(true)
+	defer d.sampler.measuring(false)
 	base, _, _, err := d.count()
 	if err != nil {
 		return p, err
@@ -316,6 +318,8 @@ func (d *driver) backlog(ctx context.Context, name string, n int) (phase, error)
 func (d *driver) steady(ctx context.Context, rate int, dur time.Duration) (phase, error) {
 	n := int(float64(rate) * dur.Seconds())
 	p := phase{N: n}
+	d.sampler.measuring(true)
+	defer d.sampler.measuring(false)
 	base, _, _, err := d.count()
 	if err != nil {
 		return p, err

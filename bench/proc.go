@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -138,11 +139,20 @@ type sample struct {
 // sampler reads a process tree's memory every interval until stopped.
 type sampler struct {
 	root int
+	// on is set while the target runs a measured phase: reading
+	// smaps_rollup walks each process's page tables in the kernel, and
+	// with every target of a run up at once the idle ones' samplers (ten
+	// readings a second of one to three processes each) took CPU from the
+	// one under test.
+	on   atomic.Bool
 	mu   sync.Mutex
 	all  []sample
 	stop chan struct{}
 	done chan struct{}
 }
+
+// measuring turns sampling on (for a measured phase) or off.
+func (s *sampler) measuring(on bool) { s.on.Store(on) }
 
 func startSampler(root int, every time.Duration) *sampler {
 	s := &sampler{root: root, stop: make(chan struct{}), done: make(chan struct{})}
@@ -151,10 +161,12 @@ func startSampler(root int, every time.Duration) *sampler {
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
-			m := treeMemory(root)
-			s.mu.Lock()
-			s.all = append(s.all, sample{at: time.Now(), memory: m})
-			s.mu.Unlock()
+			if s.on.Load() {
+				m := treeMemory(root)
+				s.mu.Lock()
+				s.all = append(s.all, sample{at: time.Now(), memory: m})
+				s.mu.Unlock()
+			}
 			select {
 			case <-s.stop:
 				return
