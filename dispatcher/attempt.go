@@ -23,6 +23,14 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		d.park(ctx, j)
 		return
 	}
+	if outlastsAckWait(time.Since(j.started), d.ackWait, d.o.DeliveryTimeout) {
+		// Queued for the host's slot long enough that the attempt could
+		// end after the ack wait: the server would hand the message out
+		// again meanwhile, and the event could be delivered twice.
+		if err := j.msg.InProgress(); err == nil {
+			j.started = time.Now()
+		}
+	}
 	d.inFlight <- struct{}{}
 	release() // the attempt holds no worker
 
@@ -118,6 +126,19 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 		return out.Result, false
 	}
 	return out.Result, true
+}
+
+// attemptSlack is what an attempt may take beyond delivery.timeout: a
+// transport's wait for one of its host's slots (the built-in http-form's
+// HostSlotWait, 2 s) and the round trips around it.
+const attemptSlack = 5 * time.Second
+
+// outlastsAckWait reports whether an attempt starting after the message
+// has been held for held could still be running when its ack wait ends.
+// With the default delivery.timeout of 30 s (ack wait 40 s) a wait of more
+// than 5 s for a host's slot is enough.
+func outlastsAckWait(held, ackWait, deliveryTimeout time.Duration) bool {
+	return held+deliveryTimeout+attemptSlack > ackWait
 }
 
 // deliverError hands back an attempt that the transport did not make or

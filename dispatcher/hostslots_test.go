@@ -154,3 +154,23 @@ func TestHostSlots_a_burst_after_a_quiet_spell_is_not_a_stall(t *testing.T) {
 		}
 	}
 }
+
+func TestOutlastsAckWait(t *testing.T) {
+	const timeout = 30 * time.Second
+	ackWait := timeout + 10*time.Second // as EnsureStreams sets it
+	tests := []struct {
+		held time.Duration
+		want bool
+	}{
+		{0, false},
+		{time.Second, false},
+		{5 * time.Second, false},
+		{5*time.Second + time.Millisecond, true},
+		{ackWait / 4, true}, // the longest a fast host's attempt queues
+	}
+	for _, tc := range tests {
+		if got := outlastsAckWait(tc.held, ackWait, timeout); got != tc.want {
+			t.Errorf("held %s: %v, want %v", tc.held, got, tc.want)
+		}
+	}
+}
