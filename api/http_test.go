@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/callbackd/callbackd/api"
+	"github.com/callbackd/callbackd/dispatcher"
 	"github.com/callbackd/callbackd/subjects"
 	"github.com/callbackd/callbackd/testutil"
 )
@@ -177,6 +178,8 @@ func TestMetrics_present_and_moving(t *testing.T) {
 	obs.InFlight(1)
 	obs.InFlight(-1)
 	obs.DeadLettered("delivery_failed")
+	obs.Parked(dispatcher.ParkedHostBusy)
+	obs.Parked(dispatcher.ParkedHostBusy)
 	obs.Expired(subjects.Stream, 3)
 	obs.Expired(subjects.Stream, 1)
 	lag, rev = 2, 42
@@ -191,6 +194,8 @@ func TestMetrics_present_and_moving(t *testing.T) {
 		`callbackd_delivery_attempt_duration_seconds_bucket{event_type="crawl_status",outcome="delivered",le="0.1"}`:  0,
 		`callbackd_deliveries_in_flight`:                           1,
 		`callbackd_dead_letters_total{reason="delivery_failed"}`:   1,
+		`callbackd_parked_total{reason="host_busy"}`:               2,
+		`callbackd_parked_total{reason="over_cap"}`:                0,
 		`callbackd_consumer_lag`:                                   2,
 		`callbackd_settings_revision`:                              42,
 		`callbackd_events_expired_total{stream="CALLBACKS"}`:       4,

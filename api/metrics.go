@@ -56,6 +56,7 @@ type Metrics struct {
 	attempts   *prometheus.HistogramVec
 	inFlight   prometheus.Gauge
 	dead       *prometheus.CounterVec
+	parked     *prometheus.CounterVec
 	expired    *prometheus.CounterVec
 }
 
@@ -95,6 +96,11 @@ func NewMetrics(o MetricsOptions) *Metrics {
 			Name:      "dead_letters_total",
 			Help:      "Events sent to CALLBACKS_DEAD by reason.",
 		}, []string{"reason"}),
+		parked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "callbackd",
+			Name:      "parked_total",
+			Help:      "Deliveries parked in CALLBACKS_RETRY over their host's concurrency cap, by reason (over_cap: the dispatcher's queue for the host was full or the host stalled; host_busy: the transport found the host's slots full).",
+		}, []string{"reason"}),
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "callbackd",
 			Name:      "events_expired_total",
@@ -105,13 +111,15 @@ func NewMetrics(o MetricsOptions) *Metrics {
 	// series cannot be told from a missing metric.
 	m.expired.WithLabelValues(subjects.Stream)
 	m.expired.WithLabelValues(subjects.RetryStream)
+	m.parked.WithLabelValues(dispatcher.ParkedOverCap)
+	m.parked.WithLabelValues(dispatcher.ParkedHostBusy)
 	if len(o.EventTypes) > 0 {
 		m.known = make(map[string]bool, len(o.EventTypes))
 		for _, t := range o.EventTypes {
 			m.known[t] = true
 		}
 	}
-	m.reg.MustRegister(m.deliveries, m.attempts, m.inFlight, m.dead, m.expired,
+	m.reg.MustRegister(m.deliveries, m.attempts, m.inFlight, m.dead, m.parked, m.expired,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -160,6 +168,9 @@ func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }
 
 // DeadLettered counts a dead letter (dispatcher.Observer).
 func (m *Metrics) DeadLettered(reason string) { m.dead.WithLabelValues(reason).Inc() }
+
+// Parked counts work parked over its host's cap (dispatcher.Observer).
+func (m *Metrics) Parked(reason string) { m.parked.WithLabelValues(reason).Inc() }
 
 // Expired counts events a stream removed at its max age before they were
 // acked (expiry.Observer).

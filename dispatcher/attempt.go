@@ -20,7 +20,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	u := d.urls.get(j.dest.URL)
 	hs := d.hosts.get(u.host)
 	if !hs.acquire(release, d.hostWait, d.fastQueue) {
-		d.park(ctx, j)
+		d.park(ctx, j, ParkedOverCap)
 		return
 	}
 	if outlastsAckWait(time.Since(j.started), d.ackWait, d.o.DeliveryTimeout) {
@@ -146,7 +146,7 @@ func outlastsAckWait(held, ackWait, deliveryTimeout time.Duration) bool {
 // over-cap work; anything else is an infrastructure error.
 func (d *Dispatcher) deliverError(ctx context.Context, j *job, err error) {
 	if errors.Is(err, plugins.ErrHostBusy) {
-		d.park(ctx, j)
+		d.park(ctx, j, ParkedHostBusy)
 		return
 	}
 	d.infraError(j, "deliver", err)

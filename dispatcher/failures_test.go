@@ -619,10 +619,27 @@ func TestDispatcher_waiting_retries_do_not_stop_fresh_events(t *testing.T) {
 	}
 }
 
-// peakObserver keeps the most attempts the dispatcher had in flight.
+// peakObserver keeps the most attempts the dispatcher had in flight, and
+// counts parked work by reason.
 type peakObserver struct {
 	mu        sync.Mutex
 	now, peak int
+	parked    map[string]int
+}
+
+func (o *peakObserver) Parked(reason string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.parked == nil {
+		o.parked = map[string]int{}
+	}
+	o.parked[reason]++
+}
+
+func (o *peakObserver) Parks(reason string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.parked[reason]
 }
 
 func (o *peakObserver) InFlight(delta int) {
@@ -700,7 +717,8 @@ func (b *busyFirst) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Re
 
 func TestDispatcher_host_busy_at_the_transport_is_parked(t *testing.T) {
 	const events = 3
-	h := newHarness(t, harnessOptions{MaxAttempts: 1, MaxDeliveries: 2, WrapTransport: func(tr plugins.Transport) plugins.Transport {
+	obs := &peakObserver{}
+	h := newHarness(t, harnessOptions{MaxAttempts: 1, MaxDeliveries: 2, Observer: obs, WrapTransport: func(tr plugins.Transport) plugins.Transport {
 		return &busyFirst{Transport: tr, seen: map[string]bool{}}
 	}})
 	sink := testutil.NewSink(t)
@@ -725,7 +743,49 @@ func TestDispatcher_host_busy_at_the_transport_is_parked(t *testing.T) {
 	if d := h.dead(); len(d) != 0 {
 		t.Errorf("%d dead letters, want none", len(d))
 	}
+	if n := obs.Parks(dispatcher.ParkedHostBusy); n != events {
+		t.Errorf("%d parks counted as host_busy, want %d", n, events)
+	}
 	if len(reqs) != events {
 		t.Errorf("%d requests, want %d", len(reqs), events)
+	}
+}
+
+func TestDispatcher_a_stalled_hosts_backlog_is_parked_and_delivered_once(t *testing.T) {
+	const events = 6
+	obs := &peakObserver{}
+	h := newHarness(t, harnessOptions{MaxAttempts: 1, PerHostConcurrency: 1, DeliveryTimeout: 30 * time.Second, Observer: obs})
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	sink := testutil.NewSink(t)
+	sink.Respond(func(testutil.Request) int { <-release; return 200 })
+	h.setProject("10", sink.URL)
+	h.waitDestination("1", "10", sink.URL)
+	for i := range events {
+		h.publish(eventSubject("crawl_status", "1", "10"), crawl(i+1), "")
+	}
+	// One attempt hangs; once nothing has answered for 500 ms the host
+	// counts as stalled and the attempts queued for it are parked.
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if n := obs.Parks(dispatcher.ParkedOverCap); n == 0 {
+			return errString("nothing parked yet")
+		}
+		return nil
+	})
+	if n := len(sink.Requests()); n != 1 {
+		t.Fatalf("the stalled host got %d requests at once, cap 1", n)
+	}
+	unblock()
+	sink.WaitFor(t, events, waitLong)
+	h.waitEventsEmpty()
+	testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
+	seen := map[string]int{}
+	for _, r := range sink.Requests() {
+		seen[r.Header.Get("Callback-Delivery-Id")]++
+	}
+	if len(seen) != events || len(sink.Requests()) != events {
+		t.Errorf("%d requests, %d distinct deliveries; want %d of each", len(sink.Requests()), len(seen), events)
 	}
 }

@@ -14,7 +14,18 @@ type Observer interface {
 	InFlight(delta int)
 	// DeadLettered counts a dead letter by reason.
 	DeadLettered(reason string)
+	// Parked counts work parked in CALLBACKS_RETRY over its host's cap, by
+	// reason: ParkedOverCap (the dispatcher's queue for the host was full,
+	// or the host stalled) or ParkedHostBusy (the transport found the
+	// host's slots full).
+	Parked(reason string)
 }
+
+// Reasons of Observer.Parked.
+const (
+	ParkedOverCap  = "over_cap"
+	ParkedHostBusy = "host_busy"
+)
 
 // nopObserver is the Observer of a Dispatcher given none.
 type nopObserver struct{}
@@ -23,3 +34,4 @@ func (nopObserver) Outcome(string, string)                {}
 func (nopObserver) Attempt(string, string, time.Duration) {}
 func (nopObserver) InFlight(int)                          {}
 func (nopObserver) DeadLettered(string)                   {}
+func (nopObserver) Parked(string)                         {}

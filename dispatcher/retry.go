@@ -44,12 +44,13 @@ func (d *Dispatcher) scheduleRetry(ctx context.Context, j *job, wait time.Durati
 // park puts j, over its host's cap, into CALLBACKS_RETRY with its attempt
 // number unchanged and a short, growing wait, then acks the original: the
 // work waits without holding a worker or the main consumer's pending limit.
-func (d *Dispatcher) park(ctx context.Context, j *job) {
+func (d *Dispatcher) park(ctx context.Context, j *job, reason string) {
 	// Jittered, so parked work does not come due in lock-step.
 	base := min(parkDelay<<min(j.parked, 7), maxParkDelay)
 	delay := base/2 + rand.N(base)
 	if d.publishRetry(ctx, j, j.attempt, j.parked+1, time.Now().Add(delay), "park:"+sourceRef(j), "park") {
-		d.log.Debug("parked over the host's concurrency cap", d.attrs(j, slog.Int("attempt", j.attempt), slog.Duration("wait", delay))...)
+		d.log.Debug("parked over the host's concurrency cap", d.attrs(j, slog.String("reason", reason), slog.Int("attempt", j.attempt), slog.Duration("wait", delay))...)
+		d.o.Observer.Parked(reason)
 		d.ack(j)
 	}
 }
