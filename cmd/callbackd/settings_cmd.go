@@ -29,6 +29,7 @@ const tokenEnv = "CALLBACKD_TOKEN"
 type settingsKind struct {
 	name      string // command name: project, account, sso-client
 	label     string // in messages: project, account, SSO client
+	article   string // "a" or "an", before label
 	typ       string // global ID type
 	field     string // GraphQL query field and payload field
 	mutation  string // GraphQL mutation
@@ -41,19 +42,19 @@ type settingsKind struct {
 
 var settingsKinds = map[string]settingsKind{
 	"project": {
-		name: "project", label: "project", typ: api.TypeProject, field: "project",
+		name: "project", label: "project", article: "a", typ: api.TypeProject, field: "project",
 		mutation: "updateProject", input: "UpdateProjectInput", idField: "projectId",
 		urlField: "apiCallbackUrl", hdrField: "apiCallbackHeaders",
 		selection: "id apiCallbackUrl apiCallbackHeaders { key value }",
 	},
 	"account": {
-		name: "account", label: "account", typ: api.TypeAccount, field: "account",
+		name: "account", label: "account", article: "an", typ: api.TypeAccount, field: "account",
 		mutation: "updateAccount", input: "UpdateAccountInput", idField: "accountId",
 		urlField: "apiCallbackUrl", hdrField: "apiCallbackHeaders",
 		selection: "id apiCallbackUrl apiCallbackHeaders { key value } ssoClientId",
 	},
 	"sso-client": {
-		name: "sso-client", label: "SSO client", typ: api.TypeSSOClient, field: "ssoClient",
+		name: "sso-client", label: "SSO client", article: "an", typ: api.TypeSSOClient, field: "ssoClient",
 		mutation: "updateSsoClient", input: "UpdateSsoClientInput", idField: "ssoClientId",
 		urlField: "webhookUrl", hdrField: "webhookHeaders",
 		selection: "id webhookUrl webhookHeaders { key value }",
@@ -73,8 +74,8 @@ func newSettingsCmd(name string) *cobra.Command {
 	var af apiFlags
 	cmd := &cobra.Command{
 		Use:   name + " get|set <id>",
-		Short: "Read or change a " + k.label + "'s callback settings through the admin API",
-		Long: "Read or change a " + k.label + "'s callback settings through the admin API of a running callbackd serve.\n" +
+		Short: "Read or change " + k.article + " " + k.label + "'s callback settings through the admin API",
+		Long: "Read or change " + k.article + " " + k.label + "'s callback settings through the admin API of a running callbackd serve.\n" +
 			"<id> is the plain number or the global ID. The admin token comes from --token, " + tokenEnv + ",\n" +
 			"api.token, or <data_dir>/" + api.TokenFile + ", in that order.",
 	}
@@ -85,7 +86,7 @@ func newSettingsCmd(name string) *cobra.Command {
 	var asJSON, showSecrets bool
 	get := &cobra.Command{
 		Use:   "get <id>",
-		Short: "Print a " + k.label + "'s settings (header values redacted unless --show-secrets)",
+		Short: "Print " + k.article + " " + k.label + "'s settings (header values redacted unless --show-secrets)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := newAPIClient(cmd, af)
@@ -111,7 +112,7 @@ func newSettingsCmd(name string) *cobra.Command {
 	)
 	set := &cobra.Command{
 		Use:   "set <id> [--url URL | --clear-url] [--header 'Key: Value']... [--clear-headers]",
-		Short: "Change a " + k.label + "'s settings; what is not given is unchanged",
+		Short: "Change " + k.article + " " + k.label + "'s settings; what is not given is unchanged",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f := cmd.Flags()
