@@ -19,7 +19,8 @@ type Pool struct {
 }
 
 // New returns a Pool whose goroutines exit once they have been idle for
-// idle, or at once when done is closed (a nil done never is).
+// between idle and twice idle, or at once when done is closed (a nil done
+// never is).
 func New(idle time.Duration, done <-chan struct{}) *Pool {
 	return &Pool{work: make(chan func()), done: done, idle: idle}
 }
@@ -34,17 +35,26 @@ func (p *Pool) Go(f func()) {
 	}
 }
 
+// worker runs f, then whatever Go hands it, until it has had nothing to do
+// for a whole idle period (so it exits between idle and twice idle after
+// its last function) or done is closed. The timer is not reset per
+// function: under load that was a timer update per message.
 func (p *Pool) worker(f func()) {
 	f()
 	t := time.NewTimer(p.idle)
 	defer t.Stop()
+	ran := false
 	for {
 		select {
 		case f = <-p.work:
 			f()
-			t.Reset(p.idle)
+			ran = true
 		case <-t.C:
-			return
+			if !ran {
+				return
+			}
+			ran = false
+			t.Reset(p.idle)
 		case <-p.done:
 			return
 		}
