@@ -94,7 +94,7 @@ func (r *report) pairRatios() {
 		if !x.ran() || fl == nil {
 			continue
 		}
-		floorRates := slices.Clone(fl.BacklogRates)
+		floorRates := fl.BacklogRates
 		x.RatiosToFloor = nil
 		for k := range min(len(x.BacklogRates), len(floorRates)) {
 			if floorRates[k] > 0 {

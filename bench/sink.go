@@ -31,9 +31,10 @@ import (
 //	GET  /_conns        "<connections accepted>"
 //	POST /_gate?hold=1  hold every answer from now on (hold=0: release)
 //
-// Holding the answers is how a backlog is made: the system under test
+// Holding the answers is how -hold makes a backlog: the system under test
 // pulls what its in-flight limits allow and waits, the rest stays in the
-// stream until the gate opens.
+// stream until the gate opens. (By default the driver holds nothing and
+// times a drain from the last publish's acknowledgement.)
 //
 // Every scenario's target posts to a path of its own (scenario.HookPath),
 // and the sink counts by path too: the targets of a run are all up at once,

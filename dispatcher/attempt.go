@@ -23,14 +23,10 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		d.park(ctx, j, ParkedOverCap)
 		return
 	}
-	if outlastsAckWait(time.Since(j.started), d.ackWait, d.o.DeliveryTimeout) {
-		// Queued for the host's slot long enough that the attempt could
-		// end after the ack wait: the server would hand the message out
-		// again meanwhile, and the event could be delivered twice.
-		if err := j.msg.InProgress(); err == nil {
-			j.started = time.Now()
-		}
-	}
+	// Queued for the host's slot long enough that the attempt could end
+	// after the ack wait, the message would be handed out again meanwhile
+	// and the event could be delivered twice.
+	d.keepAlive(j, attemptHold(d.ackWait, d.o.DeliveryTimeout))
 	d.inFlight <- struct{}{}
 	release() // the attempt holds no worker
 
@@ -133,12 +129,11 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 // HostSlotWait, 2 s) and the round trips around it.
 const attemptSlack = 5 * time.Second
 
-// outlastsAckWait reports whether an attempt starting after the message
-// has been held for held could still be running when its ack wait ends.
-// With the default delivery.timeout of 30 s (ack wait 40 s) a wait of more
-// than 5 s for a host's slot is enough.
-func outlastsAckWait(held, ackWait, deliveryTimeout time.Duration) bool {
-	return held+deliveryTimeout+attemptSlack > ackWait
+// attemptHold is how long a message may have been held before an attempt
+// starts and still be sure to end within its ack wait: with the default
+// delivery.timeout of 30 s (ack wait 40 s), 5 s of waiting for a host's slot.
+func attemptHold(ackWait, deliveryTimeout time.Duration) time.Duration {
+	return ackWait - deliveryTimeout - attemptSlack
 }
 
 // deliverError hands back an attempt that the transport did not make or

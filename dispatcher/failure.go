@@ -23,7 +23,7 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 		return d.deadLetterAndAck(ctx, j, ReasonCallbackFailedUndeliverable, res.StatusCode, j.attempt, res.Error, false)
 	}
 	if d.o.Failure != nil {
-		d.keepAlive(j)
+		d.keepAlive(j, d.ackWait/2)
 		f := plugins.Failure{
 			EventType: j.key.Type, AccountID: j.key.AccountID, ProjectID: j.key.ProjectID,
 			DeliveryID: j.deliveryID, CallbackURL: j.dest.URL, StatusCode: res.StatusCode,
@@ -47,7 +47,7 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 			d.log.Info("no callback-failed notification sent: the account has no SSO client webhook", d.attrs(j)...)
 		}
 	}
-	d.keepAlive(j)
+	d.keepAlive(j, d.ackWait/2)
 	return d.deadLetterAndAck(ctx, j, reason, res.StatusCode, j.attempt, res.Error, false)
 }
 

@@ -718,7 +718,7 @@ func (b *busyFirst) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Re
 func TestDispatcher_host_busy_at_the_transport_is_parked(t *testing.T) {
 	const events = 3
 	obs := &peakObserver{}
-	h := newHarness(t, harnessOptions{MaxAttempts: 1, MaxDeliveries: 2, Observer: obs, WrapTransport: func(tr plugins.Transport) plugins.Transport {
+	h := newHarness(t, harnessOptions{MaxAttempts: 1, MaxDeliveries: 2, Observer: obs, Log: true, WrapTransport: func(tr plugins.Transport) plugins.Transport {
 		return &busyFirst{Transport: tr, seen: map[string]bool{}}
 	}})
 	sink := testutil.NewSink(t)
@@ -728,8 +728,8 @@ func TestDispatcher_host_busy_at_the_transport_is_parked(t *testing.T) {
 		h.publish(eventSubject("crawl_status", "1", "10"), crawl(i+1), "")
 	}
 	// Parked in CALLBACKS_RETRY, not handed back as an infrastructure
-	// error (which publishes nothing), and not counted as an attempt: with
-	// one attempt each, a counted one would have dead-lettered them.
+	// error (which publishes nothing), and not counted as an attempt
+	// (parking keeps the attempt number, SPEC §3).
 	reqs := sink.WaitFor(t, events, waitLong)
 	h.waitEventsEmpty()
 	testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
@@ -748,6 +748,23 @@ func TestDispatcher_host_busy_at_the_transport_is_parked(t *testing.T) {
 	}
 	if len(reqs) != events {
 		t.Errorf("%d requests, want %d", len(reqs), events)
+	}
+	var page deliverylog.Page
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		var err error
+		page, err = deliverylog.NewReader(h.js).Query(h.ctx, deliverylog.Filter{ProjectID: "10", First: 50})
+		if err != nil {
+			return err
+		}
+		if len(page.Records) < events {
+			return fmt.Errorf("%d log records", len(page.Records))
+		}
+		return nil
+	})
+	for _, e := range page.Records {
+		if e.Outcome != deliverylog.OutcomeDelivered || e.Attempt != 1 {
+			t.Errorf("log record %+v: want delivered at attempt 1, the park not counted", e.Record)
+		}
 	}
 }
 

@@ -286,9 +286,10 @@ func (d *Dispatcher) ack(j *job) {
 }
 
 // keepAlive tells the server the message is still being worked on once it
-// has been held for half its ack wait (failure plugin, SSO delivery).
-func (d *Dispatcher) keepAlive(j *job) {
-	if time.Since(j.started) > d.ackWait/2 {
+// has been held for longer than after: half its ack wait before the failure
+// plugin or an SSO delivery, attemptHold before an attempt.
+func (d *Dispatcher) keepAlive(j *job, after time.Duration) {
+	if time.Since(j.started) > after {
 		if err := j.msg.InProgress(); err == nil {
 			j.started = time.Now()
 		}

@@ -155,22 +155,23 @@ func TestHostSlots_a_burst_after_a_quiet_spell_is_not_a_stall(t *testing.T) {
 	}
 }
 
-func TestOutlastsAckWait(t *testing.T) {
-	const timeout = 30 * time.Second
-	ackWait := timeout + 10*time.Second // as EnsureStreams sets it
+func TestAttemptHold(t *testing.T) {
 	tests := []struct {
-		held time.Duration
-		want bool
+		timeout, ackWait, want time.Duration
 	}{
-		{0, false},
-		{time.Second, false},
-		{5 * time.Second, false},
-		{5*time.Second + time.Millisecond, true},
-		{ackWait / 4, true}, // the longest a fast host's attempt queues
+		// As EnsureStreams sets the ack wait: delivery.timeout + 10 s.
+		{30 * time.Second, 40 * time.Second, 5 * time.Second},
+		{5 * time.Second, 15 * time.Second, 5 * time.Second},
 	}
 	for _, tc := range tests {
-		if got := outlastsAckWait(tc.held, ackWait, timeout); got != tc.want {
-			t.Errorf("held %s: %v, want %v", tc.held, got, tc.want)
+		got := attemptHold(tc.ackWait, tc.timeout)
+		if got != tc.want {
+			t.Errorf("timeout %s, ack wait %s: %s, want %s", tc.timeout, tc.ackWait, got, tc.want)
+		}
+		// A fast host's attempt queues for up to a quarter of the ack
+		// wait; at the default that is past the hold, so it is kept alive.
+		if tc.timeout == 30*time.Second && tc.ackWait/4 <= got {
+			t.Errorf("a quarter of the ack wait (%s) stays within %s: the default's overrun would go unnoticed", tc.ackWait/4, got)
 		}
 	}
 }
