@@ -291,23 +291,6 @@ func TestReplay_after_a_crash_between_publish_and_delete_does_not_duplicate(t *t
 	}
 }
 
-// lostAfter is a JetStream whose connection goes away (it is closed) just
-// before publish number after+1: NATS gone in the middle of a replay, at a
-// point the test chooses.
-type lostAfter struct {
-	jetstream.JetStream
-	nc       *nats.Conn
-	after, n int
-}
-
-func (l *lostAfter) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	if l.n == l.after {
-		l.nc.Close()
-	}
-	l.n++
-	return l.JetStream.PublishMsg(ctx, m, opts...)
-}
-
 // An interrupted replay reports exactly what it did with its error, leaves
 // the rest in CALLBACKS_DEAD, and a second run finishes the job without
 // duplicating anything.
@@ -355,7 +338,7 @@ func TestReplay_interrupted_reports_what_it_did_and_runs_again(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				rjs, wantErr = &lostAfter{JetStream: own, nc: nc, after: tt.k}, nats.ErrConnectionClosed
+				rjs, wantErr = &testutil.LostAfter{JetStream: own, NC: nc, After: tt.k}, nats.ErrConnectionClosed
 			} else {
 				progress = func(done, _ int) {
 					if done == tt.k {

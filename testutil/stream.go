@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -114,4 +115,24 @@ func WaitStreamEmpty(t testing.TB, js jetstream.JetStream, stream string, total 
 		}
 		return nil
 	})
+}
+
+// LostAfter is a JetStream whose connection goes away (NC is closed) just
+// before publish number After+1: NATS gone in the middle of a run of
+// publishes (a replay, say), at a point the test chooses. It is not safe
+// for concurrent use.
+type LostAfter struct {
+	jetstream.JetStream
+	NC    *nats.Conn
+	After int
+	n     int
+}
+
+// PublishMsg closes NC before publish number After+1, then publishes.
+func (l *LostAfter) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if l.n == l.After {
+		l.NC.Close()
+	}
+	l.n++
+	return l.JetStream.PublishMsg(ctx, m, opts...)
 }

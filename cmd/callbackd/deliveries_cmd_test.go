@@ -281,22 +281,6 @@ func TestReplayCmd(t *testing.T) {
 	}
 }
 
-// natsLostAfter is a JetStream whose connection goes away (it is closed)
-// just before publish number after+1: NATS gone in the middle of a replay.
-type natsLostAfter struct {
-	jetstream.JetStream
-	nc       *nats.Conn
-	after, n int
-}
-
-func (l *natsLostAfter) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	if l.n == l.after {
-		l.nc.Close()
-	}
-	l.n++
-	return l.JetStream.PublishMsg(ctx, m, opts...)
-}
-
 // A replay that fails part-way prints the summary of what it did, then
 // fails with one line saying how far it got; run again, it does the rest.
 func TestReplayCmd_interrupted_prints_the_partial_summary(t *testing.T) {
@@ -319,7 +303,7 @@ func TestReplayCmd_interrupted_prints_the_partial_summary(t *testing.T) {
 	cmd.SetContext(testutil.Context(t))
 	cmd.SetOut(&out)
 	cmd.SetErr(&errOut)
-	err = replay(cmd, &natsLostAfter{JetStream: own, nc: nc, after: 2}, deadletters.Filter{}, true)
+	err = replay(cmd, &testutil.LostAfter{JetStream: own, NC: nc, After: 2}, deadletters.Filter{}, true)
 	if err == nil || !errors.Is(err, nats.ErrConnectionClosed) || strings.Contains(err.Error(), "\n") ||
 		!strings.Contains(err.Error(), "replay stopped after 2 of 6 (run it again to go on)") {
 		t.Fatalf("interrupted replay: %v, want one line saying 2 of 6", err)
