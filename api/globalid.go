@@ -34,9 +34,10 @@ func ParseID(typ, s string) (string, error) {
 	if subjects.ValidateID(s) == nil {
 		return s, nil
 	}
-	enc := base64.RawStdEncoding
+	// Strict: one encoding per ID, so trailing bits must be zero.
+	enc := base64.RawStdEncoding.Strict()
 	if strings.HasSuffix(s, "=") {
-		enc = base64.StdEncoding // padded: the padding must be right
+		enc = base64.StdEncoding.Strict() // padded: the padding must be right
 	}
 	raw, err := enc.DecodeString(s)
 	if err != nil || !strings.HasPrefix(string(raw), globalIDPrefix) {

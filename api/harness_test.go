@@ -41,7 +41,7 @@ func newHarness(t testing.TB, tweak func(*api.Options)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	view := settings.NewView(testutil.Logger(t))
+	view := settings.NewView(testutil.Logger(t), settings.ViewOptions{})
 	var wg sync.WaitGroup
 	runCtx, cancel := context.WithCancel(ctx)
 	wg.Go(func() { _ = view.Run(runCtx, store.KV()) })

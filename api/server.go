@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -219,8 +220,32 @@ func (s *Server) graphQLHandler(complexityLimit, maxDepth int) http.Handler {
 			http.Error(w, "Content-Type must be application/json", http.StatusUnsupportedMediaType)
 			return
 		}
+		if !json.Valid(body) {
+			// gqlgen's own error would repeat the whole body, header
+			// values included: say where it breaks instead.
+			badJSON(w, body)
+			return
+		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		h.ServeHTTP(w, r)
+	})
+}
+
+// badJSON answers a request whose body is not JSON, as gqlgen answers a
+// body it cannot decode (400, a GraphQL error) but without the body.
+func badJSON(w http.ResponseWriter, body []byte) {
+	msg := "request body is not valid JSON"
+	var se *json.SyntaxError
+	if err := json.Unmarshal(body, new(json.RawMessage)); errors.As(err, &se) {
+		msg += fmt.Sprintf(" (at byte %d)", se.Offset)
+	} else if len(bytes.TrimSpace(body)) == 0 {
+		msg = "request body is empty, want a GraphQL request in JSON"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusBadRequest)
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"errors": []map[string]any{{"message": msg, "extensions": map[string]string{"code": "BAD_REQUEST"}}},
+		"data":   nil,
 	})
 }
 

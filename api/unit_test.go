@@ -32,6 +32,7 @@ func TestGlobalID(t *testing.T) {
 		{"Project", api.GlobalID("Project", "12a"), "", false},
 		{"Project", "TjAwNlByb2plY3QxMjM==", "", false},
 		{"Project", "%%%", "", false},
+		{"Project", "TjAwNlByb2plY3QxMj", "", false}, // "N006Project12" in non-canonical base64 (trailing bits set)
 	} {
 		got, err := api.ParseID(c.typ, c.in)
 		if c.ok != (err == nil) || got != c.want {

@@ -61,8 +61,7 @@ func (s *Server) checkURL(errs *fieldErrors, field string, in graphql.Omittable[
 	}
 	u, _ := url.Parse(*v) // ValidateURL parsed it
 	if err := s.guard.CheckURLHost(u.Host); err != nil {
-		errs.add(field, "host is refused by the outbound policy (delivery.allow_private, delivery.allow_cidrs): %s",
-			strings.TrimPrefix(err.Error(), plugins.ErrDestinationNotAllowed.Error()+": "))
+		errs.add(field, "%s", settings.RefusedHostMsg(err))
 	}
 }
 
@@ -89,6 +88,8 @@ func checkHeaders(errs *fieldErrors, field string, in graphql.Omittable[[]gql.AP
 		}
 		if i := controlByte(h.Value); i >= 0 {
 			errs.add(at+".value", "value of %q has a control character at byte %d (CR, LF, NUL and other controls are not allowed)", h.Key, i)
+		} else if plugins.HasOuterSpace(h.Value) {
+			errs.add(at+".value", "value of %q begins or ends with a space or tab (an RFC 9110 field value may not)", h.Key)
 		}
 		lk := strings.ToLower(h.Key)
 		if j, dup := seen[lk]; dup {

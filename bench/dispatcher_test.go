@@ -163,7 +163,7 @@ func benchDispatcher(b *testing.B, builtins string) {
 	if _, err := store.KV().Put(ctx, "project."+benchProject, fmt.Appendf(nil, `{"apiCallbackUrl":%q}`, sink.URL+"/hook")); err != nil {
 		b.Fatal(err)
 	}
-	view := settings.NewView(log)
+	view := settings.NewView(log, settings.ViewOptions{})
 	go func() { _ = view.Run(ctx, store.KV()) }()
 	for {
 		if _, ok := view.Destination(benchAccount, benchProject); ok {

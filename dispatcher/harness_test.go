@@ -168,7 +168,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	if h.store, err = settings.OpenStore(ctx, h.js, settings.StoreOptions{}); err != nil {
 		t.Fatalf("OpenStore: %v", err)
 	}
-	h.view = settings.NewView(log)
+	h.view = settings.NewView(log, settings.ViewOptions{})
 
 	httpForm := builtin.NewHTTPForm(builtin.HTTPFormOptions{
 		Timeout:   o.DeliveryTimeout,

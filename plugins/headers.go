@@ -68,7 +68,17 @@ func checkHeader(h Header) error {
 			return fmt.Errorf("value of %q has a control character at byte %d", h.Key, i)
 		}
 	}
+	if HasOuterSpace(h.Value) {
+		return fmt.Errorf("value of %q begins or ends with a space or tab (an RFC 9110 field value may not; it would not be sent as given)", h.Key)
+	}
 	return nil
+}
+
+// HasOuterSpace reports whether a header value begins or ends with SP or
+// HTAB, which an RFC 9110 field value may not (HTTP/1.1 senders and
+// receivers trim them) and CheckHeaders refuses.
+func HasOuterSpace(v string) bool {
+	return v != "" && (v[0] == ' ' || v[0] == '\t' || v[len(v)-1] == ' ' || v[len(v)-1] == '\t')
 }
 
 // isTokenChar reports whether c is an RFC 9110 tchar.

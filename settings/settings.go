@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/callbackd/callbackd/plugins"
@@ -112,6 +113,14 @@ func ValidateURL(s string) error {
 	if u.Host == "" || u.Hostname() == "" {
 		return errors.New("must have a host")
 	}
+	if strings.HasSuffix(u.Host, ":") {
+		return errors.New("must not have an empty port")
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("port %s is not a port (1 to 65535)", p)
+		}
+	}
 	if u.Fragment != "" {
 		return errors.New("must not have a fragment")
 	}
@@ -142,6 +151,58 @@ func decodeStrict(data []byte, v any) error {
 		return fmt.Errorf("%w: trailing data after the JSON object", ErrInvalid)
 	}
 	return nil
+}
+
+// RefusedHostMsg is the message of a URL whose host is a literal IP that the
+// outbound policy refuses (err is the guard's), in the API's field errors
+// and in the warnings about such a stored value.
+func RefusedHostMsg(err error) string {
+	return "host is refused by the outbound policy (delivery.allow_private, delivery.allow_cidrs): " +
+		strings.TrimPrefix(err.Error(), plugins.ErrDestinationNotAllowed.Error()+": ")
+}
+
+// checkHost refuses a URL whose host is a literal IP that g refuses: the
+// API refuses it (SPEC §3), and stored values are read by the API's rules
+// (SPEC §4). A nil g refuses nothing.
+func checkHost(g *plugins.Guard, u *string, field string) error {
+	if g == nil || u == nil {
+		return nil
+	}
+	pu, err := url.Parse(*u)
+	if err != nil {
+		return &FieldError{Field: field, Msg: "is not a valid URL"}
+	}
+	if err := g.CheckURLHost(pu.Host); err != nil {
+		return &FieldError{Field: field, Msg: RefusedHostMsg(err)}
+	}
+	return nil
+}
+
+// parsers read stored values by the API's rules under one outbound policy.
+type parsers struct{ guard *plugins.Guard }
+
+func (ps parsers) project(data []byte) (Project, error) {
+	p, err := ParseProject(data)
+	if err == nil {
+		err = checkHost(ps.guard, p.APICallbackURL, "apiCallbackUrl")
+	}
+	return p, err
+}
+
+func (ps parsers) account(data []byte) (Account, error) {
+	a, err := ParseAccount(data)
+	if err == nil {
+		err = checkHost(ps.guard, a.APICallbackURL, "apiCallbackUrl")
+	}
+	return a, err
+}
+
+func (ps parsers) ssoClient(data []byte) (SSOClient, error) {
+	c, err := ParseSSOClient(data)
+	if err == nil {
+		err = checkHost(ps.guard, c.WebhookURL, "webhookUrl")
+	}
+	return c, err
 }
 
 // ParseProject decodes and validates a stored project value.

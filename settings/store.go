@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callbackd/callbackd/plugins"
 	"github.com/callbackd/callbackd/subjects"
 )
 
@@ -36,11 +37,19 @@ const maxCASRetries = 20
 type StoreOptions struct {
 	// Replicas of the bucket's stream (0 → 1).
 	Replicas int
+	// Guard is the outbound policy: a stored URL whose host is a literal
+	// IP it refuses is an invalid value, as in the View. nil refuses
+	// nothing.
+	Guard *plugins.Guard
 }
 
-// Store reads and writes settings in the KV bucket.
+// Store reads and writes settings in the KV bucket. It reads a key as the
+// View does: an invalid stored value is not in effect, the last valid one
+// before it in the key's history is (none when there is none), so the API
+// shows, and an update starts from, the settings the dispatchers use.
 type Store struct {
-	kv jetstream.KeyValue
+	kv    jetstream.KeyValue
+	parse parsers
 }
 
 // OpenStore opens the settings bucket, creating it when absent.
@@ -62,7 +71,7 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, o StoreOptions) (*St
 	if err != nil {
 		return nil, fmt.Errorf("open settings bucket %s: %w", subjects.SettingsBucket, err)
 	}
-	return &Store{kv: kv}, nil
+	return &Store{kv: kv, parse: parsers{guard: o.Guard}}, nil
 }
 
 // KV returns the bucket, for the watched View.
@@ -70,19 +79,19 @@ func (s *Store) KV() jetstream.KeyValue { return s.kv }
 
 // Project returns project id's settings; an ID without settings gives the zero Project.
 func (s *Store) Project(ctx context.Context, id string) (Project, error) {
-	p, _, err := get(ctx, s, ProjectKey(id), ParseProject)
+	p, _, err := get(ctx, s, ProjectKey(id), s.parse.project)
 	return p, err
 }
 
 // Account returns account id's settings; an ID without settings gives the zero Account.
 func (s *Store) Account(ctx context.Context, id string) (Account, error) {
-	a, _, err := get(ctx, s, AccountKey(id), ParseAccount)
+	a, _, err := get(ctx, s, AccountKey(id), s.parse.account)
 	return a, err
 }
 
 // SSOClient returns SSO client id's settings; an ID without settings gives the zero SSOClient.
 func (s *Store) SSOClient(ctx context.Context, id string) (SSOClient, error) {
-	c, _, err := get(ctx, s, SSOClientKey(id), ParseSSOClient)
+	c, _, err := get(ctx, s, SSOClientKey(id), s.parse.ssoClient)
 	return c, err
 }
 
@@ -90,17 +99,17 @@ func (s *Store) SSOClient(ctx context.Context, id string) (SSOClient, error) {
 // result with compare-and-set, retrying on conflict. Nothing is stored when
 // fn fails or the result is invalid.
 func (s *Store) UpdateProject(ctx context.Context, id string, fn func(*Project) error) (Project, error) {
-	return update(ctx, s, "project", id, ProjectKey(id), ParseProject, fn, Project.Validate)
+	return update(ctx, s, "project", id, ProjectKey(id), s.parse.project, fn, Project.Validate)
 }
 
 // UpdateAccount is UpdateProject for accounts.
 func (s *Store) UpdateAccount(ctx context.Context, id string, fn func(*Account) error) (Account, error) {
-	return update(ctx, s, "account", id, AccountKey(id), ParseAccount, fn, Account.Validate)
+	return update(ctx, s, "account", id, AccountKey(id), s.parse.account, fn, Account.Validate)
 }
 
 // UpdateSSOClient is UpdateProject for SSO clients.
 func (s *Store) UpdateSSOClient(ctx context.Context, id string, fn func(*SSOClient) error) (SSOClient, error) {
-	return update(ctx, s, "SSO client", id, SSOClientKey(id), ParseSSOClient, fn, SSOClient.Validate)
+	return update(ctx, s, "SSO client", id, SSOClientKey(id), s.parse.ssoClient, fn, SSOClient.Validate)
 }
 
 func get[T any](ctx context.Context, s *Store, key string, parse func([]byte) (T, error)) (T, uint64, error) {
@@ -114,11 +123,38 @@ func get[T any](ctx context.Context, s *Store, key string, parse func([]byte) (T
 	}
 	v, err := parse(e.Value())
 	if err != nil {
-		// A bad stored value is treated as absent, as the View does, so that
-		// an update can repair it.
-		return zero, e.Revision(), nil
+		// Not in effect: the last valid value is, and an update starts
+		// from it (with the current revision, so that it replaces the bad
+		// value).
+		v, err = lastValid(ctx, s.kv, key, parse)
+		if err != nil {
+			return zero, 0, err
+		}
 	}
 	return v, e.Revision(), nil
+}
+
+// lastValid returns the newest valid value in key's history, the zero
+// value when a delete or purge comes first or no revision kept is valid
+// (the bucket keeps 5).
+func lastValid[T any](ctx context.Context, kv jetstream.KeyValue, key string, parse func([]byte) (T, error)) (T, error) {
+	var zero T
+	hist, err := kv.History(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return zero, nil
+	}
+	if err != nil {
+		return zero, fmt.Errorf("history of %s: %w", key, err)
+	}
+	for i := len(hist) - 1; i >= 0; i-- {
+		if hist[i].Operation() != jetstream.KeyValuePut {
+			return zero, nil
+		}
+		if v, err := parse(hist[i].Value()); err == nil {
+			return v, nil
+		}
+	}
+	return zero, nil
 }
 
 func update[T any](ctx context.Context, s *Store, kind, id, key string, parse func([]byte) (T, error), fn func(*T) error, validate func(T) error) (T, error) {

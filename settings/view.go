@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/subjects"
 )
 
 // StaleAfter is how long a broken watch may last before the View reports
@@ -44,7 +45,8 @@ func newSnapshot() *snapshot {
 // watch, so resolving an event's destination touches no network. Safe for
 // concurrent use.
 type View struct {
-	log *slog.Logger
+	log   *slog.Logger
+	parse parsers
 
 	mu       sync.RWMutex
 	cur      *snapshot
@@ -57,12 +59,20 @@ type View struct {
 	rev atomic.Uint64
 }
 
+// ViewOptions configure a View. The zero value checks no outbound policy.
+type ViewOptions struct {
+	// Guard is the outbound policy: a stored URL whose host is a literal
+	// IP it refuses is an invalid value, as the API refuses it (SPEC §3,
+	// §4). nil refuses nothing.
+	Guard *plugins.Guard
+}
+
 // NewView returns an empty View; Run fills it.
-func NewView(log *slog.Logger) *View {
+func NewView(log *slog.Logger, o ViewOptions) *View {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &View{log: log, cur: newSnapshot(), ready: make(chan struct{})}
+	return &View{log: log, parse: parsers{guard: o.Guard}, cur: newSnapshot(), ready: make(chan struct{})}
 }
 
 // Revision is the revision of the settings bucket that the view has
@@ -174,12 +184,12 @@ func (v *View) watchOnce(ctx context.Context, kv jetstream.KeyValue) error {
 				continue
 			}
 			if pending != nil {
-				v.apply(pending, e, false)
+				v.apply(ctx, kv, pending, e, false)
 				pendingRev = max(pendingRev, e.Revision())
 				continue
 			}
 			v.mu.Lock()
-			v.apply(v.cur, e, true)
+			v.apply(ctx, kv, v.cur, e, true)
 			v.mu.Unlock()
 			v.advance(e.Revision())
 		}
@@ -198,73 +208,95 @@ func (v *View) advance(rev uint64) {
 }
 
 // apply puts one KV entry into s. An invalid value is ignored with a warning:
-// the last valid value stays (from the live view when s is a new snapshot).
-func (v *View) apply(s *snapshot, e jetstream.KeyValueEntry, live bool) {
+// the last valid value stays. Live, that is the one in s; while a watch
+// loads its initial values (s is a new snapshot) it is the newest valid one
+// in the key's history, else the live view's.
+func (v *View) apply(ctx context.Context, kv jetstream.KeyValue, s *snapshot, e jetstream.KeyValueEntry, live bool) {
 	key := e.Key()
-	deleted := e.Operation() != jetstream.KeyValuePut
 	kind, id, _ := strings.Cut(key, ".")
+	var old *snapshot
+	if !live {
+		v.mu.RLock()
+		old = v.cur
+		defer v.mu.RUnlock()
+	}
+	switch kind + "." {
+	case projectPrefix, accountPrefix, ssoClientPrefix:
+		if err := subjects.ValidateID(id); err != nil {
+			v.log.Warn("settings: ignoring key with an invalid id (a decimal integer without leading zeros, 1 to 19 digits)", "key", key)
+			return
+		}
+	}
 	switch kind + "." {
 	case projectPrefix:
-		if deleted {
-			delete(s.projects, id)
-			return
-		}
-		p, err := ParseProject(e.Value())
-		if err != nil {
-			v.warnInvalid(key, e.Revision(), err)
-			if !live {
-				v.mu.RLock()
-				if old, ok := v.cur.projects[id]; ok {
-					s.projects[id] = old
-				}
-				v.mu.RUnlock()
-			}
-			return
-		}
-		s.projects[id] = makeTarget(p.APICallbackURL, p.APICallbackHeaders)
+		applyEntry(ctx, v, kv, e, id, s.projects, old.projectsOrNil(), v.parse.project,
+			func(p Project) target { return makeTarget(p.APICallbackURL, p.APICallbackHeaders) })
 	case accountPrefix:
-		if deleted {
-			delete(s.accounts, id)
-			return
-		}
-		a, err := ParseAccount(e.Value())
-		if err != nil {
-			v.warnInvalid(key, e.Revision(), err)
-			if !live {
-				v.mu.RLock()
-				if old, ok := v.cur.accounts[id]; ok {
-					s.accounts[id] = old
-				}
-				v.mu.RUnlock()
+		applyEntry(ctx, v, kv, e, id, s.accounts, old.accountsOrNil(), v.parse.account, func(a Account) accountEntry {
+			ae := accountEntry{target: makeTarget(a.APICallbackURL, a.APICallbackHeaders)}
+			if a.SSOClientID != nil {
+				ae.ssoClientID = *a.SSOClientID
 			}
-			return
-		}
-		ae := accountEntry{target: makeTarget(a.APICallbackURL, a.APICallbackHeaders)}
-		if a.SSOClientID != nil {
-			ae.ssoClientID = *a.SSOClientID
-		}
-		s.accounts[id] = ae
+			return ae
+		})
 	case ssoClientPrefix:
-		if deleted {
-			delete(s.sso, id)
-			return
-		}
-		c, err := ParseSSOClient(e.Value())
-		if err != nil {
-			v.warnInvalid(key, e.Revision(), err)
-			if !live {
-				v.mu.RLock()
-				if old, ok := v.cur.sso[id]; ok {
-					s.sso[id] = old
-				}
-				v.mu.RUnlock()
-			}
-			return
-		}
-		s.sso[id] = makeTarget(c.WebhookURL, c.WebhookHeaders)
+		applyEntry(ctx, v, kv, e, id, s.sso, old.ssoOrNil(), v.parse.ssoClient,
+			func(c SSOClient) target { return makeTarget(c.WebhookURL, c.WebhookHeaders) })
 	default:
 		v.log.Warn("settings: ignoring unknown key", "key", key)
 	}
+}
+
+// applyEntry is apply for one kind of setting: m is the snapshot's map,
+// old the live view's while initial values load (nil when live).
+func applyEntry[T, E any](ctx context.Context, v *View, kv jetstream.KeyValue, e jetstream.KeyValueEntry, id string,
+	m, old map[string]E, parse func([]byte) (T, error), entry func(T) E) {
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(m, id)
+		return
+	}
+	val, err := parse(e.Value())
+	if err == nil {
+		m[id] = entry(val)
+		return
+	}
+	v.warnInvalid(e.Key(), e.Revision(), err)
+	if old == nil {
+		return // live: what m holds stays
+	}
+	if kv != nil {
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		val, herr := lastValid(hctx, kv, e.Key(), parse)
+		cancel()
+		if herr == nil {
+			m[id] = entry(val) // the zero value, none, when no valid one is kept
+			return
+		}
+	}
+	if prev, ok := old[id]; ok {
+		m[id] = prev
+	}
+}
+
+func (s *snapshot) projectsOrNil() map[string]target {
+	if s == nil {
+		return nil
+	}
+	return s.projects
+}
+
+func (s *snapshot) accountsOrNil() map[string]accountEntry {
+	if s == nil {
+		return nil
+	}
+	return s.accounts
+}
+
+func (s *snapshot) ssoOrNil() map[string]target {
+	if s == nil {
+		return nil
+	}
+	return s.sso
 }
 
 func (v *View) warnInvalid(key string, rev uint64, err error) {

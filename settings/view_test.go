@@ -21,7 +21,7 @@ func startView(t *testing.T) (*settings.Store, *settings.View) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	view := settings.NewView(testutil.Logger(t))
+	view := settings.NewView(testutil.Logger(t), settings.ViewOptions{})
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = view.Run(runCtx, store.KV()) }()
@@ -126,7 +126,7 @@ func TestView_loads_existing_values_before_ready(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	view := settings.NewView(testutil.Logger(t))
+	view := settings.NewView(testutil.Logger(t), settings.ViewOptions{})
 	go func() { _ = view.Run(ctx, store.KV()) }()
 	waitReady(t, view)
 	for i := 1; i <= 50; i++ {
@@ -238,7 +238,7 @@ func TestView_revision_tells_when_a_write_is_in_use(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	view := settings.NewView(testutil.Logger(t))
+	view := settings.NewView(testutil.Logger(t), settings.ViewOptions{})
 	if got := view.Revision(); got != 0 {
 		t.Fatalf("revision before loading: %d, want 0", got)
 	}
@@ -262,5 +262,109 @@ func TestView_revision_tells_when_a_write_is_in_use(t *testing.T) {
 		if d, ok := view.Destination("9", "1"); !ok || d.URL != fmt.Sprintf("https://p%d.example.com/", i) {
 			t.Fatalf("write %d: revision %d reached but destination is %+v %v", i, rev, d, ok)
 		}
+	}
+}
+
+// A restarted View, and the Store the API reads, agree with a running View
+// on an invalid stored value: the last valid value in the key's history is
+// in effect, and an update that leaves the URL out keeps that URL.
+func TestStoreAndView_invalid_value_after_a_restart(t *testing.T) {
+	js := testutil.RunJetStream(t)
+	ctx := testutil.Context(t)
+	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := store.KV()
+	for _, v := range []string{
+		`{"apiCallbackUrl":"https://old.example.com/"}`,
+		`{"apiCallbackUrl":"https://ok.example.com/"}`,
+		`{"apiCallbackUrl":"ftp://bad"}`,
+		`{"apiCallbackUrl":"https://x.example.com/","apiCallbackHeaders":[{"key":"Host","value":"x"}]}`,
+	} {
+		if _, err := kv.Put(ctx, settings.ProjectKey("5"), []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Valid, then deleted, then invalid: none is in effect.
+	for _, v := range []string{`{"apiCallbackUrl":"https://gone.example.com/"}`, "", `{"apiCallbackUrl":""}`} {
+		if v == "" {
+			err = kv.Delete(ctx, settings.ProjectKey("6"))
+		} else {
+			_, err = kv.Put(ctx, settings.ProjectKey("6"), []byte(v))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	view := settings.NewView(testutil.Logger(t), settings.ViewOptions{})
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = view.Run(runCtx, kv) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitReady(t, view)
+	checkDest(t, view, "9", "5", &plugins.Destination{URL: "https://ok.example.com/"})
+	checkDest(t, view, "9", "6", nil)
+
+	p, err := store.Project(ctx, "5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.APICallbackURL == nil || *p.APICallbackURL != "https://ok.example.com/" {
+		t.Errorf("Store.Project(5) URL = %v, want the last valid https://ok.example.com/", p.APICallbackURL)
+	}
+	if p, err = store.Project(ctx, "6"); err != nil || p.APICallbackURL != nil {
+		t.Errorf("Store.Project(6) = %+v, %v; want no URL (deleted before the invalid value)", p, err)
+	}
+
+	// Headers only: the URL in effect stays, and the stored value is valid again.
+	if _, err := store.UpdateProject(ctx, "5", func(p *settings.Project) error {
+		p.APICallbackHeaders = []settings.Header{{Key: "X-New", Value: "v"}}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	checkDest(t, view, "9", "5", &plugins.Destination{URL: "https://ok.example.com/", Headers: []plugins.Header{{Key: "X-New", Value: "v"}}})
+}
+
+// With an outbound policy, a stored URL whose host is a literal IP the
+// policy refuses is invalid, as the API refuses it; a key whose id is not
+// an ID is ignored.
+func TestView_refuses_what_the_API_refuses(t *testing.T) {
+	js := testutil.RunJetStream(t)
+	ctx := testutil.Context(t)
+	guard := plugins.NewGuard(false, nil)
+	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{Guard: guard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := settings.NewView(testutil.Logger(t), settings.ViewOptions{Guard: guard})
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = view.Run(runCtx, store.KV()) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitReady(t, view)
+
+	kv := store.KV()
+	puts := []struct{ key, value string }{
+		{settings.ProjectKey("5"), `{"apiCallbackUrl":"https://ok.example.com/"}`},
+		{settings.ProjectKey("5"), `{"apiCallbackUrl":"http://127.0.0.1:9/loop"}`},
+		{settings.AccountKey("9"), `{"apiCallbackUrl":"http://[::1]/"}`},
+		{settings.SSOClientKey("77"), `{"webhookUrl":"http://2130706433/"}`},
+		{"project.0123", `{"apiCallbackUrl":"https://zero.example.com/"}`},
+		{settings.ProjectKey("7"), `{"apiCallbackUrl":"https://seven.example.com/"}`}, // the last, processed after the others
+	}
+	for _, p := range puts {
+		if _, err := kv.Put(ctx, p.key, []byte(p.value)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkDest(t, view, "9", "7", &plugins.Destination{URL: "https://seven.example.com/"})
+	checkDest(t, view, "9", "5", &plugins.Destination{URL: "https://ok.example.com/"})
+	checkDest(t, view, "9", "123", nil)
+	checkDest(t, view, "9", "8", nil)
+	if p, err := store.Project(ctx, "5"); err != nil || p.APICallbackURL == nil || *p.APICallbackURL != "https://ok.example.com/" {
+		t.Errorf("Store.Project(5) = %+v, %v; want the last valid URL", p, err)
 	}
 }

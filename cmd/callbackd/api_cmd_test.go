@@ -89,7 +89,7 @@ func startTestAPIWith(t *testing.T, tweak func(*config.Config), limits adminLimi
 	if err != nil {
 		t.Fatal(err)
 	}
-	view := settings.NewView(testutil.Logger(t))
+	view := settings.NewView(testutil.Logger(t), settings.ViewOptions{})
 	runCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = view.Run(runCtx, store.KV()) })

@@ -326,3 +326,35 @@ func TestReplayCmd_interrupted_prints_the_partial_summary(t *testing.T) {
 		t.Errorf("after the second run: CALLBACKS %d, CALLBACKS_DEAD %d", streamCount(t, js, subjects.Stream), streamCount(t, js, subjects.DeadStream))
 	}
 }
+
+// Calling a command wrongly is a one-line usage error (exit status 2),
+// an unknown subcommand of a group included; a group alone prints its help.
+func TestCLI_usage_errors(t *testing.T) {
+	for _, tt := range []struct {
+		args  []string
+		usage bool
+	}{
+		{[]string{"bogus"}, true},
+		{[]string{"project", "bogus"}, true},
+		{[]string{"account", "bogus", "1"}, true},
+		{[]string{"sso-client", "get"}, true},
+		{[]string{"project", "get", "1", "2"}, true},
+		{[]string{"version", "x"}, true},
+		{[]string{"plugins", "bogus"}, true},
+		{[]string{"project"}, false},
+	} {
+		root := newRootCmd()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs(tt.args)
+		err := root.Execute()
+		var ue usageError
+		switch {
+		case tt.usage && (!errors.As(err, &ue) || strings.Contains(err.Error(), "\n")):
+			t.Errorf("%v: %v, want a one-line usage error", tt.args, err)
+		case !tt.usage && (err != nil || !strings.Contains(out.String(), "Usage:")):
+			t.Errorf("%v: %v, want the help and no error; printed:\n%s", tt.args, err, out.String())
+		}
+	}
+}

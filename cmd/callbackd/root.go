@@ -31,7 +31,35 @@ func newRootCmd() *cobra.Command {
 		newPluginsCmd(), newPluginCmd(),
 		newVersionCmd(),
 	)
+	usageErrors(root)
 	return root
+}
+
+// usageErrors makes every way of calling a command wrongly a usageError
+// (exit status 2, one line): a wrong number of arguments, and an unknown
+// subcommand of a command that only groups others (cobra would print the
+// help and exit 0). A group called without a subcommand prints its help.
+func usageErrors(c *cobra.Command) {
+	if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			if err := args(cmd, a); err != nil {
+				return usageError{fmt.Errorf("%s: %w (usage: %s)", strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" "), err, cmd.UseLine())}
+			}
+			return nil
+		}
+	}
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = cobra.ArbitraryArgs
+		c.RunE = func(cmd *cobra.Command, a []string) error {
+			if len(a) > 0 {
+				return usageError{fmt.Errorf("unknown command %q for %q (see %s --help)", a[0], cmd.CommandPath(), cmd.CommandPath())}
+			}
+			return cmd.Help()
+		}
+	}
+	for _, sub := range c.Commands() {
+		usageErrors(sub)
+	}
 }
 
 // loadConfig loads the layered config for a command and sets up logging.

@@ -16,6 +16,7 @@ import (
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
 	"github.com/callbackd/callbackd/expiry"
+	"github.com/callbackd/callbackd/plugins"
 	"github.com/callbackd/callbackd/settings"
 )
 
@@ -108,9 +109,12 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	if err != nil {
 		return err
 	}
+	// Stored settings are read by the API's rules, the outbound policy's
+	// refusal of literal IPs included (SPEC §4).
+	guard := plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs())
 	var store *settings.Store
 	err = ensureJetStream(ctx, log, "settings bucket", func(ctx context.Context) (err error) {
-		store, err = settings.OpenStore(ctx, js, settings.StoreOptions{Replicas: cfg.NATS.Replicas})
+		store, err = settings.OpenStore(ctx, js, settings.StoreOptions{Replicas: cfg.NATS.Replicas, Guard: guard})
 		return err
 	})
 	if err != nil {
@@ -127,7 +131,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	}()
 
 	runCtx, cancel := context.WithCancel(ctx)
-	view := settings.NewView(log.With("component", "settings"))
+	view := settings.NewView(log.With("component", "settings"), settings.ViewOptions{Guard: guard})
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = view.Run(runCtx, store.KV()) })
 	// Cancel, then wait: on an error below (the admin port in use, say)
