@@ -265,6 +265,7 @@ func TestValidation_rejects_with_the_field_named_and_stores_nothing(t *testing.T
 		{"LF in value", "project", map[string]any{"apiCallbackHeaders": []map[string]string{hdr("X-A", "a\nX-Injected: 1")}}, []string{"apiCallbackHeaders[0].value"}},
 		{"NUL in value", "project", map[string]any{"apiCallbackHeaders": []map[string]string{hdr("X-A", "a\x00b")}}, []string{"apiCallbackHeaders[0].value"}},
 		{"DEL in value", "project", map[string]any{"apiCallbackHeaders": []map[string]string{hdr("X-A", "a\x7fb")}}, []string{"apiCallbackHeaders[0].value"}},
+		{"C1 control in value", "project", map[string]any{"apiCallbackHeaders": []map[string]string{hdr("X-A", "a\u0085b")}}, []string{"apiCallbackHeaders[0].value"}},
 		{"leading space in value", "project", map[string]any{"apiCallbackHeaders": []map[string]string{hdr("X-A", " lead")}}, []string{"apiCallbackHeaders[0].value"}},
 		{"trailing tab in value", "project", map[string]any{"apiCallbackHeaders": []map[string]string{hdr("X-A", "trail\t")}}, []string{"apiCallbackHeaders[0].value"}},
 		{"port out of range", "project", map[string]any{"apiCallbackUrl": "https://example.com:99999/"}, []string{"apiCallbackUrl"}},

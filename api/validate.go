@@ -86,8 +86,8 @@ func checkHeaders(errs *fieldErrors, field string, in graphql.Omittable[[]gql.AP
 			errs.add(at+".key", "%s", headerMsg(err))
 			continue
 		}
-		if i := controlByte(h.Value); i >= 0 {
-			errs.add(at+".value", "value of %q has a control character at byte %d (CR, LF, NUL and other controls are not allowed)", h.Key, i)
+		if i := plugins.ControlByte(h.Value); i >= 0 {
+			errs.add(at+".value", "value of %q has a control character at byte %d (CR, LF, NUL and other controls, C1 included, are not allowed)", h.Key, i)
 		} else if plugins.HasOuterSpace(h.Value) {
 			errs.add(at+".value", "value of %q begins or ends with a space or tab (an RFC 9110 field value may not)", h.Key)
 		}
@@ -101,19 +101,6 @@ func checkHeaders(errs *fieldErrors, field string, in graphql.Omittable[[]gql.AP
 	if total > plugins.MaxHeaderBytes {
 		errs.add(field, "headers take %d bytes, at most %d allowed", total, plugins.MaxHeaderBytes)
 	}
-}
-
-// controlByte returns the index of the first byte of v that an RFC 9110
-// field value may not hold (controls but HTAB, and DEL), -1 when none. The
-// settings store checks again with plugins.CheckHeaders; this only names
-// the field.
-func controlByte(v string) int {
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; (c < 0x20 && c != '\t') || c == 0x7f {
-			return i
-		}
-	}
-	return -1
 }
 
 // headerMsg is CheckHeaders' message for a one-header list, without its

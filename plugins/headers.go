@@ -62,16 +62,26 @@ func checkHeader(h Header) error {
 	if reservedHeaders[lk] || strings.HasPrefix(lk, "proxy-") {
 		return fmt.Errorf("key %q is reserved and may not be set", h.Key)
 	}
-	for i := 0; i < len(h.Value); i++ {
-		c := h.Value[i]
-		if (c < 0x20 && c != '\t') || c == 0x7f {
-			return fmt.Errorf("value of %q has a control character at byte %d", h.Key, i)
-		}
+	if i := ControlByte(h.Value); i >= 0 {
+		return fmt.Errorf("value of %q has a control character at byte %d", h.Key, i)
 	}
 	if HasOuterSpace(h.Value) {
 		return fmt.Errorf("value of %q begins or ends with a space or tab (an RFC 9110 field value may not; it would not be sent as given)", h.Key)
 	}
 	return nil
+}
+
+// ControlByte returns the index of the first control character in a header
+// value, -1 when there is none: a C0 control but HTAB, DEL, or a C1 control
+// (U+0080–U+009F) encoded in UTF-8. RFC 9110 field values hold none of them.
+func ControlByte(v string) int {
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if (c < 0x20 && c != '\t') || c == 0x7f || (c == 0xc2 && i+1 < len(v) && v[i+1] >= 0x80 && v[i+1] <= 0x9f) {
+			return i
+		}
+	}
+	return -1
 }
 
 // HasOuterSpace reports whether a header value begins or ends with SP or

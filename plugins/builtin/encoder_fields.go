@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/url"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/callbackd/callbackd/plugins"
@@ -518,11 +519,13 @@ func segmentID(v jsonValue) (string, error) {
 			return v.text, nil
 		}
 	case jsonNumber:
-		if allDigits(v.text) && len(v.text) <= maxCodeLen {
+		// An integer, rendered as given: its text matches the string
+		// form's [A-Za-z0-9_-]{1,64} ("-5" as a string is accepted too).
+		if allDigits(strings.TrimPrefix(v.text, "-")) && len(v.text) <= maxCodeLen {
 			return v.text, nil
 		}
 	}
-	return "", plugins.Invalid("segment_id: must be a string of 1 to 64 of [A-Za-z0-9_-] or a non-negative integer, got %s", v.describe())
+	return "", plugins.Invalid("segment_id: must be a string of 1 to 64 of [A-Za-z0-9_-] or an integer of at most 64 characters, got %s", v.describe())
 }
 
 func allDigits(s string) bool {
