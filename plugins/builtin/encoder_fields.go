@@ -594,10 +594,24 @@ func parseFileURL(v jsonValue) (string, error) {
 	// url.Parse's own errors repeat the whole URL, so they are not wrapped.
 	u, err := url.Parse(v.text)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
-		return "", plugins.Invalid("file_url: must be an absolute http or https URL, got %s", quoteInput(v.text))
+		return "", plugins.Invalid("file_url: must be an absolute http or https URL, got %s", quoteURL(v.text))
 	}
 	if u.Hostname() == "" {
-		return "", plugins.Invalid("file_url: must have a host, got %s", quoteInput(v.text))
+		return "", plugins.Invalid("file_url: must have a host, got %s", quoteURL(v.text))
 	}
 	return v.text, nil
+}
+
+// quoteURL quotes a rejected file_url for its error without userinfo, query
+// or fragment: a file_url is a signed URL (SPEC §7), and the error goes to
+// logs, the delivery log and the dead letter's Callbackd-Error.
+func quoteURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "an unparseable URL"
+	}
+	if u.User == nil && u.RawQuery == "" && !u.ForceQuery && u.Fragment == "" {
+		return quoteInput(s) // nothing to hide: as given
+	}
+	return quoteInput(plugins.SafeURL(s))
 }

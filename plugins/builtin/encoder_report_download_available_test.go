@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -222,6 +223,8 @@ func TestReportDownloadAvailable_invalid(t *testing.T) {
 		{name: "file_url javascript", payload: `{"report_download_id":5,"crawl_id":3,"file_url":"javascript:alert(1)"` + rid + `}`, err: urlRule},
 		{name: "file_url empty", payload: `{"report_download_id":5,"crawl_id":3,"file_url":""` + rid + `}`, err: urlRule + `""`},
 		{name: "file_url control character", payload: `{"report_download_id":5,"crawl_id":3,"file_url":"https://x/\u0000"` + rid + `}`, err: urlRule},
+		{name: "file_url signed, not http", payload: `{"report_download_id":5,"crawl_id":3,"file_url":"ftp://user:pw@s3/x?sig=abc#f"` + rid + `}`, err: urlRule + `"ftp://s3/x"`},
+		{name: "file_url signed, relative", payload: `{"report_download_id":5,"crawl_id":3,"file_url":"reports/x?sig=abc"` + rid + `}`, err: urlRule + `"reports/x"`},
 		{name: "file_url bad host", payload: `{"report_download_id":5,"crawl_id":3,"file_url":"https://a b/"` + rid + `}`, err: urlRule},
 		{name: "file_url number", payload: `{"report_download_id":5,"crawl_id":3,"file_url":5` + rid + `}`, err: urlRule + "5"},
 		{name: "file_url null", payload: `{"report_download_id":5,"crawl_id":3,"file_url":null` + rid + `}`, err: urlRule + "null"},
@@ -288,6 +291,24 @@ func BenchmarkReportDownloadAvailable_Encode(b *testing.B) {
 	for b.Loop() {
 		if _, err := enc.Encode(context.Background(), ev); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// A rejected file_url's error (logged, in the delivery log and in the dead
+// letter's Callbackd-Error) never holds its userinfo or query: a file_url is
+// a signed URL (SPEC §7).
+func TestReportDownloadAvailable_file_url_error_keeps_no_secret(t *testing.T) {
+	enc := NewReportDownloadAvailable()
+	for _, u := range []string{
+		"ftp://user:SECRET@s3/x?sig=SECRET", "relative/x?sig=SECRET", "https://user:SECRET@/x?sig=SECRET",
+		"https://a b/x?sig=SECRET", "https://x/%zz?sig=SECRET", "//user:SECRET@/x?sig=SECRET",
+	} {
+		ev := plugins.Event{Type: "report_download_available", AccountID: "123123", ProjectID: "1123123",
+			Payload: []byte(`{"report_download_id":5,"crawl_id":3,"report_id":"3:a:b","file_url":` + strconv.Quote(u) + `}`)}
+		_, err := enc.Encode(context.Background(), ev)
+		if err == nil || strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("file_url %q: error %v, want one without the secret", u, err)
 		}
 	}
 }
