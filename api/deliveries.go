@@ -11,6 +11,7 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/callbackd/callbackd/api/internal/gql"
+	"github.com/callbackd/callbackd/deadletters"
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/subjects"
 )
@@ -97,9 +98,6 @@ type ReplayerFunc func(ctx context.Context, f ReplayFilter) (ReplayResult, error
 func (fn ReplayerFunc) Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error) {
 	return fn(ctx, f)
 }
-
-// deadLetterReasons are the values of Callbackd-Reason (SPEC §3).
-var deadLetterReasons = []string{"invalid_event", "delivery_failed", "destination_not_allowed", "callback_failed_undeliverable"}
 
 // unavailable is the GraphQL error of a resolver whose backing service the
 // server was not given.
@@ -236,11 +234,11 @@ func (m mutationResolver) ReplayDeadLetters(ctx context.Context, in gql.ReplayIn
 	}
 	if v, _ := in.Reason.ValueOK(); v != nil {
 		ok := false
-		for _, r := range deadLetterReasons {
+		for _, r := range deadletters.Reasons {
 			ok = ok || r == *v
 		}
 		if !ok {
-			errs.add("reason", "must be one of %s", strings.Join(deadLetterReasons, ", "))
+			errs.add("reason", "must be one of %s", strings.Join(deadletters.Reasons, ", "))
 		}
 		f.Reason = *v
 	}

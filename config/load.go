@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"reflect"
 	"slices"
@@ -166,6 +167,7 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 	err = k.UnmarshalWithConf("", cfg, koanf.UnmarshalConf{DecoderConfig: &mapstructure.DecoderConfig{
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(
 			durationHook,
+			integerHook,
 			pluginEntryHook,
 			mapstructure.TextUnmarshallerHookFunc(),
 		),
@@ -352,6 +354,23 @@ func durationHook(from, to reflect.Type, data any) (any, error) {
 		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
 		reflect.Float32, reflect.Float64:
 		return nil, fmt.Errorf("invalid duration %v (want Go syntax such as \"30s\")", data)
+	}
+	return data, nil
+}
+
+// integerHook refuses a number with a fraction for an integer key, which
+// mapstructure would truncate (`workers: 8.5` → 8): a whole float, as YAML
+// may give 8 or 8.0, is taken.
+func integerHook(from, to reflect.Type, data any) (any, error) {
+	if from.Kind() != reflect.Float32 && from.Kind() != reflect.Float64 {
+		return data, nil
+	}
+	switch to.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		if f := reflect.ValueOf(data).Float(); f != math.Trunc(f) || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("want a whole number, got %v", data)
+		}
 	}
 	return data, nil
 }

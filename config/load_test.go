@@ -285,6 +285,12 @@ func TestLoad_errors_name_the_key(t *testing.T) {
 		wantMsg  string
 	}{
 		{
+			name:     "a fraction for an integer",
+			yaml:     "dispatcher: {per_host_concurrency: 3.9}\nnats: {replicas: 1.7}\n",
+			wantKeys: []string{"nats.replicas", "dispatcher.per_host_concurrency"},
+			wantMsg:  "want a whole number, got 3.9",
+		},
+		{
 			name:     "unknown key in the file",
 			yaml:     "dispatcher:\n  wokers: 3\n",
 			wantKeys: []string{"dispatcher.wokers"},

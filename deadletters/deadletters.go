@@ -24,7 +24,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -86,6 +88,9 @@ type Letter struct {
 	Size int `json:"size"`
 }
 
+// Reasons are the values of Callbackd-Reason (SPEC §3).
+var Reasons = []string{"invalid_event", "delivery_failed", "destination_not_allowed", "callback_failed_undeliverable"}
+
 // Validate checks f's event type, IDs, reason and time range.
 func (f Filter) Validate() error {
 	_, err := f.subject()
@@ -110,10 +115,8 @@ func (f Filter) subject() (string, error) {
 	if f.EventType == subjects.DeadInvalidType && (f.AccountID != "" || f.ProjectID != "") {
 		return "", fmt.Errorf("%w: dead letters of type %s have no account or project", ErrBadFilter, subjects.DeadInvalidType)
 	}
-	for i := 0; i < len(f.Reason); i++ {
-		if c := f.Reason[i]; !('a' <= c && c <= 'z' || c == '_') {
-			return "", fmt.Errorf("%w: reason %q", ErrBadFilter, f.Reason)
-		}
+	if f.Reason != "" && !slices.Contains(Reasons, f.Reason) {
+		return "", fmt.Errorf("%w: reason %q is not one of %s", ErrBadFilter, f.Reason, strings.Join(Reasons, ", "))
 	}
 	if !f.Since.IsZero() && !f.Until.IsZero() && f.Until.Before(f.Since) {
 		return "", fmt.Errorf("%w: until %s is before since %s", ErrBadFilter, f.Until.Format(time.RFC3339), f.Since.Format(time.RFC3339))

@@ -384,7 +384,7 @@ func (e *downEncoder) Encode(context.Context, plugins.Event) (plugins.Encoded, e
 func TestDispatcher_plugin_errors_cost_no_attempt_and_are_capped(t *testing.T) {
 	enc := &downEncoder{}
 	h := newHarness(t, harnessOptions{
-		MaxAttempts: 4, MaxDeliveries: 2,
+		MaxAttempts: 4, MaxDeliveries: 2, Log: true,
 		Encoders: map[string]plugins.Encoder{"crawl_status": enc},
 	})
 	sink := testutil.NewSink(t)
@@ -411,6 +411,19 @@ func TestDispatcher_plugin_errors_cost_no_attempt_and_are_capped(t *testing.T) {
 		t.Errorf("sink got %d requests", n)
 	}
 	h.waitEventsEmpty()
+	// An unsuccessful end like any other: in the delivery log as failed.
+	r := deliverylog.NewReader(h.js)
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		page, err := r.Query(h.ctx, deliverylog.Filter{ProjectID: "2", First: 10})
+		if err != nil {
+			return err
+		}
+		if len(page.Records) != 1 || page.Records[0].Outcome != deliverylog.OutcomeFailed ||
+			!strings.Contains(page.Records[0].Error, "dispatcher.max_deliveries") || page.Records[0].Attempt != 0 {
+			return fmt.Errorf("records %+v, want one failed record naming dispatcher.max_deliveries", page.Records)
+		}
+		return nil
+	})
 }
 
 func TestDispatcher_every_attempt_is_in_the_delivery_log(t *testing.T) {

@@ -84,8 +84,13 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg, release func()
 	}
 	if md.NumDelivered > limit {
 		if d.parseKey(j) {
-			d.deadLetterAndAck(ctx, j, ReasonDeliveryFailed, 0, j.attempt-1,
-				fmt.Sprintf("handed back %d times by infrastructure errors (dispatcher.max_deliveries)", md.NumDelivered-1), true)
+			// An unsuccessful end, logged as failed like any other. The
+			// failure plugin is not run: what keeps failing may be a
+			// plugin, and there is no notification to report.
+			msg := fmt.Sprintf("handed back %d times by infrastructure errors (dispatcher.max_deliveries)", md.NumDelivered-1)
+			d.log.Warn("giving up on an event", d.attrs(j, slog.String("outcome", deliverylog.OutcomeFailed), slog.String("err", msg))...)
+			d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeFailed, Attempt: j.attempt - 1, Error: msg})
+			d.deadLetterAndAck(ctx, j, ReasonDeliveryFailed, 0, j.attempt-1, msg, true)
 		}
 		return
 	}

@@ -199,6 +199,8 @@ func TestDeliveriesCmd_bad_flags(t *testing.T) {
 		{"deliveries", "--since", "yesterday"},
 		{"deliveries", "--limit", "0"},
 		{"replay", "--reason", "Delivery Failed"},
+		{"replay", "--reason", "nope", "--yes"},
+		{"publish", "crawl_status", "--account", "1", "--data", "{}"},
 		{"replay", "--until", "soon"},
 	} {
 		var out, errOut syncBuffer

@@ -36,7 +36,8 @@ func newRootCmd() *cobra.Command {
 }
 
 // usageErrors makes every way of calling a command wrongly a usageError
-// (exit status 2, one line): a wrong number of arguments, and an unknown
+// (exit status 2, one line): a wrong number of arguments, a required flag
+// left out, and an unknown
 // subcommand of a command that only groups others (cobra would print the
 // help and exit 0). A group called without a subcommand prints its help.
 func usageErrors(c *cobra.Command) {
@@ -44,6 +45,18 @@ func usageErrors(c *cobra.Command) {
 		c.Args = func(cmd *cobra.Command, a []string) error {
 			if err := args(cmd, a); err != nil {
 				return usageError{fmt.Errorf("%s: %w (usage: %s)", strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" "), err, cmd.UseLine())}
+			}
+			return nil
+		}
+	}
+	if c.Runnable() && c.PreRunE == nil && c.PreRun == nil {
+		// cobra checks required flags after PreRunE, with a plain error.
+		c.PreRunE = func(cmd *cobra.Command, _ []string) error {
+			if err := cmd.ValidateRequiredFlags(); err != nil {
+				return usageError{err}
+			}
+			if err := cmd.ValidateFlagGroups(); err != nil {
+				return usageError{err}
 			}
 			return nil
 		}
