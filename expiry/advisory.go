@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -37,6 +38,10 @@ type advisories struct {
 	counted atomic.Int64
 	// dropped is the subscription's drop count at the last log line.
 	dropped int
+	// stream is the stream's creation time and max age from the last
+	// sample (nil before it): while the stream is younger than its max
+	// age, a limits termination is no expiry (sample.canHaveExpired).
+	stream atomic.Pointer[sample]
 }
 
 // subscribe counts, through obs, the advisories of messages that w's stream
@@ -44,12 +49,10 @@ type advisories struct {
 func subscribe(nc *nats.Conn, w watch, obs Observer) (*advisories, error) {
 	a := &advisories{w: w}
 	sub, err := nc.QueueSubscribe(subjects.AdvisoryTerminated(w.stream, w.consumer), subjects.ExpiryQueue, func(m *nats.Msg) {
-		var adv advisory
-		if json.Unmarshal(m.Data, &adv) != nil || !limitsReason(adv.Reason) {
-			return
+		if a.expiry(m.Data, time.Now()) {
+			obs.Expired(w.stream, 1)
+			a.counted.Add(1)
 		}
-		obs.Expired(w.stream, 1)
-		a.counted.Add(1)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to %s advisories: %w", w.stream, err)
@@ -63,6 +66,18 @@ func subscribe(nc *nats.Conn, w watch, obs Observer) (*advisories, error) {
 }
 
 func (a *advisories) close() { _ = a.sub.Unsubscribe() }
+
+// expiry reports whether a terminated-message advisory, received at now,
+// is an expiry: a limits reason, on a stream old enough for a message to
+// have reached its max age.
+func (a *advisories) expiry(data []byte, now time.Time) bool {
+	var adv advisory
+	if json.Unmarshal(data, &adv) != nil || !limitsReason(adv.Reason) {
+		return false
+	}
+	st := a.stream.Load()
+	return st == nil || st.canHaveExpired(now)
+}
 
 // limitsReason reports whether a terminated-message advisory's reason says
 // the stream's limits removed the message.

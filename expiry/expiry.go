@@ -154,6 +154,17 @@ func (c *Counter) run(ctx context.Context) {
 	}
 }
 
+// noteStream gives w's advisories its stream's creation time and max age,
+// which tell whether a limits termination can be an expiry
+// (sample.canHaveExpired).
+func (c *Counter) noteStream(w watch, s sample) {
+	for _, a := range c.advs {
+		if a.w == w {
+			a.stream.Store(&sample{StreamCreated: s.StreamCreated, MaxAge: s.MaxAge})
+		}
+	}
+}
+
 // sampleAll samples every watched stream, logging what fails.
 func (c *Counter) sampleAll(ctx context.Context) {
 	for _, w := range watched {
@@ -203,6 +214,10 @@ func (c *Counter) sample(ctx context.Context, w watch) (uint64, error) {
 			return 0, err
 		}
 		next, n := advance(prev, s)
+		c.noteStream(w, s)
+		if young := !s.canHaveExpired(time.Now()); young {
+			n = 0 // gaps, but nothing can be max-age old yet (canHaveExpired)
+		}
 		ok, err := storePosition(ctx, c.kv, w.stream, next, rev)
 		if err != nil {
 			return 0, err
@@ -237,6 +252,7 @@ func read(ctx context.Context, js jetstream.JetStream, w watch) (sample, error) 
 		FirstSeq:        si.State.FirstSeq,
 		Delivered:       ci.Delivered.Stream,
 		Deliveries:      ci.Delivered.Consumer,
+		MaxAge:          si.Config.MaxAge,
 	}, nil
 }
 

@@ -267,3 +267,70 @@ func TestCounter_samples_every_interval_and_closes(t *testing.T) {
 	c.Close()
 	c.Close() // twice is fine
 }
+
+// What only looks like an expiry is not counted while the stream is younger
+// than its max age: after a kill -9 the server recovers its consumer's state
+// from before the last acks, terminates messages the work queue had already
+// removed with a limits reason, and leaves a gap below the first stored
+// sequence.
+func TestAdvisories_expiry_needs_a_stream_as_old_as_its_max_age(t *testing.T) {
+	created := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	unacked := []byte(`{"type":"io.nats.jetstream.advisory.v1.terminated","reason":"Unacknowledged message was deleted"}`)
+	limits := []byte(`{"reason":"Message deleted by stream limits"}`)
+	ownTerm := []byte(`{"reason":""}`)
+	for _, tc := range []struct {
+		name   string
+		stream *sample // nil: not sampled yet
+		data   []byte
+		at     time.Time
+		want   bool
+	}{
+		{"not sampled yet", nil, unacked, created, true},
+		{"old enough", &sample{StreamCreated: created, MaxAge: time.Hour}, unacked, created.Add(time.Hour), true},
+		{"old enough, limits", &sample{StreamCreated: created, MaxAge: time.Hour}, limits, created.Add(2 * time.Hour), true},
+		{"younger than max age", &sample{StreamCreated: created, MaxAge: time.Hour}, unacked, created.Add(59 * time.Minute), false},
+		{"younger, limits", &sample{StreamCreated: created, MaxAge: 168 * time.Hour}, limits, created.Add(time.Minute), false},
+		{"no max age", &sample{StreamCreated: created}, unacked, created.Add(1000 * time.Hour), false},
+		{"callbackd's own Term", &sample{StreamCreated: created, MaxAge: time.Hour}, ownTerm, created.Add(2 * time.Hour), false},
+		{"not JSON", &sample{StreamCreated: created, MaxAge: time.Hour}, []byte("x"), created.Add(2 * time.Hour), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var a advisories
+			if tc.stream != nil {
+				a.stream.Store(tc.stream)
+			}
+			if got := a.expiry(tc.data, tc.at); got != tc.want {
+				t.Errorf("expiry = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// A gap below the first stored sequence of a stream younger than its max
+// age (messages deleted, as a recovered consumer state shows acked ones) is
+// not counted; the position still moves past it, so it is never counted
+// later either.
+func TestCounter_young_stream_counts_no_gap(t *testing.T) {
+	t.Parallel()
+	j, _ := streams(t, time.Hour)
+	var obs counts
+	c := start(t, j.JS, &obs)
+	publish(t, j.JS, eventSubject, 5)
+	st, err := j.JS.Stream(testutil.Context(t), subjects.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(1); seq <= 5; seq++ {
+		if err := st.DeleteMsg(testutil.Context(t), seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.sampleAll(testutil.Context(t))
+	if got := obs.get(subjects.Stream); got != 0 {
+		t.Errorf("CALLBACKS: %d expiries counted on a stream younger than its max age, want 0", got)
+	}
+	p, _, err := loadPosition(testutil.Context(t), c.kv, subjects.Stream)
+	if err != nil || p == nil || p.Frontier < 5 {
+		t.Errorf("position %+v, %v: want the frontier past the gap (5)", p, err)
+	}
+}

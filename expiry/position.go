@@ -52,6 +52,19 @@ type sample struct {
 	// Deliveries is the consumer's delivered consumer sequence: one per
 	// delivery, redeliveries included.
 	Deliveries uint64
+	// MaxAge is the stream's max age (0: none).
+	MaxAge time.Duration
+}
+
+// canHaveExpired reports whether any message of the stream can be as old as
+// its max age at now: not while the stream is younger than that. It keeps
+// what only looks like an expiry out of the count: after a kill -9 the
+// server recovers a consumer's state from before its last acks, finds
+// messages it thinks pending already gone from the work queue, and
+// terminates them with a limits reason, or shows them as a gap below the
+// first stored sequence.
+func (s sample) canHaveExpired(now time.Time) bool {
+	return s.MaxAge > 0 && !s.StreamCreated.IsZero() && now.Sub(s.StreamCreated) >= s.MaxAge
 }
 
 // position is the last sample, shared by the instances in the state bucket.
