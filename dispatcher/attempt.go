@@ -19,7 +19,14 @@ import (
 func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	u := d.urls.get(j.dest.URL)
 	hs := d.hosts.get(u.host)
-	if !hs.acquire(release, d.hostWait, d.fastQueue) {
+	if !hs.acquire(release, d.hostWait, d.fastQueue, d.stopping) {
+		if d.isStopping() {
+			// Shutting down: an attempt not started is not started now.
+			// The message is handed back, for another instance or the
+			// next start, and shutdown waits only for attempts in flight.
+			d.nak(j.msg, handBackDelay)
+			return
+		}
 		d.park(ctx, j, ParkedOverCap)
 		return
 	}
@@ -300,8 +307,14 @@ func (l *hostLimiter) get(host string) *hostSlots {
 // fast host, up to its cap for a slow one — with the worker released
 // (release) while it waits. It reports false when the work should be
 // parked: the queue is full, the wait passed wait, or the host stopped
-// being fast while it waited in a fast host's queue.
-func (h *hostSlots) acquire(release func(), wait time.Duration, fastQueue int) bool {
+// being fast while it waited in a fast host's queue; and when stop is
+// closed (shutdown) before it has a slot.
+func (h *hostSlots) acquire(release func(), wait time.Duration, fastQueue int, stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return false // shutting down: no attempt starts now
+	default:
+	}
 	h.mu.Lock()
 	if h.busy == 0 {
 		// An idle host's first attempt starts its stall clock afresh: a
@@ -338,6 +351,8 @@ func (h *hostSlots) acquire(release func(), wait time.Duration, fastQueue int) b
 		select {
 		case <-w.ready:
 			return true
+		case <-stop:
+			return !h.leave(w)
 		case now := <-t.C:
 			if !now.Before(deadline) || (fast && queue > h.limit && !h.fast()) {
 				// Leave the queue, unless the slot was handed over

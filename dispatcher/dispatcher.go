@@ -153,6 +153,9 @@ type Dispatcher struct {
 	idFields   map[string][]string
 
 	wg sync.WaitGroup // handlers and attempts in flight
+	// stopping is closed when Run is told to stop: attempts still queued
+	// for a host's slot then hand their message back instead of waiting.
+	stopping chan struct{}
 	// pool runs the handlers on goroutines that keep their grown stacks.
 	pool *gopool.Pool
 }
@@ -187,7 +190,18 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 		hostWait:  ackWait / 4,
 		fastQueue: max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
 		idFields:  map[string][]string{},
+		stopping:  make(chan struct{}),
 	}, nil
+}
+
+// isStopping reports whether Run has been told to stop.
+func (d *Dispatcher) isStopping() bool {
+	select {
+	case <-d.stopping:
+		return true
+	default:
+		return false
+	}
 }
 
 // Run consumes until ctx is done, then stops fetching, finishes the work in
@@ -203,6 +217,17 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.pool = gopool.New(poolIdle, poolDone)
 	defer close(poolDone)
 	defer d.wg.Wait()
+	// A Run of its own: handlers of an earlier Run have all returned.
+	stopping, stopped := make(chan struct{}), make(chan struct{})
+	d.stopping = stopping
+	defer close(stopped)
+	go func() {
+		select {
+		case <-ctx.Done():
+			close(stopping)
+		case <-stopped: // Run returned without being told to stop
+		}
+	}()
 	errs := make(chan error, 2)
 	go func() { errs <- d.consume(ctx, d.top.Dispatcher, "dispatcher") }()
 	go func() { errs <- d.consume(ctx, d.top.Retrier, "retrier") }()

@@ -552,6 +552,45 @@ func TestDispatcher_shutdown_drains_in_flight_delivery(t *testing.T) {
 	}
 }
 
+// Shutdown waits only for attempts in flight: attempts queued for their
+// host's slot hand their message back at once (not delivered, not parked,
+// not acked), for another instance or the next start.
+func TestDispatcher_shutdown_hands_back_queued_attempts(t *testing.T) {
+	sink, release := blockingSink(t)
+	h := newHarness(t, harnessOptions{PerHostConcurrency: 1, Workers: 8})
+	h.setProject("1", sink.URL)
+	h.waitDestination("1", "1", sink.URL)
+	subject := eventSubject("crawl_status", "1", "1")
+	for i := range 5 {
+		h.publish(subject, crawl(i+1), "")
+	}
+	// One request in flight, held by the sink; the other four queue for
+	// the host's one slot (a fast host's queue: none is parked within
+	// slowHost, 500 ms, of the first attempt).
+	testutil.CheckFor(t, waitLong, 5*time.Millisecond, func() error {
+		if len(sink.Requests()) == 0 {
+			return fmt.Errorf("no request yet")
+		}
+		return nil
+	})
+	h.stopDispatcher()
+	release()
+	select {
+	case <-h.runDone:
+	case <-time.After(waitLong):
+		t.Fatalf("Run did not return within %s of the delivery finishing", waitLong)
+	}
+	if got := len(sink.Requests()); got != 1 {
+		t.Errorf("sink got %d requests, want 1: queued attempts started after the stop", got)
+	}
+	if n := len(testutil.StreamMsgs(t, h.js, subjects.RetryStream)); n != 0 {
+		t.Errorf("%d messages parked in %s, want 0 (handed back instead)", n, subjects.RetryStream)
+	}
+	if n := len(testutil.StreamMsgs(t, h.js, subjects.Stream)); n != 4 {
+		t.Errorf("%d messages left in %s, want the 4 not delivered", n, subjects.Stream)
+	}
+}
+
 // Many events to several projects, in parallel: each is delivered exactly
 // once, to its own project's URL.
 func TestDispatcher_concurrent_events_are_each_delivered_once(t *testing.T) {

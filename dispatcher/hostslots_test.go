@@ -26,7 +26,7 @@ func TestHostSlots_immediate_slots(t *testing.T) {
 				hs.avgNs.Store(int64(slowHost))
 			}
 			got := 0
-			for hs.acquire(func() {}, 0, 0) { // no queue: false once full
+			for hs.acquire(func() {}, 0, 0, nil) { // no queue: false once full
 				got++
 				if got > tc.window {
 					break
@@ -41,14 +41,14 @@ func TestHostSlots_immediate_slots(t *testing.T) {
 
 func TestHostSlots_queue_is_first_come_first_served(t *testing.T) {
 	hs := newHostLimiter(1, 1).get("h:80")
-	if !hs.acquire(func() {}, 0, 8) {
+	if !hs.acquire(func() {}, 0, 8, nil) {
 		t.Fatal("first acquire failed")
 	}
 	order := make(chan int, 3)
 	for i := range 3 {
 		released := make(chan struct{})
 		go func() {
-			if hs.acquire(func() { close(released) }, time.Minute, 8) {
+			if hs.acquire(func() { close(released) }, time.Minute, 8, nil) {
 				order <- i
 			}
 		}()
@@ -65,12 +65,12 @@ func TestHostSlots_queue_is_first_come_first_served(t *testing.T) {
 func TestHostSlots_queue_limits_and_wait(t *testing.T) {
 	t.Run("fast host queues up to fastQueue", func(t *testing.T) {
 		hs := newHostLimiter(1, 1).get("h:80")
-		hs.acquire(func() {}, 0, 0)
+		hs.acquire(func() {}, 0, 0, nil)
 		released := make(chan struct{})
 		got := make(chan bool, 1)
-		go func() { got <- hs.acquire(func() { close(released) }, time.Minute, 1) }()
+		go func() { got <- hs.acquire(func() { close(released) }, time.Minute, 1, nil) }()
 		<-released
-		if hs.acquire(func() {}, time.Minute, 1) {
+		if hs.acquire(func() {}, time.Minute, 1, nil) {
 			t.Fatal("a second waiter was queued past fastQueue 1")
 		}
 		hs.release()
@@ -81,19 +81,38 @@ func TestHostSlots_queue_limits_and_wait(t *testing.T) {
 	t.Run("slow host queues up to its cap", func(t *testing.T) {
 		hs := newHostLimiter(1, 4).get("h:80")
 		hs.avgNs.Store(int64(slowHost))
-		hs.acquire(func() {}, 0, 0)
+		hs.acquire(func() {}, 0, 0, nil)
 		released := make(chan struct{})
-		go func() { hs.acquire(func() { close(released) }, time.Minute, 100) }()
+		go func() { hs.acquire(func() { close(released) }, time.Minute, 100, nil) }()
 		<-released
-		if hs.acquire(func() {}, time.Minute, 100) {
+		if hs.acquire(func() {}, time.Minute, 100, nil) {
 			t.Fatal("a slow host queued more than its cap")
 		}
 		hs.release()
 	})
+	t.Run("stop ends the wait and leaves the queue", func(t *testing.T) {
+		hs := newHostLimiter(1, 1).get("h:80")
+		hs.acquire(func() {}, 0, 0, nil)
+		stop := make(chan struct{})
+		released := make(chan struct{})
+		got := make(chan bool, 1)
+		go func() { got <- hs.acquire(func() { close(released) }, time.Minute, 8, stop) }()
+		<-released // queued
+		close(stop)
+		if <-got {
+			t.Fatal("acquire took a slot after stop, with the slot held")
+		}
+		hs.mu.Lock()
+		n := len(hs.waiters)
+		hs.mu.Unlock()
+		if n != 0 {
+			t.Fatalf("%d waiters left after stop", n)
+		}
+	})
 	t.Run("the wait ends and leaves the queue", func(t *testing.T) {
 		hs := newHostLimiter(1, 1).get("h:80")
-		hs.acquire(func() {}, 0, 0)
-		if hs.acquire(func() {}, 20*time.Millisecond, 8) {
+		hs.acquire(func() {}, 0, 0, nil)
+		if hs.acquire(func() {}, 20*time.Millisecond, 8, nil) {
 			t.Fatal("acquire succeeded with the slot held")
 		}
 		hs.mu.Lock()
@@ -103,19 +122,19 @@ func TestHostSlots_queue_limits_and_wait(t *testing.T) {
 			t.Fatalf("%d waiters left in the queue", n)
 		}
 		hs.release()
-		if !hs.acquire(func() {}, 0, 0) {
+		if !hs.acquire(func() {}, 0, 0, nil) {
 			t.Fatal("the released slot was lost")
 		}
 	})
 	t.Run("a fast host's waiter is parked when the host turns slow", func(t *testing.T) {
 		hs := newHostLimiter(1, 1).get("h:80")
-		hs.acquire(func() {}, 0, 0)
+		hs.acquire(func() {}, 0, 0, nil)
 		start := time.Now()
 		// Queued as a fast host's (fastQueue 8 > cap); then the host turns
 		// slow: the next check parks it, long before its minute's wait.
 		released := make(chan struct{})
 		got := make(chan bool, 1)
-		go func() { got <- hs.acquire(func() { close(released) }, time.Minute, 8) }()
+		go func() { got <- hs.acquire(func() { close(released) }, time.Minute, 8, nil) }()
 		<-released
 		hs.avgNs.Store(int64(slowHost))
 		if <-got {
@@ -133,14 +152,14 @@ func TestHostSlots_a_burst_after_a_quiet_spell_is_not_a_stall(t *testing.T) {
 	// The last attempt ended long ago; nothing is in flight.
 	hs.lastDoneNs.Store(time.Now().Add(-time.Hour).UnixNano())
 	for range limit {
-		hs.acquire(func() {}, 0, 0)
+		hs.acquire(func() {}, 0, 0, nil)
 	}
 	// The slots are full at once: a fast host's burst queues rather than
 	// parks.
 	got := make(chan bool, queued)
 	for i := range queued {
 		released := make(chan struct{})
-		go func() { got <- hs.acquire(func() { close(released) }, time.Minute, 8) }()
+		go func() { got <- hs.acquire(func() { close(released) }, time.Minute, 8, nil) }()
 		select {
 		case <-released:
 		case ok := <-got:
