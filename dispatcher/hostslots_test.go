@@ -102,10 +102,7 @@ func TestHostSlots_queue_limits_and_wait(t *testing.T) {
 		if <-got {
 			t.Fatal("acquire took a slot after stop, with the slot held")
 		}
-		hs.mu.Lock()
-		n := len(hs.waiters)
-		hs.mu.Unlock()
-		if n != 0 {
+		if n := queued(hs); n != 0 {
 			t.Fatalf("%d waiters left after stop", n)
 		}
 	})
@@ -115,10 +112,7 @@ func TestHostSlots_queue_limits_and_wait(t *testing.T) {
 		if hs.acquire(func() {}, 20*time.Millisecond, 8, nil) {
 			t.Fatal("acquire succeeded with the slot held")
 		}
-		hs.mu.Lock()
-		n := len(hs.waiters)
-		hs.mu.Unlock()
-		if n != 0 {
+		if n := queued(hs); n != 0 {
 			t.Fatalf("%d waiters left in the queue", n)
 		}
 		hs.release()
@@ -193,4 +187,11 @@ func TestAttemptHold(t *testing.T) {
 			t.Errorf("a quarter of the ack wait (%s) stays within %s: the default's overrun would go unnoticed", tc.ackWait/4, got)
 		}
 	}
+}
+
+// queued is how many attempts wait in hs's queue.
+func queued(hs *hostSlots) int {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return len(hs.waiters)
 }

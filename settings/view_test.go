@@ -21,12 +21,18 @@ func startView(t *testing.T) (*settings.Store, *settings.View) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	view := settings.NewView(testutil.Logger(t), settings.ViewOptions{})
-	runCtx, cancel := context.WithCancel(ctx)
+	return store, runView(t, store, settings.ViewOptions{})
+}
+
+// runView runs a View of store until the end of the test.
+func runView(t *testing.T, store *settings.Store, o settings.ViewOptions) *settings.View {
+	t.Helper()
+	view := settings.NewView(testutil.Logger(t), o)
+	runCtx, cancel := context.WithCancel(testutil.Context(t))
 	done := make(chan struct{})
 	go func() { defer close(done); _ = view.Run(runCtx, store.KV()) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return store, view
+	return view
 }
 
 func waitReady(t *testing.T, v *settings.View) {
@@ -298,11 +304,7 @@ func TestStoreAndView_invalid_value_after_a_restart(t *testing.T) {
 		}
 	}
 
-	view := settings.NewView(testutil.Logger(t), settings.ViewOptions{})
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = view.Run(runCtx, kv) }()
-	t.Cleanup(func() { cancel(); <-done })
+	view := runView(t, store, settings.ViewOptions{})
 	waitReady(t, view)
 	checkDest(t, view, "9", "5", &plugins.Destination{URL: "https://ok.example.com/"})
 	checkDest(t, view, "9", "6", nil)
@@ -339,11 +341,7 @@ func TestView_refuses_what_the_API_refuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	view := settings.NewView(testutil.Logger(t), settings.ViewOptions{Guard: guard})
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = view.Run(runCtx, store.KV()) }()
-	t.Cleanup(func() { cancel(); <-done })
+	view := runView(t, store, settings.ViewOptions{Guard: guard})
 	waitReady(t, view)
 
 	kv := store.KV()
