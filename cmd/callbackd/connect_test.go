@@ -131,3 +131,40 @@ func TestDialNATS_without_a_listener_says_why(t *testing.T) {
 		t.Fatalf("error shows the password: %s", s)
 	}
 }
+
+// An embedded listener beyond loopback without auth or TLS is warned about;
+// one on loopback, or with both, is not.
+func TestWarnOpenListener(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		n    config.NATS
+		want []string // substrings of the warnings, in order
+	}{
+		{"loopback", config.NATS{Listen: "127.0.0.1:4222"}, nil},
+		{"localhost", config.NATS{Listen: "localhost:4222"}, nil},
+		{"IPv6 loopback", config.NATS{Listen: "[::1]:4222"}, nil},
+		{"in-process only", config.NATS{}, nil},
+		{"wildcard, nothing", config.NATS{Listen: "0.0.0.0:4222"}, []string{"without nats.auth", "without TLS"}},
+		{"empty host", config.NATS{Listen: ":4222"}, []string{"without nats.auth", "without TLS"}},
+		{"address, auth only", config.NATS{Listen: "10.0.0.5:4222", Auth: config.Auth{Token: "t"}}, []string{"without TLS"}},
+		{"address, auth and TLS", config.NATS{Listen: "10.0.0.5:4222", Auth: config.Auth{User: "u", Password: "p"},
+			TLS: config.TLS{Cert: "c.pem", Key: "k.pem"}}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf strings.Builder
+			warnOpenListener(tc.n, slog.New(slog.NewTextHandler(&buf, nil)))
+			lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+			if buf.Len() == 0 {
+				lines = nil
+			}
+			if len(lines) != len(tc.want) {
+				t.Fatalf("%d warnings, want %d:\n%s", len(lines), len(tc.want), buf.String())
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(lines[i], w) {
+					t.Errorf("warning %d = %q, want it to say %q", i, lines[i], w)
+				}
+			}
+		})
+	}
+}
