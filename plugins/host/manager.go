@@ -14,10 +14,13 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
@@ -128,11 +131,52 @@ type Manager struct {
 // NewManager returns a Manager. Close it to stop every plugin process.
 func NewManager(o Options) (*Manager, error) {
 	o.setDefaults()
-	dir, err := os.MkdirTemp(o.ExecDir, "callbackd-plugins-")
+	removeStaleExecDirs(o.ExecDir, o.Logger)
+	dir, err := os.MkdirTemp(o.ExecDir, execDirPattern)
 	if err != nil {
 		return nil, fmt.Errorf("plugin exec dir: %w", err)
 	}
+	// Its owner, so that a later manager can remove it if this process
+	// dies without Close (kill -9).
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("plugin exec dir: %w", err)
+	}
 	return &Manager{o: o, execDir: dir}, nil
+}
+
+// The exec dir of a manager: execDirPattern in ExecDir, holding ownerFile
+// (the owning process's pid) and the verified copies.
+const (
+	execDirPattern = "callbackd-plugins-*"
+	ownerFile      = "owner.pid"
+)
+
+// removeStaleExecDirs removes the exec dirs in dir that a process which no
+// longer runs left behind (killed before it could Close). A dir without an
+// owner, or whose owner runs (or whose pid was reused), is left alone.
+func removeStaleExecDirs(dir string, log *slog.Logger) {
+	paths, _ := filepath.Glob(filepath.Join(dir, execDirPattern))
+	for _, p := range paths {
+		b, err := os.ReadFile(filepath.Join(p, ownerFile))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || pid == os.Getpid() || processRuns(pid) {
+			continue
+		}
+		if err := os.RemoveAll(p); err == nil {
+			log.Debug("removed the plugin exec dir of a process that is gone", "dir", p, "pid", pid)
+		}
+	}
+}
+
+// processRuns reports whether a process with pid exists (signal 0; a
+// process of another user counts as running).
+func processRuns(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // Launch starts the plugin process of s and waits for its handshake; from

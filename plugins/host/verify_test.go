@@ -5,7 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -92,5 +94,49 @@ func TestHCLogAdapter(t *testing.T) {
 	}
 	if strings.Contains(out, "hidden") || strings.Contains(out, "timestamp=") {
 		t.Errorf("log %q", out)
+	}
+}
+
+// A new manager removes the exec dirs of processes that are gone (killed
+// before Close), and leaves alone those of running processes and those
+// without an owner.
+func TestNewManager_removes_exec_dirs_of_dead_processes(t *testing.T) {
+	base := t.TempDir()
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name, owner string) string {
+		t.Helper()
+		d := filepath.Join(base, "callbackd-plugins-"+name)
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if owner != "" {
+			if err := os.WriteFile(filepath.Join(d, "owner.pid"), []byte(owner), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return d
+	}
+	gone := mk("gone", strconv.Itoa(dead.Process.Pid))
+	live := mk("live", strconv.Itoa(os.Getppid()))
+	unowned := mk("unowned", "")
+
+	m, err := NewManager(Options{ExecDir: base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(gone); !os.IsNotExist(err) {
+		t.Errorf("exec dir of a dead process still there (%v)", err)
+	}
+	for _, d := range []string{live, unowned, m.execDir} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s: %v, want it kept", d, err)
+		}
+	}
+	m.Close()
+	if _, err := os.Stat(m.execDir); !os.IsNotExist(err) {
+		t.Errorf("Close left its exec dir (%v)", err)
 	}
 }
