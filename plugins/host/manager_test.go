@@ -247,10 +247,11 @@ func TestThirdParty_verified_and_run_with_a_clean_environment(t *testing.T) {
 			t.Errorf("unexpected variable %s in the plugin's environment", k)
 		}
 	}
-	// The private copy that ran is gone; the exec dir stays private.
+	// The private copy that ran is gone; the exec dir stays private and
+	// holds only its owner's pid.
 	entries, _ := os.ReadDir(m.execDir)
-	if len(entries) != 0 {
-		t.Errorf("exec dir holds %d files after start", len(entries))
+	if len(entries) != 1 || entries[0].Name() != ownerFile {
+		t.Errorf("exec dir holds %v after start, want only %s", entries, ownerFile)
 	}
 }
 
