@@ -178,8 +178,11 @@ func (p *deliveryPrinter) add(e deliverylog.Entry) {
 		status = strconv.Itoa(e.StatusCode)
 	}
 	dur := ""
-	if e.DurationMs != 0 {
+	switch {
+	case e.DurationMs != 0:
 		dur = (time.Duration(e.DurationMs) * time.Millisecond).String()
+	case !e.StartedAt.IsZero(): // an attempt that took less than 1 ms
+		dur = "<1ms"
 	}
 	attempt := ""
 	if e.Attempt != 0 {

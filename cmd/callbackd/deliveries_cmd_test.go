@@ -360,3 +360,25 @@ func TestCLI_usage_errors(t *testing.T) {
 		}
 	}
 }
+
+// An attempt under 1 ms shows as such, not as a record without an attempt.
+func TestDeliveriesCmd_sub_millisecond_attempt(t *testing.T) {
+	js := cliJetStream(t)
+	fast := rec("d-fast", "21", deliverylog.OutcomeDelivered)
+	fast.DurationMs, fast.StartedAt = 0, time.Now()
+	skipped := deliverylog.Record{DeliveryID: "d-skip", EventType: "crawl_status", AccountID: "7", ProjectID: "21",
+		Outcome: deliverylog.OutcomeSkipped, Error: "test_suite_build", At: time.Now()}
+	writeLog(t, js, fast, skipped)
+	var out, errOut syncBuffer
+	if err := runCLI(testutil.Context(t), t, js, "", &out, &errOut, "deliveries", "--project", "21"); err != nil {
+		t.Fatalf("deliveries: %v (stderr %s)", err, errOut.String())
+	}
+	for _, l := range strings.Split(out.String(), "\n") {
+		switch {
+		case strings.Contains(l, "d-fast") && !strings.Contains(l, "<1ms"):
+			t.Errorf("attempt under 1 ms: %q, want <1ms", l)
+		case strings.Contains(l, "d-skip") && strings.Contains(l, "ms"):
+			t.Errorf("record without an attempt shows a duration: %q", l)
+		}
+	}
+}
