@@ -114,7 +114,7 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 	}
 	if path != "" {
 		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
-			return nil, nil, fmt.Errorf("config: file %s: %w", path, err)
+			return nil, nil, fmt.Errorf("config: file %s: %w", path, oneLine(err))
 		}
 		// The file is the first layer, so k holds only its keys here.
 		if err := unknownKeys(k.Raw(), path); err != nil {
@@ -179,7 +179,9 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 	if err != nil {
 		return nil, warnings, keyErrors(err)
 	}
-	if deriveAckPending {
+	if deriveAckPending && cfg.Dispatcher.Workers > 0 {
+		// (A bad workers is reported as such, not again as a derived
+		// max_ack_pending the user never set.)
 		cfg.Dispatcher.MaxAckPending = 4 * cfg.Dispatcher.Workers
 	}
 	if err := cfg.Validate(); err != nil {
@@ -356,6 +358,16 @@ func durationHook(from, to reflect.Type, data any) (any, error) {
 		return nil, fmt.Errorf("invalid duration %v (want Go syntax such as \"30s\")", data)
 	}
 	return data, nil
+}
+
+// oneLine joins a multi-line error (the YAML parser puts each of its
+// errors on a line of its own) into one line, keeping what each line says.
+func oneLine(err error) error {
+	if !strings.Contains(err.Error(), "\n") {
+		return err
+	}
+	parts := strings.Fields(strings.ReplaceAll(err.Error(), "\n", " "))
+	return errors.New(strings.Join(parts, " "))
 }
 
 // integerHook refuses a number with a fraction for an integer key, which

@@ -411,7 +411,7 @@ func TestLoad_errors_name_the_key(t *testing.T) {
 		{
 			name:     "validation after loading",
 			yaml:     "dispatcher: {workers: 0}\n",
-			wantKeys: []string{"dispatcher.workers", "dispatcher.max_ack_pending"}, // derived: 4 × 0
+			wantKeys: []string{"dispatcher.workers"}, // max_ack_pending, derived from it, is not reported too
 			wantMsg:  "config: dispatcher.workers: must be at least 1, got 0",
 		},
 		{
@@ -514,9 +514,23 @@ func TestLoad_missing_explicit_config_is_an_error(t *testing.T) {
 }
 
 func TestLoad_bad_yaml_is_an_error(t *testing.T) {
-	_, _, err := load(t, "nats: [unclosed\n", nil)
-	if err == nil || !strings.Contains(err.Error(), "callbackd.yaml") {
-		t.Fatalf("Load = %v, want an error naming the file", err)
+	for _, yaml := range []string{
+		"nats: [unclosed\n",
+		"dispatcher:\n  workers: 1\n  workers: 2\n", // the parser's errors come on lines of their own
+	} {
+		_, _, err := load(t, yaml, nil)
+		if err == nil || !strings.Contains(err.Error(), "callbackd.yaml") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("Load(%q) = %v, want a one-line error naming the file", yaml, err)
+		}
+	}
+}
+
+// A bad dispatcher.workers is one error: max_ack_pending, derived from it
+// when not set, is not reported as well.
+func TestLoad_bad_workers_is_one_error(t *testing.T) {
+	_, _, err := load(t, "dispatcher: {workers: 0}\n", nil)
+	if err == nil || !strings.Contains(err.Error(), "dispatcher.workers") || strings.Contains(err.Error(), "max_ack_pending") {
+		t.Fatalf("Load = %v, want one error naming dispatcher.workers", err)
 	}
 }
 
