@@ -53,6 +53,11 @@ func runPluginCommand(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
+	if os.Getenv(plugins.Handshake.MagicCookieKey) != plugins.Handshake.MagicCookieValue {
+		// go-plugin would say so in three lines of its own.
+		fmt.Fprintln(stderr, "callbackd: callbackd plugin builtin is started by callbackd serve, not by hand")
+		return 2
+	}
 	tuneBuiltinGC()
 	plugins.Serve(builtinServeConfig(builtin.HTTPFormOptions{
 		Timeout:            *timeout,

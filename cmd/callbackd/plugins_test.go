@@ -235,8 +235,8 @@ func TestStartPlugins_wrong_checksum_is_refused(t *testing.T) {
 func TestPluginCommand_is_not_for_people(t *testing.T) {
 	bin := testutil.BuildBinary(t)
 	_, stderr, code := testutil.RunBinary(t, time.Minute, bin, "plugin", "builtin")
-	if code != 1 || !strings.Contains(stderr, "This binary is a plugin") {
-		t.Errorf("plugin builtin by hand: exit %d, stderr %q", code, stderr)
+	if code != 2 || !strings.Contains(stderr, "not by hand") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+		t.Errorf("plugin builtin by hand: exit %d, stderr %q; want 2 and one line", code, stderr)
 	}
 	_, stderr, code = testutil.RunBinary(t, time.Minute, bin, "plugin", "nope")
 	if code != 2 || !strings.Contains(stderr, "usage") {
