@@ -350,9 +350,18 @@ func (h *hostSlots) acquire(release func(), wait time.Duration, fastQueue int, s
 	for {
 		select {
 		case <-w.ready:
-			return true
+			select {
+			case <-stop: // both ready: stopping wins, the slot goes back
+				h.release()
+				return false
+			default:
+				return true
+			}
 		case <-stop:
-			return !h.leave(w)
+			if !h.leave(w) { // handed the slot meanwhile: give it back
+				h.release()
+			}
+			return false
 		case now := <-t.C:
 			if !now.Before(deadline) || (fast && queue > h.limit && !h.fast()) {
 				// Leave the queue, unless the slot was handed over

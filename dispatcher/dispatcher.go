@@ -153,9 +153,10 @@ type Dispatcher struct {
 	idFields   map[string][]string
 
 	wg sync.WaitGroup // handlers and attempts in flight
-	// stopping is closed when Run is told to stop: attempts still queued
-	// for a host's slot then hand their message back instead of waiting.
-	stopping chan struct{}
+	// stopping is closed when Run is told to stop (its ctx.Done()):
+	// attempts still queued for a host's slot then hand their message back
+	// instead of waiting.
+	stopping <-chan struct{}
 	// pool runs the handlers on goroutines that keep their grown stacks.
 	pool *gopool.Pool
 }
@@ -190,7 +191,7 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 		hostWait:  ackWait / 4,
 		fastQueue: max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
 		idFields:  map[string][]string{},
-		stopping:  make(chan struct{}),
+		stopping:  make(chan struct{}), // until Run
 	}, nil
 }
 
@@ -217,22 +218,42 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.pool = gopool.New(poolIdle, poolDone)
 	defer close(poolDone)
 	defer d.wg.Wait()
-	// A Run of its own: handlers of an earlier Run have all returned.
-	stopping, stopped := make(chan struct{}), make(chan struct{})
-	d.stopping = stopping
-	defer close(stopped)
-	go func() {
-		select {
-		case <-ctx.Done():
-			close(stopping)
-		case <-stopped: // Run returned without being told to stop
-		}
-	}()
+	// Closed the moment Run is told to stop. (Each Run has its own:
+	// handlers of an earlier Run have all returned.)
+	d.stopping = ctx.Done()
+	d.reportHeld(ctx)
 	errs := make(chan error, 2)
 	go func() { errs <- d.consume(ctx, d.top.Dispatcher, "dispatcher") }()
 	go func() { errs <- d.consume(ctx, d.top.Retrier, "retrier") }()
 	err := errors.Join(<-errs, <-errs)
 	return err
+}
+
+// reportHeld logs, at start, the messages each consumer has handed out and
+// not seen acked. After a crash or kill -9 they are the dead run's: they
+// come back once their ack wait passes, and until then they count against
+// the consumer's pending limit, so a restarted instance may get nothing new
+// for that long. Said at start, that wait does not look like a hang.
+func (d *Dispatcher) reportHeld(ctx context.Context) {
+	for _, c := range []struct {
+		name string
+		c    jetstream.Consumer
+	}{{"dispatcher", d.top.Dispatcher}, {"retrier", d.top.Retrier}} {
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := c.c.Info(ictx)
+		cancel()
+		if err != nil || info.NumAckPending == 0 {
+			continue
+		}
+		msg := "messages handed out before this start are not acked yet; those of a run that died come back once their ack wait passes"
+		level := slog.LevelInfo
+		if info.Config.MaxAckPending > 0 && info.NumAckPending >= info.Config.MaxAckPending {
+			msg += "; until then the consumer is at its pending limit and hands out nothing new"
+			level = slog.LevelWarn
+		}
+		d.log.Log(ctx, level, msg, "consumer", c.name, "pending", info.NumAckPending,
+			"ack_wait", info.Config.AckWait, "max_ack_pending", info.Config.MaxAckPending)
+	}
 }
 
 // fetchWait bounds one pull request; fetchLoops pull requests per consumer

@@ -3,6 +3,7 @@ package dispatcher_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -660,4 +661,39 @@ func TestDispatcher_concurrent_events_are_each_delivered_once(t *testing.T) {
 	if dead := h.dead(); len(dead) != 0 {
 		t.Errorf("%d dead letters, want none", len(dead))
 	}
+}
+
+// At start the dispatcher says how many messages a consumer has out unacked
+// (after a kill -9, the dead run's): a restart that waits for their ack wait
+// does not look like a hang.
+func TestDispatcher_start_reports_messages_held_by_an_earlier_run(t *testing.T) {
+	var buf testutil.SyncBuffer
+	h := newHarness(t, harnessOptions{Manual: true, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	subject := eventSubject("crawl_status", "1", "1")
+	for i := range 3 {
+		h.publish(subject, crawl(i+1), "")
+	}
+	// An earlier run took them and died.
+	cons, err := h.js.Consumer(h.ctx, subjects.Stream, subjects.DispatcherConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for got < 3 {
+		b, err := cons.Fetch(3-got, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range b.Messages() {
+			got++
+		}
+	}
+	h.startView()
+	h.startDispatcher()
+	testutil.CheckFor(t, waitLong, 10*time.Millisecond, func() error {
+		if s := buf.String(); !strings.Contains(s, "not acked yet") || !strings.Contains(s, "consumer=dispatcher pending=3") {
+			return fmt.Errorf("log:\n%s", s)
+		}
+		return nil
+	})
 }

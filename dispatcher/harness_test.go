@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -111,6 +112,8 @@ type harnessOptions struct {
 	Encoders map[string]plugins.Encoder
 	// MaxDeliveries caps hand-backs (0 → the dispatcher's default).
 	MaxDeliveries int
+	// Logger, when set, is the dispatcher's logger (else the test's).
+	Logger *slog.Logger
 	// Log writes the delivery log to CALLBACKS_LOG.
 	Log bool
 	// Manual leaves the settings view and the dispatcher unstarted: the
@@ -214,7 +217,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		PerHostConcurrency: o.PerHostConcurrency,
 		HostWindow:         o.HostWindow,
 		Observer:           o.Observer,
-		Logger:             log,
+		Logger:             cmp.Or(o.Logger, log),
 	})
 	if err != nil {
 		t.Fatalf("dispatcher.New: %v", err)

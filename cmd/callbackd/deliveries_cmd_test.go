@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -36,27 +35,9 @@ func cliJetStream(t *testing.T) *testutil.JetStream {
 	return js
 }
 
-// syncBuffer is a bytes.Buffer safe to read while a command writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runCLI runs callbackd with args against js and returns stdout, stderr
 // and the error.
-func runCLI(ctx context.Context, t *testing.T, js *testutil.JetStream, stdin string, stdout, stderr *syncBuffer, args ...string) error {
+func runCLI(ctx context.Context, t *testing.T, js *testutil.JetStream, stdin string, stdout, stderr *testutil.SyncBuffer, args ...string) error {
 	t.Helper()
 	root := newRootCmd()
 	root.SetArgs(append(args, "--config", "", "--log.level", "error", "--nats.embedded=false", "--nats.url", js.Server.ClientURL()))
@@ -105,7 +86,7 @@ func TestDeliveriesCmd_table_and_json(t *testing.T) {
 	)
 	ctx := testutil.Context(t)
 
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	if err := runCLI(ctx, t, js, "", &out, &errOut, "deliveries", "--project", "11"); err != nil {
 		t.Fatalf("deliveries: %v (stderr %s)", err, errOut.String())
 	}
@@ -133,7 +114,7 @@ func TestDeliveriesCmd_table_and_json(t *testing.T) {
 		}
 	}
 
-	out = syncBuffer{}
+	out = testutil.SyncBuffer{}
 	if err := runCLI(ctx, t, js, "", &out, &errOut, "deliveries", "--status", "FAILED", "--json", "--since", "1h"); err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +123,7 @@ func TestDeliveriesCmd_table_and_json(t *testing.T) {
 		t.Fatalf("json: %q: %+v %v", out.String(), e, err)
 	}
 
-	out = syncBuffer{}
+	out = testutil.SyncBuffer{}
 	if err := runCLI(ctx, t, js, "", &out, &errOut, "deliveries", "--limit", "2"); err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +137,7 @@ func TestDeliveriesCmd_follow(t *testing.T) {
 	writeLog(t, js, rec("old", "11", deliverylog.OutcomeDelivered))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	done := make(chan error, 1)
 	go func() { done <- runCLI(ctx, t, js, "", &out, &errOut, "deliveries", "--project", "11", "--follow") }()
 	testutil.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
@@ -203,7 +184,7 @@ func TestDeliveriesCmd_bad_flags(t *testing.T) {
 		{"publish", "crawl_status", "--account", "1", "--data", "{}"},
 		{"replay", "--until", "soon"},
 	} {
-		var out, errOut syncBuffer
+		var out, errOut testutil.SyncBuffer
 		err := runCLI(testutil.Context(t), t, js, "", &out, &errOut, args...)
 		var ue usageError
 		if !errors.As(err, &ue) || strings.Contains(err.Error(), "\n") {
@@ -246,7 +227,7 @@ func TestReplayCmd(t *testing.T) {
 	deadLetterForCLI(t, js, "c", "12", "delivery_failed")
 	ctx := testutil.Context(t)
 
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	if err := runCLI(ctx, t, js, "", &out, &errOut, "replay", "--reason", "delivery_failed", "--dry-run"); err != nil {
 		t.Fatal(err)
 	}
@@ -254,13 +235,13 @@ func TestReplayCmd(t *testing.T) {
 		t.Errorf("dry run: %q", got)
 	}
 
-	out = syncBuffer{}
+	out = testutil.SyncBuffer{}
 	err := runCLI(ctx, t, js, "n\n", &out, &errOut, "replay", "--project", "11")
 	if err == nil || !strings.Contains(err.Error(), "not confirmed") || streamCount(t, js, subjects.DeadStream) != 3 {
 		t.Errorf("unconfirmed replay: %v", err)
 	}
 
-	out, errOut = syncBuffer{}, syncBuffer{}
+	out, errOut = testutil.SyncBuffer{}, testutil.SyncBuffer{}
 	if err := runCLI(ctx, t, js, "y\n", &out, &errOut, "replay", "--project", "11"); err != nil {
 		t.Fatalf("replay: %v (stderr %s)", err, errOut.String())
 	}
@@ -274,7 +255,7 @@ func TestReplayCmd(t *testing.T) {
 		t.Errorf("after replay: CALLBACKS %d, CALLBACKS_DEAD %d", streamCount(t, js, subjects.Stream), streamCount(t, js, subjects.DeadStream))
 	}
 
-	out = syncBuffer{}
+	out = testutil.SyncBuffer{}
 	if err := runCLI(ctx, t, js, "", &out, &errOut, "replay", "--yes"); err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +281,7 @@ func TestReplayCmd_interrupted_prints_the_partial_summary(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	cmd := newReplayCmd()
 	cmd.SetContext(testutil.Context(t))
 	cmd.SetOut(&out)
@@ -317,7 +298,7 @@ func TestReplayCmd_interrupted_prints_the_partial_summary(t *testing.T) {
 		t.Errorf("after the interrupted replay: CALLBACKS %d, CALLBACKS_DEAD %d", streamCount(t, js, subjects.Stream), streamCount(t, js, subjects.DeadStream))
 	}
 
-	out = syncBuffer{}
+	out = testutil.SyncBuffer{}
 	if err := runCLI(testutil.Context(t), t, js, "", &out, &errOut, "replay", "--yes"); err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +350,7 @@ func TestDeliveriesCmd_sub_millisecond_attempt(t *testing.T) {
 	skipped := deliverylog.Record{DeliveryID: "d-skip", EventType: "crawl_status", AccountID: "7", ProjectID: "21",
 		Outcome: deliverylog.OutcomeSkipped, Error: "test_suite_build", At: time.Now()}
 	writeLog(t, js, fast, skipped)
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	if err := runCLI(testutil.Context(t), t, js, "", &out, &errOut, "deliveries", "--project", "21"); err != nil {
 		t.Fatalf("deliveries: %v (stderr %s)", err, errOut.String())
 	}
