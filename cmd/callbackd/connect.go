@@ -45,7 +45,7 @@ func startNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*nats
 		if srv.Clustered() {
 			log.Info("embedded NATS joins its cluster", "server_name", srv.Name(), "cluster", clusterName(cfg), "routes", len(cfg.NATS.Cluster.Routes))
 		}
-		warnOpenListener(cfg.NATS, log)
+		warnOpenListener(cfg.NATS, srv.NATS().Addr(), log)
 	} else {
 		// serve waits for an external NATS that is not up yet (both may
 		// start together), bounded by waitJetStream; CLI commands fail
@@ -68,35 +68,22 @@ func startNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*nats
 	return nc, srv, nil
 }
 
-// warnOpenListener warns when the embedded server's client listener is
-// reachable beyond loopback without auth or TLS (SPEC §8: anyone who can
-// reach an unauthenticated NATS can read and change settings).
-func warnOpenListener(n config.NATS, log *slog.Logger) {
-	if n.Listen == "" || loopbackListen(n.Listen) {
+// warnOpenListener warns when the embedded server's client listener, bound
+// at addr (nil: none), is reachable beyond loopback without auth or TLS
+// (SPEC §8: anyone who can reach an unauthenticated NATS can read and
+// change settings).
+func warnOpenListener(n config.NATS, addr net.Addr, log *slog.Logger) {
+	if addr == nil || isLoopback(addr) {
 		return
 	}
 	if n.Auth == (config.Auth{}) {
 		log.Warn("embedded NATS listens beyond loopback without nats.auth: whoever reaches it can read and change settings (header values included) and publish events; set nats.auth (docs/deployment.md)",
-			"listen", n.Listen)
+			"listen", addr.String())
 	}
 	if n.TLS.Cert == "" {
 		log.Warn("embedded NATS listens beyond loopback without TLS: credentials, events and settings cross the network in clear; set nats.tls.cert and nats.tls.key",
-			"listen", n.Listen)
+			"listen", addr.String())
 	}
-}
-
-// loopbackListen reports whether a listen address (host:port) binds to
-// loopback only; a wildcard or a name other than localhost does not.
-func loopbackListen(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // embeddedOptions are the embedded server's options from config.

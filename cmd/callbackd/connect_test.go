@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -135,24 +136,25 @@ func TestDialNATS_without_a_listener_says_why(t *testing.T) {
 // An embedded listener beyond loopback without auth or TLS is warned about;
 // one on loopback, or with both, is not.
 func TestWarnOpenListener(t *testing.T) {
+	tcp := func(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 4222} }
 	for _, tc := range []struct {
 		name string
 		n    config.NATS
+		addr net.Addr
 		want []string // substrings of the warnings, in order
 	}{
-		{"loopback", config.NATS{Listen: "127.0.0.1:4222"}, nil},
-		{"localhost", config.NATS{Listen: "localhost:4222"}, nil},
-		{"IPv6 loopback", config.NATS{Listen: "[::1]:4222"}, nil},
-		{"in-process only", config.NATS{}, nil},
-		{"wildcard, nothing", config.NATS{Listen: "0.0.0.0:4222"}, []string{"without nats.auth", "without TLS"}},
-		{"empty host", config.NATS{Listen: ":4222"}, []string{"without nats.auth", "without TLS"}},
-		{"address, auth only", config.NATS{Listen: "10.0.0.5:4222", Auth: config.Auth{Token: "t"}}, []string{"without TLS"}},
-		{"address, auth and TLS", config.NATS{Listen: "10.0.0.5:4222", Auth: config.Auth{User: "u", Password: "p"},
-			TLS: config.TLS{Cert: "c.pem", Key: "k.pem"}}, nil},
+		{"loopback", config.NATS{}, tcp("127.0.0.1"), nil},
+		{"IPv6 loopback", config.NATS{}, tcp("::1"), nil},
+		{"in-process only", config.NATS{}, nil, nil},
+		{"wildcard, nothing", config.NATS{}, tcp("0.0.0.0"), []string{"without nats.auth", "without TLS"}},
+		{"IPv6 wildcard, nothing", config.NATS{}, tcp("::"), []string{"without nats.auth", "without TLS"}},
+		{"address, auth only", config.NATS{Auth: config.Auth{Token: "t"}}, tcp("10.0.0.5"), []string{"without TLS"}},
+		{"address, auth and TLS", config.NATS{Auth: config.Auth{User: "u", Password: "p"},
+			TLS: config.TLS{Cert: "c.pem", Key: "k.pem"}}, tcp("10.0.0.5"), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf strings.Builder
-			warnOpenListener(tc.n, slog.New(slog.NewTextHandler(&buf, nil)))
+			warnOpenListener(tc.n, tc.addr, slog.New(slog.NewTextHandler(&buf, nil)))
 			lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 			if buf.Len() == 0 {
 				lines = nil
