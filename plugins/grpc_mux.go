@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -439,12 +440,12 @@ func serveMux[In, Out any](ctx context.Context, st batchStream[Out, In], itemID 
 		for _, it := range items {
 			id, timeout := itemID(it)
 			ictx, icancel := context.WithCancelCause(ctx)
-			var deadline time.Time
+			var ic *itemContext
 			if timeout > 0 {
-				deadline = time.Now().Add(timeout)
-				ictx = &itemContext{Context: ictx, deadline: deadline}
+				ic = &itemContext{Context: ictx, deadline: time.Now().Add(timeout)}
+				ictx = ic
 			}
-			run.add(id, icancel, deadline)
+			run.add(id, icancel, ic)
 			wg.Add(1)
 			pool.Go(func() {
 				defer wg.Done()
@@ -464,12 +465,52 @@ func serveMux[In, Out any](ctx context.Context, st batchStream[Out, In], itemID 
 // host, by the stream's end or, once its deadline has passed, by the sweep
 // (with context.DeadlineExceeded as its error), and reporting that
 // deadline without a timer of its own.
+//
+// A step of the item can have a shorter deadline of its own, also without
+// a timer (limitStep): the pipeline's encoding, within the item that also
+// delivers. While it runs, Deadline reports it, and once it passes the
+// sweep cancels the whole item, as the step's own context.WithTimeout
+// would have ended the step — and the item goes no further when its first
+// step ran out of time.
 type itemContext struct {
 	context.Context // from context.WithCancelCause
 	deadline        time.Time
+	// stepBy is the deadline of the step in progress (unix ns), 0 for none.
+	stepBy atomic.Int64
 }
 
-func (c *itemContext) Deadline() (time.Time, bool) { return c.deadline, true }
+func (c *itemContext) Deadline() (time.Time, bool) {
+	if by := c.stepBy.Load(); by != 0 && by < c.deadline.UnixNano() {
+		return time.Unix(0, by), true
+	}
+	return c.deadline, true
+}
+
+// limitStep gives the step about to run a deadline of d from now, until
+// endStep.
+func (c *itemContext) limitStep(d time.Duration) { c.stepBy.Store(time.Now().Add(d).UnixNano()) }
+
+func (c *itemContext) endStep() { c.stepBy.Store(0) }
+
+// expired reports whether the item's deadline, or its step's, is past at now.
+func (c *itemContext) expired(now time.Time) bool {
+	by := c.stepBy.Load()
+	return !now.Before(c.deadline) || (by != 0 && now.UnixNano() >= by)
+}
+
+// stepContext is ctx for a step of an item that may take at most d (no limit
+// when d ≤ 0), and the function that ends the step. On the plugin side it
+// costs no timer: the item's own context carries the step's deadline.
+func stepContext(ctx context.Context, d time.Duration) (context.Context, func()) {
+	if d <= 0 {
+		return ctx, func() {}
+	}
+	if ic, ok := ctx.(*itemContext); ok {
+		ic.limitStep(d)
+		return ic, ic.endStep
+	}
+	return context.WithTimeout(ctx, d)
+}
 
 func (c *itemContext) Err() error {
 	err := c.Context.Err()
@@ -486,15 +527,15 @@ type running struct {
 }
 
 type runningItem struct {
-	cancel   context.CancelCauseFunc
-	deadline time.Time // zero: none
+	cancel context.CancelCauseFunc
+	ctx    *itemContext // nil: no deadline
 }
 
 func newRunning() *running { return &running{items: map[uint64]runningItem{}} }
 
-func (r *running) add(id uint64, cancel context.CancelCauseFunc, deadline time.Time) {
+func (r *running) add(id uint64, cancel context.CancelCauseFunc, ctx *itemContext) {
 	r.mu.Lock()
-	r.items[id] = runningItem{cancel: cancel, deadline: deadline}
+	r.items[id] = runningItem{cancel: cancel, ctx: ctx}
 	r.mu.Unlock()
 }
 
@@ -516,7 +557,7 @@ func (r *running) cancel(id uint64) {
 	if !ok {
 		return
 	}
-	if !it.deadline.IsZero() && time.Until(it.deadline) < sweepEvery {
+	if it.ctx != nil && it.ctx.expired(time.Now().Add(sweepEvery)) {
 		it.cancel(context.DeadlineExceeded)
 		return
 	}
@@ -537,7 +578,7 @@ func (r *running) sweep(done <-chan struct{}) {
 			expired = expired[:0]
 			r.mu.Lock()
 			for _, it := range r.items {
-				if !it.deadline.IsZero() && !now.Before(it.deadline) {
+				if it.ctx != nil && it.ctx.expired(now) {
 					expired = append(expired, it.cancel)
 				}
 			}

@@ -531,3 +531,73 @@ func TestGRPC_plugin_side_context_reports_and_enforces_the_deadline(t *testing.T
 		t.Fatal("the plugin's context was never cancelled")
 	}
 }
+
+// The pipeline's encoding has a deadline of its own within the item's
+// (EncodeDeliver's encodeTimeout): the encoder sees it and is stopped at it,
+// the delivery is not attempted, and a transport after a quick encoding
+// sees the item's longer deadline.
+func TestGRPC_pipeline_encoding_has_its_own_deadline(t *testing.T) {
+	type seen struct {
+		left time.Duration
+		err  error
+	}
+	encSaw := make(chan seen, 2)
+	trSaw := make(chan time.Duration, 2)
+	cfg := ServeConfig{
+		Encoders: map[string]Encoder{"test": encoderFunc(func(ctx context.Context, ev Event) (Encoded, error) {
+			dl, _ := ctx.Deadline()
+			s := seen{left: time.Until(dl)}
+			if string(ev.Payload) == "hang" {
+				<-ctx.Done() // ends only by the plugin side's sweep
+				s.err = ctx.Err()
+				encSaw <- s
+				return Encoded{}, ctx.Err()
+			}
+			encSaw <- s
+			return Encoded{Notification: Notification{Fields: []Field{{Name: "a", Value: String("b")}}}}, nil
+		})},
+		Transport: transportFunc(func(ctx context.Context, _ Delivery) (Result, error) {
+			dl, _ := ctx.Deadline()
+			trSaw <- time.Until(dl)
+			return Result{Outcome: OutcomeDelivered}, nil
+		}),
+	}
+	client, server := plugin.TestPluginGRPCConn(t, false, cfg.PluginSet())
+	t.Cleanup(func() { _ = client.Close() })
+	t.Cleanup(server.Stop)
+	pc := NewPipelineClient(client.Conn)
+	if err := pc.Start(StreamOptions{Plugin: "test", Timeout: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pc.Close)
+	ed := pc.EncodeDeliverer("test")
+	const encodeTimeout = 300 * time.Millisecond
+
+	out, err := ed.EncodeDeliver(context.Background(), Event{Type: "test"}, &Destination{URL: "http://x"}, encodeTimeout)
+	if err != nil || !out.Delivered {
+		t.Fatalf("EncodeDeliver = %+v, %v", out, err)
+	}
+	if s := <-encSaw; s.left <= 0 || s.left > encodeTimeout {
+		t.Errorf("encoder saw %v left, want at most the encode timeout %v", s.left, encodeTimeout)
+	}
+	if left := <-trSaw; left <= encodeTimeout || left > time.Minute {
+		t.Errorf("transport saw %v left, want the item's deadline (1m), not the encoding's", left)
+	}
+
+	start := time.Now()
+	out, err = ed.EncodeDeliver(context.Background(), Event{Type: "test", Payload: []byte("hang")}, &Destination{URL: "http://x"}, encodeTimeout)
+	if !errors.Is(err, context.DeadlineExceeded) || out.Delivered {
+		t.Errorf("hanging encoder: %+v, %v; want DeadlineExceeded and no delivery", out, err)
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("hanging encoder stopped after %v, want about %v", took, encodeTimeout)
+	}
+	if s := <-encSaw; !errors.Is(s.err, context.DeadlineExceeded) {
+		t.Errorf("encoder's ctx.Err() = %v, want DeadlineExceeded", s.err)
+	}
+	select {
+	case left := <-trSaw:
+		t.Errorf("transport called (%v left) after the encoding ran out of time", left)
+	default:
+	}
+}

@@ -117,14 +117,14 @@ func (s *pipelineServer) EncodeDeliver(stream pluginpb.PipelineService_EncodeDel
 
 func (s *pipelineServer) handle(ctx context.Context, it *pluginpb.EncodeDeliverItem) (res *pluginpb.EncodeDeliverResult) {
 	res = &pluginpb.EncodeDeliverResult{Id: it.GetId()}
-	ectx, cancel := ctx, context.CancelFunc(func() {})
-	if t := it.GetEncodeTimeoutNs(); t > 0 {
-		ectx, cancel = context.WithTimeout(ctx, time.Duration(t))
-	}
+	// The encoding's own deadline, within the item's: a step of the item
+	// (no timer of its own). An encoding that outlives it ends the item:
+	// the delivery is not attempted, and the host hands the event back.
+	ectx, endEncode := stepContext(ctx, time.Duration(it.GetEncodeTimeoutNs()))
 	var out Encoded
 	var deliver bool
 	res.Encoded, out, deliver = s.enc.encodeEvent(ectx, 0, it.GetEncoder(), it.GetEvent())
-	cancel()
+	endEncode()
 	if !deliver || it.Destination == nil {
 		res.Encoded.Notification = notificationToPB(out.Notification)
 		return res
