@@ -308,10 +308,11 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 			d.wg.Add(1)
 			d.pool.Go(func() {
 				defer d.wg.Done()
-				var once sync.Once
-				release := func() { once.Do(func() { <-d.workers }) }
-				defer release()
-				d.handle(work, m, release)
+				// Released once the CPU work is done (see handle), or
+				// when the handler returns; all on this goroutine.
+				slot := workerSlot{workers: d.workers}
+				defer slot.release()
+				d.handle(work, m, slot.release)
 			})
 		}
 		cancel()
@@ -326,6 +327,22 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 			continue
 		}
 		backoff = 100 * time.Millisecond
+	}
+}
+
+// workerSlot is a handler's slot of Dispatcher.workers, taken by the fetch
+// loop before the handler starts. It is not safe for concurrent use: the
+// handler's goroutine alone releases it.
+type workerSlot struct {
+	workers  chan struct{}
+	released bool
+}
+
+// release gives the slot back; calls after the first do nothing.
+func (w *workerSlot) release() {
+	if !w.released {
+		w.released = true
+		<-w.workers
 	}
 }
 
