@@ -91,3 +91,43 @@ func TestPoolWorkersExit(t *testing.T) {
 		})
 	}
 }
+
+// Workers a burst started and no longer needed all go, a few reap periods
+// after the burst.
+func TestPoolRetiresSpareWorkersAfterABurst(t *testing.T) {
+	done := make(chan struct{})
+	defer close(done)
+	p := New(200*time.Millisecond, done)
+	const burst = 50
+	hold := make(chan struct{})
+	var started sync.WaitGroup
+	started.Add(burst)
+	for range burst {
+		p.Go(func() { started.Done(); <-hold })
+	}
+	started.Wait()
+	close(hold)
+	waitIdle := func(want int64, what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for p.idle.Load() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d workers idle after 10s, want %d", what, p.idle.Load(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// A reap that comes now finds the burst's workers busy a moment ago
+	// and retires none; so they all wait idle first ...
+	waitIdle(burst, "after the burst")
+	// ... and go within two periods.
+	waitIdle(0, "spare workers")
+	// The pool still works, on a new worker.
+	ran := make(chan struct{})
+	p.Go(func() { close(ran) })
+	select {
+	case <-ran:
+	case <-time.After(10 * time.Second):
+		t.Fatal("work after the workers retired did not run")
+	}
+}
