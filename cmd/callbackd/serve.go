@@ -61,6 +61,7 @@ func hostWindow(cfg *config.Config, ps *pluginSet) int {
 
 // serve runs callbackd until ctx is done (SIGINT/SIGTERM), then drains.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStreams bool) error {
+	tuneServeGC(cfg.Plugins.Builtins, log)
 	// Plugins first: a refused or missing plugin stops start-up before
 	// NATS is touched.
 	ps, err := startPlugins(ctx, cfg, log)
