@@ -77,13 +77,16 @@ func runPluginCommand(args []string, stderr io.Writer) int {
 // At 400 it collects a quarter as often; the soft limit bounds what that
 // costs in memory: in the 100,000-event backlog of make bench the process
 // peaked at 53 MiB PSS with a 64 MiB limit, 38 MiB with 32 MiB. Below
-// 32 MiB the limit, not GOGC, sets the pace under load (256 requests in
+// that the limit, not GOGC, sets the pace under load (256 requests in
 // flight keep 10-15 MiB live): at 24 MiB the process spent 8-20 % more CPU
-// per delivery (4 interleaved A/B runs of the Go benchmark, session 4);
-// 40 MiB gained nothing more.
+// per delivery than at 32 (4 interleaved A/B runs of the Go benchmark,
+// session 4). 48 MiB drained the default mode's backlogs 5 % faster than
+// 32 (median of 12 interleaved pairs of make bench drains in two orders,
+// session 5; 64 MiB +3-4 %), for ~3 MiB more of the tree's peak PSS in
+// the 100,000-event backlog (119-124 MiB, with serve at GOGC 50).
 const (
 	builtinGCPercent   = 400
-	builtinMemoryLimit = 32 << 20
+	builtinMemoryLimit = 48 << 20
 )
 
 func tuneBuiltinGC() {
