@@ -106,14 +106,15 @@ func tuneBuiltinGC() {
 // 4-8 MiB block buffer per stream being written or read, and the
 // de-duplication window's message ids (~80 bytes each). That data is
 // long-lived, and at GOGC=100 the heap grows to twice it: in the
-// 100,000-event backlog of make bench, 35 MiB live made 70 MiB of heap, and
-// the process tree peaked at 147-150 MiB PSS. At 50 it peaked at 118 MiB,
-// at 75 at 132-135. The encoding and the HTTP requests, which make most of
-// the garbage, happen in the plugin process, so collecting twice as often
-// costs serve little: 6 interleaved rounds of 30,000-event drains put the
-// default mode at 1.00 × its GOGC=100 rate (0.91-1.08 per round). With the
-// built-ins in serve, it cost 5 % of the throughput (0.84-1.00), so
-// in-process mode keeps Go's default.
+// 100,000-event backlog of make bench, 35 MiB live made a 70 MiB heap, and
+// the process tree peaked at 146-150 MiB PSS, at the target's edge. At 50
+// it peaks at 120-135 MiB (with the built-in process at 48 MiB); at 60 at
+// 136-139, at 75 at 131-146. The price is GC work in serve: nothing
+// measurable while the de-dup window is small (6 interleaved rounds, 1.00 ×
+// GOGC=100's rate), 3-7 % more CPU per delivery with 250,000 ids in it
+// (two runs of 5 rounds). In-process, where serve also makes the encoding's
+// and HTTP's garbage, GOGC 50 cost 5 % of the throughput, so that mode
+// keeps Go's default.
 func serveGCPercent(builtins, gogcEnv string) (percent int, ok bool) {
 	if gogcEnv != "" || builtins != "process" {
 		return 0, false
