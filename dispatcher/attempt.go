@@ -41,12 +41,14 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	start := time.Now()
 	res, ok := d.deliver(ctx, j)
 	hs.observe(time.Since(start))
+	// Counted out before the slot is given back, so that the gauge never
+	// shows the next attempt and this one at once.
+	d.o.Observer.InFlight(-1)
 	// The host has answered: its slot goes to the next attempt now, not
 	// after the ack and the log record (at the default cap of 8 per host,
 	// that wait was a share of every slot's cycle).
 	hs.release()
 	<-d.inFlight
-	d.o.Observer.InFlight(-1)
 	if !ok {
 		return
 	}
