@@ -8,7 +8,9 @@ import (
 
 // appendJSON appends r as JSON to dst, byte for byte what encoding/json's
 // Marshal makes of it (the tests hold it to that), without reflection or
-// an allocation per field: the writer does this once per delivery.
+// an allocation per field: the writer does this once per delivery. One
+// difference: a record of an attempt (StartedAt set) has its duration_ms
+// even when it is 0, an answer within the millisecond.
 func appendJSON(dst []byte, r *Record) []byte {
 	dst = append(dst, `{"delivery_id":`...)
 	dst = appendString(dst, r.DeliveryID)
@@ -34,7 +36,7 @@ func appendJSON(dst []byte, r *Record) []byte {
 		dst = append(dst, `,"error":`...)
 		dst = appendString(dst, r.Error)
 	}
-	if r.DurationMs != 0 {
+	if r.DurationMs != 0 || !r.StartedAt.IsZero() {
 		dst = append(dst, `,"duration_ms":`...)
 		dst = strconv.AppendInt(dst, r.DurationMs, 10)
 	}

@@ -29,6 +29,8 @@ type Record struct {
 	StatusCode      int    `json:"status_code,omitempty"`
 	Outcome         string `json:"outcome"`
 	Error           string `json:"error,omitempty"`
+	// DurationMs is how long the attempt took; in the log whenever the
+	// record is of an attempt (StartedAt set), 0 included.
 	DurationMs      int64  `json:"duration_ms,omitempty"`
 	ResponseExcerpt string `json:"response_excerpt,omitempty"`
 	// StartedAt is when the attempt started (zero for outcomes without one).
