@@ -20,15 +20,15 @@ const (
 // Record is one attempt or outcome. Header values are never part of it, and
 // URL has no userinfo or query.
 type Record struct {
-	DeliveryID      string `json:"delivery_id"`
-	EventType       string `json:"event_type"`
-	AccountID       string `json:"account_id"`
-	ProjectID       string `json:"project_id"`
-	URL             string `json:"url,omitempty"`
-	Attempt         int    `json:"attempt"`
-	StatusCode      int    `json:"status_code,omitempty"`
-	Outcome         string `json:"outcome"`
-	Error           string `json:"error,omitempty"`
+	DeliveryID string `json:"delivery_id"`
+	EventType  string `json:"event_type"`
+	AccountID  string `json:"account_id"`
+	ProjectID  string `json:"project_id"`
+	URL        string `json:"url,omitempty"`
+	Attempt    int    `json:"attempt"`
+	StatusCode int    `json:"status_code,omitempty"`
+	Outcome    string `json:"outcome"`
+	Error      string `json:"error,omitempty"`
 	// DurationMs is how long the attempt took; in the log whenever the
 	// record is of an attempt (StartedAt set), 0 included.
 	DurationMs      int64  `json:"duration_ms,omitempty"`

@@ -265,65 +265,80 @@ const (
 )
 
 // consume runs one consumer: fetchLoops loops of one-shot pull requests
-// (Fetch), each at most Workers messages, every message handled by a worker
-// (slots shared by both consumers). One-shot pulls keep no client-side
-// pull accounting that could fall out of step with the server's, so a pull
-// lost to a reconnect costs at most fetchWait.
+// (puller, like jetstream's Fetch) that between them ask for at most
+// Workers messages (SPEC §3: messages are pulled at most
+// dispatcher.workers ahead), every message handled by a worker (slots
+// shared by both consumers). One-shot pulls keep no client-side pull
+// accounting that could fall out of step with the server's, so a pull
+// lost to a reconnect costs at most fetchWait + 1 s.
 func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, name string) error {
-	d.log.Info("consuming", "consumer", name, "workers", d.o.Workers)
+	loops, batch := pullShares(d.o.Workers)
+	d.log.Info("consuming", "consumer", name, "workers", d.o.Workers, "pull_batch", batch, "pull_loops", loops)
 	var wg sync.WaitGroup
-	for range fetchLoops {
-		wg.Go(func() { d.fetchLoop(ctx, c, name) })
+	for range loops {
+		wg.Go(func() { d.fetchLoop(ctx, c, name, batch) })
 	}
 	wg.Wait()
 	return nil
 }
 
-func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name string) {
+// pullShares splits workers between the fetch loops: loops requests of
+// batch messages each, loops × batch ≤ workers.
+func pullShares(workers int) (loops, batch int) {
+	loops = max(1, min(fetchLoops, workers))
+	return loops, max(1, workers/loops)
+}
+
+// fetchLoop pulls batch messages at a time from c and starts a handler for
+// each as a worker slot frees, until ctx is done; then it hands back what
+// it pulled and did not start.
+func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name string, batch int) {
 	// Work in hand is finished even after ctx is done: acking nothing that
 	// was not finished, and handing nothing back that was.
 	work := context.WithoutCancel(ctx)
 	backoff := 100 * time.Millisecond
+	pause := func() {
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+	var p *puller
+	for ctx.Err() == nil {
+		var err error
+		if p, err = newPuller(d.js, c, batch, fetchWait, c.CachedInfo().Config.MaxAckPending); err == nil {
+			break
+		}
+		d.log.Warn("pull subscription failed", "consumer", name, "err", err)
+		pause()
+	}
+	if p == nil {
+		return
+	}
+	defer p.close(func(m jetstream.Msg) { d.nak(m, handBackDelay) })
+	handle := func(m jetstream.Msg) {
+		if ctx.Err() != nil {
+			// Pulled but not started before shutdown: hand it back.
+			d.nak(m, handBackDelay)
+			return
+		}
+		d.workers <- struct{}{}
+		d.wg.Add(1)
+		d.pool.Go(func() {
+			defer d.wg.Done()
+			// Released once the CPU work is done (see handle), or
+			// when the handler returns; all on this goroutine.
+			slot := workerSlot{workers: d.workers}
+			defer slot.release()
+			d.handle(work, m, slot.release)
+		})
+	}
 	for ctx.Err() == nil {
 		d.waitFresh(ctx)
-		fctx, cancel := context.WithTimeout(ctx, fetchWait)
-		b, err := c.Fetch(d.o.Workers, jetstream.FetchContext(fctx))
-		if err != nil {
-			cancel()
-			d.log.Warn("fetch failed", "consumer", name, "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, 5*time.Second)
-			continue
-		}
-		for m := range b.Messages() {
-			if ctx.Err() != nil {
-				// Pulled but not started before shutdown: hand it back.
-				d.nak(m, handBackDelay)
-				continue
-			}
-			d.workers <- struct{}{}
-			d.wg.Add(1)
-			d.pool.Go(func() {
-				defer d.wg.Done()
-				// Released once the CPU work is done (see handle), or
-				// when the handler returns; all on this goroutine.
-				slot := workerSlot{workers: d.workers}
-				defer slot.release()
-				d.handle(work, m, slot.release)
-			})
-		}
-		cancel()
-		if err := b.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) &&
-			!errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
-			d.log.Warn("fetch ended with an error", "consumer", name, "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, 5*time.Second)
+		if err := p.pull(ctx, handle); err != nil && ctx.Err() == nil {
+			d.log.Warn("pull failed", "consumer", name, "err", err)
+			pause()
 			continue
 		}
 		backoff = 100 * time.Millisecond

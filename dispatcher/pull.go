@@ -1,0 +1,294 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// puller makes one-shot pull requests on a consumer, as jetstream's Fetch
+// does, without Fetch's per-call cost: Fetch subscribes a new inbox and
+// starts a goroutine per call, and that goroutine takes a fresh
+// time.After per message and parses each reply subject before handing the
+// message on through a second channel. A puller keeps one subscription
+// (its requests reply to inbox.<n>), one timer, and hands messages
+// straight from the connection's channel to the caller, its metadata
+// parsed once.
+//
+// Like Fetch, it keeps no pull accounting across requests: a request ends
+// with its batch, the server's status (408 timeout, 404, 409) or, should
+// that be lost to a reconnect, its expiry plus a second. Status messages
+// come to the request's own reply subject, so an earlier request's are
+// told apart; the stream's messages carry their own subjects, and a late
+// one of an earlier request is handed out and counted for the request in
+// progress. A puller is used by one goroutine.
+type puller struct {
+	nc     *nats.Conn
+	next   string // the consumer's MSG.NEXT subject
+	prefix string // the inbox, with a trailing "."; request n replies to prefix+n
+	sub    *nats.Subscription
+	msgs   chan *nats.Msg
+	timer  *time.Timer
+	seq    uint64
+	req    []byte // {"batch":...,"expires":...}
+	batch  int
+	wait   time.Duration
+}
+
+// newPuller subscribes the puller's inbox for consumer c. batch is the most
+// messages a request asks for, expires how long the server holds it; room
+// is how many more messages may be delivered to it unhandled (the
+// consumer's pending limit), so that the subscription's channel never
+// drops one.
+func newPuller(js jetstream.JetStream, c jetstream.Consumer, batch int, expires time.Duration, room int) (*puller, error) {
+	info := c.CachedInfo()
+	prefix := jetstream.DefaultAPIPrefix
+	switch o := js.Options(); {
+	case o.APIPrefix != "":
+		prefix = o.APIPrefix
+		if !strings.HasSuffix(prefix, ".") {
+			prefix += "."
+		}
+	case o.Domain != "":
+		prefix = "$JS." + o.Domain + ".API."
+	}
+	nc := js.Conn()
+	p := &puller{
+		nc:     nc,
+		next:   prefix + "CONSUMER.MSG.NEXT." + info.Stream + "." + info.Name,
+		prefix: nc.NewInbox() + ".",
+		msgs:   make(chan *nats.Msg, 2*batch+max(room, 0)),
+		timer:  time.NewTimer(time.Hour),
+		batch:  batch,
+		wait:   expires,
+	}
+	p.timer.Stop()
+	p.req = fmt.Appendf(nil, `{"batch":%d,"expires":%d}`, batch, expires.Nanoseconds())
+	sub, err := nc.ChanSubscribe(p.prefix+"*", p.msgs)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe the pull inbox of consumer %s: %w", info.Name, err)
+	}
+	p.sub = sub
+	return p, nil
+}
+
+// close unsubscribes and gives each message delivered but not handed
+// out to handBack, so that it need not wait for its ack wait.
+func (p *puller) close(handBack func(jetstream.Msg)) {
+	_ = p.sub.Unsubscribe()
+	p.timer.Stop()
+	for {
+		select {
+		case m := <-p.msgs:
+			if status, _ := pullStatus(m); status == "" {
+				handBack(newPullMsg(p.nc, m))
+			}
+		default:
+			return
+		}
+	}
+}
+
+// errPullStatus is a pull request ended by the server for a reason other
+// than its batch, its expiry or no messages.
+var errPullStatus = errors.New("pull request refused")
+
+// pull makes one request and hands each message it brings to handle, on
+// this goroutine, until the batch is complete, the request ends or ctx is
+// done. The error is a request that could not be sent or that the server
+// refused.
+func (p *puller) pull(ctx context.Context, handle func(jetstream.Msg)) error {
+	p.seq++
+	reply := p.prefix + strconv.FormatUint(p.seq, 10)
+	if err := p.nc.PublishRequest(p.next, reply, p.req); err != nil {
+		return fmt.Errorf("send pull request: %w", err)
+	}
+	p.timer.Reset(p.wait + time.Second)
+	defer p.timer.Stop()
+	for got := 0; got < p.batch; {
+		select {
+		case m := <-p.msgs:
+			status, desc := pullStatus(m)
+			if status == "" {
+				// A message of the stream: it carries its own subject, not
+				// the request's, so it counts for the request in progress
+				// (a late one of an earlier request ends this one early,
+				// and the next request asks for the rest).
+				got++
+				handle(newPullMsg(p.nc, m))
+				continue
+			}
+			if m.Subject != reply {
+				continue // the end of an earlier request
+			}
+			switch {
+			case status == "100": // a heartbeat: none is asked for
+			case status == "404", status == "408", status == "409" && desc == "Batch Completed":
+				return nil
+			default:
+				return fmt.Errorf("%w: %s %s", errPullStatus, status, desc)
+			}
+		case <-p.timer.C:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return nil
+}
+
+// pullStatus is the status code and description of a status message (no
+// payload, a Status header), "" for a message of the stream.
+func pullStatus(m *nats.Msg) (status, desc string) {
+	if len(m.Data) > 0 || len(m.Header) == 0 {
+		return "", ""
+	}
+	return m.Header.Get("Status"), m.Header.Get("Description")
+}
+
+// pullMsg is a message a puller handed out: jetstream.Msg over the
+// connection, with its metadata parsed from the reply subject once.
+type pullMsg struct {
+	nc    *nats.Conn
+	msg   *nats.Msg
+	md    jetstream.MsgMetadata
+	mdErr error
+	acked atomic.Bool
+}
+
+var _ jetstream.Msg = (*pullMsg)(nil)
+
+func newPullMsg(nc *nats.Conn, m *nats.Msg) *pullMsg {
+	pm := &pullMsg{nc: nc, msg: m}
+	pm.mdErr = parseAckSubject(m.Reply, &pm.md)
+	return pm
+}
+
+// Metadata is the message's metadata; the caller must not modify it.
+func (m *pullMsg) Metadata() (*jetstream.MsgMetadata, error) {
+	if m.mdErr != nil {
+		return nil, m.mdErr
+	}
+	return &m.md, nil
+}
+
+func (m *pullMsg) Data() []byte         { return m.msg.Data }
+func (m *pullMsg) Headers() nats.Header { return m.msg.Header }
+func (m *pullMsg) Subject() string      { return m.msg.Subject }
+func (m *pullMsg) Reply() string        { return m.msg.Reply }
+func (m *pullMsg) Ack() error           { return m.reply(ackAck, true) }
+func (m *pullMsg) Nak() error           { return m.reply(ackNak, true) }
+func (m *pullMsg) InProgress() error    { return m.reply(ackProgress, false) }
+func (m *pullMsg) Term() error          { return m.reply(ackTerm, true) }
+func (m *pullMsg) TermWithReason(reason string) error {
+	return m.reply(append(append(append([]byte(nil), ackTerm...), ' '), reason...), true)
+}
+
+// NakWithDelay hands the message back to be redelivered after delay.
+func (m *pullMsg) NakWithDelay(delay time.Duration) error {
+	if delay <= 0 {
+		return m.Nak()
+	}
+	body := append(append([]byte(nil), ackNak...), ` {"delay": `...)
+	body = strconv.AppendInt(body, delay.Nanoseconds(), 10)
+	return m.reply(append(body, '}'), true)
+}
+
+// DoubleAck acks and waits for the server to confirm it.
+func (m *pullMsg) DoubleAck(ctx context.Context) error {
+	if m.msg.Reply == "" {
+		return jetstream.ErrMsgNoReply
+	}
+	if m.acked.Load() {
+		return jetstream.ErrMsgAlreadyAckd
+	}
+	if _, err := m.nc.RequestWithContext(ctx, m.msg.Reply, ackAck); err != nil {
+		return err
+	}
+	m.acked.Store(true)
+	return nil
+}
+
+// Acknowledgement bodies (the JetStream wire protocol).
+var (
+	ackAck      = []byte("+ACK")
+	ackNak      = []byte("-NAK")
+	ackProgress = []byte("+WPI")
+	ackTerm     = []byte("+TERM")
+)
+
+// reply sends an acknowledgement; final ones (all but +WPI) once only, as
+// jetstream.Msg does.
+func (m *pullMsg) reply(body []byte, final bool) error {
+	if m.msg.Reply == "" {
+		return jetstream.ErrMsgNoReply
+	}
+	if m.acked.Load() {
+		return jetstream.ErrMsgAlreadyAckd
+	}
+	if err := m.nc.Publish(m.msg.Reply, body); err != nil {
+		return err
+	}
+	if final {
+		m.acked.Store(true)
+	}
+	return nil
+}
+
+// parseAckSubject reads a JetStream message's reply subject into md:
+//
+//	$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<tm>.<pending>
+//	$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<tm>.<pending>[.<token>...]
+//
+// as jetstream.Msg.Metadata does: 9 tokens, or at least 11 (a domain of
+// "_" is none).
+func parseAckSubject(subject string, md *jetstream.MsgMetadata) error {
+	rest, ok := strings.CutPrefix(subject, "$JS.ACK.")
+	if !ok {
+		return fmt.Errorf("%w: reply subject %q is not a JetStream ack subject", jetstream.ErrNotJSMessage, subject)
+	}
+	var tok [9]string
+	n := 0
+	for n < len(tok) {
+		var more bool
+		tok[n], rest, more = strings.Cut(rest, ".")
+		n++
+		if !more {
+			break
+		}
+	}
+	// tok now holds the first n tokens after $JS.ACK.; rest what follows.
+	var f []string
+	switch {
+	case n == 7 && rest == "": // v1: stream, consumer, delivered, sseq, cseq, tm, pending
+		f = tok[:7]
+	case n == 9: // v2: domain, account hash, then the v1 fields
+		if tok[0] != "_" {
+			md.Domain = tok[0]
+		}
+		f = tok[2:9]
+	default:
+		return fmt.Errorf("%w: reply subject %q has the wrong number of tokens", jetstream.ErrNotJSMessage, subject)
+	}
+	md.Stream, md.Consumer = f[0], f[1]
+	nums := [5]uint64{}
+	for i, s := range f[2:] {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%w: reply subject %q: token %q is not a number", jetstream.ErrNotJSMessage, subject, s)
+		}
+		nums[i] = v
+	}
+	md.NumDelivered = nums[0]
+	md.Sequence.Stream, md.Sequence.Consumer = nums[1], nums[2]
+	md.Timestamp = time.Unix(0, int64(nums[3]))
+	md.NumPending = nums[4]
+	return nil
+}
