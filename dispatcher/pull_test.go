@@ -138,7 +138,8 @@ func pullFixture(t *testing.T, n int, cfg jetstream.ConsumerConfig) (*testutil.J
 func TestPuller_hands_out_a_batch_with_its_metadata_and_acks(t *testing.T) {
 	js, c := pullFixture(t, 5, jetstream.ConsumerConfig{})
 	ctx := testutil.Context(t)
-	p, err := newPuller(js.JS, c, 3, time.Second, 16)
+	// A request held 5 s: a batch that did not end the pull would show.
+	p, err := newPuller(js.JS, c, 3, 5*time.Second, 16)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +153,7 @@ func TestPuller_hands_out_a_batch_with_its_metadata_and_acks(t *testing.T) {
 	if len(got) != 3 {
 		t.Fatalf("pull handed out %d messages, want the batch of 3", len(got))
 	}
-	if wait := time.Since(start); wait > 900*time.Millisecond {
+	if wait := time.Since(start); wait > 3*time.Second {
 		t.Errorf("a complete batch ended the pull after %s, not at once", wait)
 	}
 	for i, m := range got {
