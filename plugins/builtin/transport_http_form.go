@@ -86,6 +86,8 @@ type HTTPForm struct {
 	userAgent   []string
 	transport   *http.Transport
 	hosts       *hostCaps // nil: no per-host cap
+	// dog times out the attempts of callers that cannot cancel.
+	dog *watchdog
 }
 
 var _ plugins.Transport = (*HTTPForm)(nil)
@@ -107,8 +109,11 @@ func NewHTTPForm(opts HTTPFormOptions) *HTTPForm {
 	tr := &http.Transport{
 		// Never a proxy from the environment: it would bypass the guard,
 		// which sees only the proxy's address.
-		Proxy:                  nil,
-		DialContext:            opts.Guard.DialContext,
+		Proxy:       nil,
+		DialContext: watchDial(boundDial(opts.Guard.DialContext, opts.Timeout)),
+		// A connection's set-up is bounded on its own: attempts under
+		// the watchdog have no deadline in their context.
+		TLSHandshakeTimeout:    opts.Timeout,
 		MaxIdleConnsPerHost:    opts.MaxIdleConnsPerHost,
 		IdleConnTimeout:        90 * time.Second,
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,
@@ -123,6 +128,7 @@ func NewHTTPForm(opts HTTPFormOptions) *HTTPForm {
 		timeoutText: "timeout after " + opts.Timeout.String(),
 		userAgent:   []string{opts.UserAgent},
 		transport:   tr,
+		dog:         newWatchdog(opts.Timeout),
 	}
 	if opts.PerHostConcurrency > 0 {
 		t.hosts = &hostCaps{limit: opts.PerHostConcurrency, wait: cmp.Or(opts.HostSlotWait, defaultHostSlotWait)}
@@ -164,9 +170,19 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 		defer func() { <-slot }()
 	}
 
+	// The attempt's timeout: a context.WithTimeout when the caller can
+	// cancel, else the watchdog (watchdog.go), which costs no timer.
 	start := time.Now()
-	actx, cancel := context.WithTimeout(ctx, t.timeout)
-	defer cancel()
+	var actx context.Context
+	var dog *watched
+	if ctx.Done() == nil {
+		dog, actx = t.dog.start(ctx, start.Add(t.timeout))
+		defer t.dog.end(dog)
+	} else {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, t.timeout)
+		defer cancel()
+	}
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, d.Destination.URL, nil)
 	if err != nil {
 		// url.Error's text repeats the URL, which may hold secrets.
@@ -233,7 +249,7 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 		case errors.Is(err, plugins.ErrDestinationNotAllowed):
 			res.Outcome = plugins.OutcomeNotAllowed
 			res.Error = notAllowedText(err)
-		case errors.Is(actx.Err(), context.DeadlineExceeded):
+		case dog != nil && dog.expired.Load(), errors.Is(actx.Err(), context.DeadlineExceeded):
 			res.Error = t.timeoutText
 		default:
 			res.Error = connErrorText(err)
@@ -499,4 +515,16 @@ func (h *hostCaps) slots(rawURL string) chan struct{} {
 	}
 	h.byURL.Store(rawURL, slots)
 	return slots
+}
+
+// boundDial bounds a dial by timeout when its context has no deadline.
+func boundDial(dial func(ctx context.Context, network, addr string) (net.Conn, error), timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		return dial(ctx, network, addr)
+	}
 }

@@ -774,24 +774,37 @@ func TestHTTPForm_concurrent(t *testing.T) {
 	}
 }
 
+// BenchmarkHTTPForm_Deliver delivers to an httptest sink in this process,
+// the attempt's timeout kept by the watchdog (a caller that cannot cancel,
+// as the dispatcher in-process) or by a context.WithTimeout (a caller that
+// can, as a plugin process's item).
 func BenchmarkHTTPForm_Deliver(b *testing.B) {
 	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		_, _ = io.WriteString(w, "ok")
 	}))
 	b.Cleanup(sink.Close)
-	tr := newTestHTTPForm(b, 5*time.Second)
-	d := httpFormDelivery(sink.URL, plugins.Header{Key: "Authorization", Value: "Bearer your-token"})
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			res, err := tr.Deliver(context.Background(), d)
-			if err != nil || res.Outcome != plugins.OutcomeDelivered {
-				b.Errorf("result %+v, err %v", res, err)
-				return
-			}
-		}
-	})
+	cancellable, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	for _, caller := range []struct {
+		name string
+		ctx  context.Context
+	}{{"watchdog", context.Background()}, {"context", cancellable}} {
+		b.Run(caller.name, func(b *testing.B) {
+			tr := newTestHTTPForm(b, 5*time.Second)
+			d := httpFormDelivery(sink.URL, plugins.Header{Key: "Authorization", Value: "Bearer your-token"})
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					res, err := tr.Deliver(caller.ctx, d)
+					if err != nil || res.Outcome != plugins.OutcomeDelivered {
+						b.Errorf("result %+v, err %v", res, err)
+						return
+					}
+				}
+			})
+		})
+	}
 }
 
 // blockingSink is an httptest server whose requests wait for release, and

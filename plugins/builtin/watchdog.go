@@ -1,0 +1,171 @@
+package builtin
+
+import (
+	"context"
+	"net"
+	"net/http/httptrace"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// watchdog bounds attempts whose caller's context can never be cancelled
+// (the dispatcher in-process hands every attempt such a context), without
+// a timer or a cancellable context per attempt: it closes the attempt's
+// connection once the attempt's deadline has passed, checked every tick
+// while attempts are in flight.
+//
+// Per attempt, a context.WithTimeout costs a timer in the runtime's heap,
+// and net/http registers a child context on it and removes it again: ~6 %
+// of in-process mode's CPU per delivery, against a floor that sends
+// without a timeout (bench/README.md, round 6). Closing the connection
+// ends a request being written, a response being waited for and a body
+// being read alike, which is what the timeout is for; a dial has its own
+// timeout (the dialer's, and TLSHandshakeTimeout). A caller that can
+// cancel (a plugin process's item, the API's test callback) keeps the
+// context.WithTimeout.
+type watchdog struct {
+	tick time.Duration
+	pool sync.Pool // *watched
+
+	mu      sync.Mutex
+	active  map[*watched]struct{}
+	running bool // the sweep goroutine runs while active is not empty
+}
+
+func newWatchdog(timeout time.Duration) *watchdog {
+	d := &watchdog{tick: min(max(timeout/20, 5*time.Millisecond), 250*time.Millisecond), active: map[*watched]struct{}{}}
+	d.pool.New = func() any {
+		w := &watched{}
+		w.trace.GotConn = w.gotConn
+		return w
+	}
+	return d
+}
+
+// watched is one attempt under the watchdog.
+type watched struct {
+	deadline time.Time
+	expired  atomic.Bool
+	conn     atomic.Pointer[watchedConn]
+	trace    httptrace.ClientTrace
+}
+
+// start registers an attempt that must end by deadline and returns ctx
+// with the trace that tells the watchdog the attempt's connection.
+func (d *watchdog) start(ctx context.Context, deadline time.Time) (*watched, context.Context) {
+	w := d.pool.Get().(*watched)
+	w.deadline = deadline
+	d.mu.Lock()
+	d.active[w] = struct{}{}
+	if !d.running {
+		d.running = true
+		go d.sweep()
+	}
+	d.mu.Unlock()
+	return w, httptrace.WithClientTrace(ctx, &w.trace)
+}
+
+// end unregisters w; it reports whether the watchdog ended the attempt.
+// w must not be used after.
+func (d *watchdog) end(w *watched) (expired bool) {
+	d.mu.Lock()
+	delete(d.active, w)
+	d.mu.Unlock()
+	expired = w.expired.Load()
+	w.expired.Store(false)
+	w.conn.Store(nil)
+	d.pool.Put(w)
+	return expired
+}
+
+// sweep closes the connections of expired attempts every tick, until no
+// attempt is in flight.
+func (d *watchdog) sweep() {
+	t := time.NewTicker(d.tick)
+	defer t.Stop()
+	var expired []*watched
+	for now := range t.C {
+		expired = expired[:0]
+		d.mu.Lock()
+		if len(d.active) == 0 {
+			d.running = false
+			d.mu.Unlock()
+			return
+		}
+		for w := range d.active {
+			if !now.Before(w.deadline) && !w.expired.Load() {
+				expired = append(expired, w)
+			}
+		}
+		// Expired under the lock: end cannot recycle w meanwhile.
+		for _, w := range expired {
+			w.expire()
+		}
+		d.mu.Unlock()
+	}
+}
+
+// expire marks w expired and closes its connection, if it has one yet;
+// gotConn closes one that comes later.
+func (w *watched) expire() {
+	w.expired.Store(true)
+	if c := w.conn.Load(); c != nil {
+		c.closeFor(w)
+	}
+}
+
+// gotConn is the attempt's httptrace hook: the connection its request
+// goes on.
+func (w *watched) gotConn(info httptrace.GotConnInfo) {
+	c := connOf(info.Conn)
+	if c == nil {
+		return
+	}
+	c.owner.Store(w)
+	w.conn.Store(c)
+	if w.expired.Load() {
+		c.closeFor(w)
+	}
+}
+
+// watchedConn is a transport connection that knows the attempt using it,
+// so that the watchdog closes it only for that attempt: once the response
+// has been read it may already carry the next one.
+type watchedConn struct {
+	net.Conn
+	owner atomic.Pointer[watched]
+}
+
+func (c *watchedConn) closeFor(w *watched) {
+	if c.owner.Load() == w {
+		_ = c.Conn.Close()
+	}
+}
+
+// connOf finds the watchedConn under a connection net/http reports (a TLS
+// connection wraps it).
+func connOf(c net.Conn) *watchedConn {
+	for c != nil {
+		switch v := c.(type) {
+		case *watchedConn:
+			return v
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// watchDial wraps dial's connections for the watchdog.
+func watchDial(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &watchedConn{Conn: c}, nil
+	}
+}
