@@ -86,7 +86,7 @@ type HTTPForm struct {
 	userAgent   []string
 	transport   *http.Transport
 	hosts       *hostCaps // nil: no per-host cap
-	// dog times out the attempts of callers that cannot cancel.
+	// dog keeps the attempts' timeout.
 	dog *watchdog
 }
 
@@ -111,8 +111,8 @@ func NewHTTPForm(opts HTTPFormOptions) *HTTPForm {
 		// which sees only the proxy's address.
 		Proxy:       nil,
 		DialContext: watchDial(boundDial(opts.Guard.DialContext, opts.Timeout)),
-		// A connection's set-up is bounded on its own: attempts under
-		// the watchdog have no deadline in their context.
+		// A connection's set-up is bounded on its own: the attempt's
+		// timeout is kept by the watchdog, not by a context deadline.
 		TLSHandshakeTimeout:    opts.Timeout,
 		MaxIdleConnsPerHost:    opts.MaxIdleConnsPerHost,
 		IdleConnTimeout:        90 * time.Second,
@@ -170,19 +170,11 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 		defer func() { <-slot }()
 	}
 
-	// The attempt's timeout: a context.WithTimeout when the caller can
-	// cancel, else the watchdog (watchdog.go), which costs no timer.
+	// The attempt's timeout is kept by the watchdog (watchdog.go), which
+	// costs no timer; the caller's ctx still cancels the request.
 	start := time.Now()
-	var actx context.Context
-	var dog *watched
-	if ctx.Done() == nil {
-		dog, actx = t.dog.start(ctx, start.Add(t.timeout))
-		defer t.dog.end(dog)
-	} else {
-		var cancel context.CancelFunc
-		actx, cancel = context.WithTimeout(ctx, t.timeout)
-		defer cancel()
-	}
+	dog, actx := t.dog.start(ctx, start.Add(t.timeout))
+	defer t.dog.end(dog)
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, d.Destination.URL, nil)
 	if err != nil {
 		// url.Error's text repeats the URL, which may hold secrets.
@@ -249,7 +241,7 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 		case errors.Is(err, plugins.ErrDestinationNotAllowed):
 			res.Outcome = plugins.OutcomeNotAllowed
 			res.Error = notAllowedText(err)
-		case dog != nil && dog.expired.Load(), errors.Is(actx.Err(), context.DeadlineExceeded):
+		case dog.expired.Load():
 			res.Error = t.timeoutText
 		default:
 			res.Error = connErrorText(err)

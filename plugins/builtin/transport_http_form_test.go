@@ -775,9 +775,8 @@ func TestHTTPForm_concurrent(t *testing.T) {
 }
 
 // BenchmarkHTTPForm_Deliver delivers to an httptest sink in this process,
-// the attempt's timeout kept by the watchdog (a caller that cannot cancel,
-// as the dispatcher in-process) or by a context.WithTimeout (a caller that
-// can, as a plugin process's item).
+// for a caller that cannot cancel (the dispatcher in-process) and one that
+// can (a plugin process's item).
 func BenchmarkHTTPForm_Deliver(b *testing.B) {
 	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
@@ -789,7 +788,7 @@ func BenchmarkHTTPForm_Deliver(b *testing.B) {
 	for _, caller := range []struct {
 		name string
 		ctx  context.Context
-	}{{"watchdog", context.Background()}, {"context", cancellable}} {
+	}{{"uncancellable", context.Background()}, {"cancellable", cancellable}} {
 		b.Run(caller.name, func(b *testing.B) {
 			tr := newTestHTTPForm(b, 5*time.Second)
 			d := httpFormDelivery(sink.URL, plugins.Header{Key: "Authorization", Value: "Bearer your-token"})

@@ -9,21 +9,18 @@ import (
 	"time"
 )
 
-// watchdog bounds attempts whose caller's context can never be cancelled
-// (the dispatcher in-process hands every attempt such a context), without
-// a timer or a cancellable context per attempt: it closes the attempt's
-// connection once the attempt's deadline has passed, checked every tick
-// while attempts are in flight.
+// watchdog keeps the attempts' timeout without a timer or a cancellable
+// context per attempt: it closes an attempt's connection once the
+// attempt's deadline has passed, checked every tick while attempts are in
+// flight. The caller's context still cancels the request as it would.
 //
 // Per attempt, a context.WithTimeout costs a timer in the runtime's heap,
-// and net/http registers a child context on it and removes it again: ~6 %
-// of in-process mode's CPU per delivery, against a floor that sends
-// without a timeout (bench/README.md, round 6). Closing the connection
-// ends a request being written, a response being waited for and a body
-// being read alike, which is what the timeout is for; a dial has its own
-// timeout (the dialer's, and TLSHandshakeTimeout). A caller that can
-// cancel (a plugin process's item, the API's test callback) keeps the
-// context.WithTimeout.
+// and net/http registers a child context on it and removes it again: with
+// no timeout at all, in-process mode spent ~6.5 % less CPU per delivery
+// than with it (bench/README.md, round 6). Closing the connection ends a
+// request being written, a response being waited for and a body being
+// read alike, which is what the timeout is for; a dial and a TLS
+// handshake are bounded on their own (boundDial, TLSHandshakeTimeout).
 type watchdog struct {
 	tick time.Duration
 	pool sync.Pool // *watched
@@ -37,7 +34,7 @@ func newWatchdog(timeout time.Duration) *watchdog {
 	d := &watchdog{tick: min(max(timeout/20, 5*time.Millisecond), 250*time.Millisecond), active: map[*watched]struct{}{}}
 	d.pool.New = func() any {
 		w := &watched{}
-		w.trace.GotConn = w.gotConn
+		w.hook = w.gotConn // one method value per watched, not per attempt
 		return w
 	}
 	return d
@@ -48,6 +45,7 @@ type watched struct {
 	deadline time.Time
 	expired  atomic.Bool
 	conn     atomic.Pointer[watchedConn]
+	hook     func(httptrace.GotConnInfo)
 	trace    httptrace.ClientTrace
 }
 
@@ -56,6 +54,8 @@ type watched struct {
 func (d *watchdog) start(ctx context.Context, deadline time.Time) (*watched, context.Context) {
 	w := d.pool.Get().(*watched)
 	w.deadline = deadline
+	// Afresh each time: WithClientTrace composes a caller's trace into it.
+	w.trace = httptrace.ClientTrace{GotConn: w.hook}
 	d.mu.Lock()
 	d.active[w] = struct{}{}
 	if !d.running {

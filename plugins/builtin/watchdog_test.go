@@ -8,22 +8,24 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/callbackd/callbackd/plugins"
 )
 
-// The attempt's timeout holds whether the caller can cancel (a
-// context.WithTimeout) or not (the watchdog), in every phase of a request.
+// The attempt's timeout holds whether the caller can cancel or not (the
+// dispatcher in-process cannot; a plugin process's item can), in every
+// phase of a request.
 func TestHTTPForm_timeout_in_every_phase_with_and_without_a_cancellable_caller(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	callers := []struct {
 		name string
 		ctx  func(t *testing.T) context.Context
 	}{
-		{"caller cannot cancel (watchdog)", func(*testing.T) context.Context { return context.Background() }},
-		{"caller can cancel (context)", func(t *testing.T) context.Context {
+		{"caller cannot cancel", func(*testing.T) context.Context { return context.Background() }},
+		{"caller can cancel", func(t *testing.T) context.Context {
 			ctx, cancel := context.WithCancel(context.Background())
 			t.Cleanup(cancel)
 			return ctx
@@ -198,5 +200,29 @@ func TestBoundDial(t *testing.T) {
 	}
 	if took := time.Since(start); took > 90*time.Millisecond {
 		t.Errorf("dial took %s, want the caller's 10ms deadline", took)
+	}
+}
+
+// A caller's own trace still sees its attempts, once each: the watchdog's
+// pooled trace does not keep what an earlier caller composed into it.
+func TestHTTPForm_callers_trace_is_kept_and_not_accumulated(t *testing.T) {
+	sink := newHTTPFormSink(t, nil)
+	tr := newTestHTTPForm(t, 5*time.Second)
+	var calls atomic.Int64
+	traced := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { calls.Add(1) },
+	})
+	for i := range 3 {
+		if _, err := tr.Deliver(traced, httpFormDelivery(sink.URL)); err != nil {
+			t.Fatal(err)
+		}
+		if got := calls.Load(); got != int64(i+1) {
+			t.Fatalf("after %d attempts the caller's GotConn ran %d times", i+1, got)
+		}
+	}
+	// Without the caller's trace, nothing of it is left.
+	deliverOK(t, tr, httpFormDelivery(sink.URL))
+	if got := calls.Load(); got != 3 {
+		t.Errorf("an untraced attempt ran the caller's GotConn (%d calls)", got)
 	}
 }
