@@ -307,7 +307,7 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 	var p *puller
 	for ctx.Err() == nil {
 		var err error
-		if p, err = newPuller(d.js, c, batch, fetchWait, c.CachedInfo().Config.MaxAckPending); err == nil {
+		if p, err = newPuller(d.js, c, batch, fetchWait); err == nil {
 			break
 		}
 		d.log.Warn("pull subscription failed", "consumer", name, "err", err)

@@ -43,11 +43,8 @@ type puller struct {
 }
 
 // newPuller subscribes the puller's inbox for consumer c. batch is the most
-// messages a request asks for, expires how long the server holds it; room
-// is how many more messages may be delivered to it unhandled (the
-// consumer's pending limit), so that the subscription's channel never
-// drops one.
-func newPuller(js jetstream.JetStream, c jetstream.Consumer, batch int, expires time.Duration, room int) (*puller, error) {
+// messages a request asks for, expires how long the server holds it.
+func newPuller(js jetstream.JetStream, c jetstream.Consumer, batch int, expires time.Duration) (*puller, error) {
 	info := c.CachedInfo()
 	prefix := jetstream.DefaultAPIPrefix
 	switch o := js.Options(); {
@@ -64,7 +61,7 @@ func newPuller(js jetstream.JetStream, c jetstream.Consumer, batch int, expires 
 		nc:     nc,
 		next:   prefix + "CONSUMER.MSG.NEXT." + info.Stream + "." + info.Name,
 		prefix: nc.NewInbox() + ".",
-		msgs:   make(chan *nats.Msg, 2*batch+max(room, 0)),
+		msgs:   make(chan *nats.Msg, pullRoom(batch)),
 		timer:  time.NewTimer(time.Hour),
 		batch:  batch,
 		wait:   expires,
@@ -78,6 +75,13 @@ func newPuller(js jetstream.JetStream, c jetstream.Consumer, batch int, expires 
 	p.sub = sub
 	return p, nil
 }
+
+// pullRoom is the room in a puller's channel: a message that finds it full
+// is dropped by the connection and comes back only after its ack wait. One
+// request is outstanding at a time, and the server sends nothing for a
+// request past its expiry, which comes before the puller's own; the room
+// for four batches covers a server slow to see a request end.
+func pullRoom(batch int) int { return max(4*batch, 64) }
 
 // close unsubscribes and gives each message delivered but not handed
 // out to handBack, so that it need not wait for its ack wait.

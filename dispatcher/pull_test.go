@@ -139,7 +139,7 @@ func TestPuller_hands_out_a_batch_with_its_metadata_and_acks(t *testing.T) {
 	js, c := pullFixture(t, 5, jetstream.ConsumerConfig{})
 	ctx := testutil.Context(t)
 	// A request held 5 s: a batch that did not end the pull would show.
-	p, err := newPuller(js.JS, c, 3, 5*time.Second, 16)
+	p, err := newPuller(js.JS, c, 3, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func TestPuller_an_empty_consumer_ends_the_pull_at_its_expiry(t *testing.T) {
 	js, c := pullFixture(t, 0, jetstream.ConsumerConfig{})
 	ctx := testutil.Context(t)
 	const expires = 300 * time.Millisecond
-	p, err := newPuller(js.JS, c, 4, expires, 16)
+	p, err := newPuller(js.JS, c, 4, expires)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestPuller_an_empty_consumer_ends_the_pull_at_its_expiry(t *testing.T) {
 
 func TestPuller_a_refused_request_is_an_error(t *testing.T) {
 	js, c := pullFixture(t, 1, jetstream.ConsumerConfig{MaxRequestBatch: 1})
-	p, err := newPuller(js.JS, c, 2, time.Second, 16)
+	p, err := newPuller(js.JS, c, 2, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestPuller_a_refused_request_is_an_error(t *testing.T) {
 func TestPuller_nak_with_delay_and_term(t *testing.T) {
 	js, c := pullFixture(t, 2, jetstream.ConsumerConfig{})
 	ctx := testutil.Context(t)
-	p, err := newPuller(js.JS, c, 2, time.Second, 16)
+	p, err := newPuller(js.JS, c, 2, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +277,7 @@ func TestPuller_nak_with_delay_and_term(t *testing.T) {
 func TestPuller_close_hands_back_what_was_delivered_but_not_handed_out(t *testing.T) {
 	js, c := pullFixture(t, 3, jetstream.ConsumerConfig{})
 	ctx := testutil.Context(t)
-	p, err := newPuller(js.JS, c, 3, time.Second, 16)
+	p, err := newPuller(js.JS, c, 3, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
