@@ -232,7 +232,9 @@ func (d *Dispatcher) deliveryID(j *job) string {
 	}
 	if msgID := h.Get(subjects.HeaderMsgID); msgID != "" && !j.retry {
 		sum := sha256.Sum256([]byte(msgID))
-		return hex.EncodeToString(sum[:8])
+		var id [16]byte
+		hex.Encode(id[:], sum[:8])
+		return string(id[:])
 	}
 	return strconv.FormatInt(d.top.EventsCreated.Unix(), 10) + "-" + strconv.FormatUint(j.md.Sequence.Stream, 10)
 }
