@@ -508,15 +508,3 @@ func (h *hostCaps) slots(rawURL string) chan struct{} {
 	h.byURL.Store(rawURL, slots)
 	return slots
 }
-
-// boundDial bounds a dial by timeout when its context has no deadline.
-func boundDial(dial func(ctx context.Context, network, addr string) (net.Conn, error), timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if _, ok := ctx.Deadline(); !ok {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, timeout)
-			defer cancel()
-		}
-		return dial(ctx, network, addr)
-	}
-}

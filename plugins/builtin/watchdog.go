@@ -159,13 +159,28 @@ func connOf(c net.Conn) *watchedConn {
 	return nil
 }
 
+// dialFunc is http.Transport.DialContext.
+type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
+
 // watchDial wraps dial's connections for the watchdog.
-func watchDial(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+func watchDial(dial dialFunc) dialFunc {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := dial(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
 		return &watchedConn{Conn: c}, nil
+	}
+}
+
+// boundDial bounds a dial by timeout when its context has no deadline.
+func boundDial(dial dialFunc, timeout time.Duration) dialFunc {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		return dial(ctx, network, addr)
 	}
 }
