@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/pflag"
 
@@ -49,8 +52,10 @@ var (
 	drainNoLog      = flag.Bool("drain.nolog", false, "run without the delivery log, to measure its share")
 	drainMemProfile = flag.String("drain.memprofile", "", "write the allocation profile after the drain to this file, and before it to <file>.base")
 	drainHeapMid    = flag.String("drain.heapprofile", "", "write the heap profile (in-use memory) to this file half-way through the drain")
-	// The sink is one host: lifted as in make bench (see README.md).
-	drainPerHost = flag.Int("drain.perhost", 1024, "dispatcher.per_host_concurrency (callbackd's default is 8)")
+	drainInFlight   = flag.Int("drain.inflight", 0, "delivery.max_in_flight (0: callbackd's default, 1024)")
+	// The sink is one host: as in make bench, callbackd gets the floor's 64
+	// requests in flight to it (see README.md).
+	drainPerHost = flag.Int("drain.perhost", 64, "dispatcher.per_host_concurrency (callbackd's default is 8)")
 )
 
 func TestMain(m *testing.M) {
@@ -190,13 +195,69 @@ func benchDispatcher(b *testing.B, builtins string) {
 		// cap and gets a window of twice it.
 		PerHostConcurrency: *drainPerHost,
 		HostWindow:         map[bool]int{true: 2 * *drainPerHost}[builtins == "process"],
-		MaxInFlight:        cfg.Delivery.MaxInFlight,
+		MaxInFlight:        cmp.Or(*drainInFlight, cfg.Delivery.MaxInFlight),
 		Logger:             log, Observer: metrics, Recorder: recorder,
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
 
+	measureDrain(b, ctx, js, sink, d.Run, builtins != "inprocess")
+}
+
+// BenchmarkFloor_backlog is the floor of make bench (floor.go: nats-server
+// in-process, a durable pull consumer, two Fetch loops, 64 workers, one
+// net/http client) measured as the dispatcher benchmarks are, so that
+// their CPU profiles compare function by function.
+func BenchmarkFloor_backlog(b *testing.B) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	self, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	sink, err := startSink(self)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "floor", Host: "127.0.0.1", Port: server.RANDOM_PORT,
+		JetStream: true, StoreDir: b.TempDir(), NoSigs: true, NoLog: true,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ns.Start()
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		b.Fatal("nats-server not ready")
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(ns))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		b.Fatal(err)
+	}
+	const workers = 64
+	cons, err := floorConsumer(ctx, js, 4*workers)
+	if err != nil {
+		b.Fatal(err)
+	}
+	measureDrain(b, ctx, js, sink, func(ctx context.Context) error {
+		return consumeFloor(ctx, cons, sink.URL+"/hook", workers, "fetch")
+	}, false)
+}
+
+// measureDrain publishes b.N crawl_status events to js, then times run
+// (until its ctx ends) draining them into sink: deliveries/s, CPU of this
+// process tree but the sink per 10k deliveries (and of this process alone
+// when host, the plugin process being the rest), new sink connections per
+// delivery, and the -drain.* profiles.
+func measureDrain(b *testing.B, ctx context.Context, js jetstream.JetStream, sink *sinkClient, run func(context.Context) error, host bool) {
 	sc := scenario{Name: "gobench"}
 	subject := "callbacks.event.crawl_status." + benchAccount + "." + benchProject
 	for i := 1; i <= b.N; i++ {
@@ -250,7 +311,7 @@ func benchDispatcher(b *testing.B, builtins string) {
 	b.ResetTimer()
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- d.Run(runCtx) }()
+	go func() { done <- run(runCtx) }()
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
 		n, _, _, err := sink.Count()
@@ -291,7 +352,7 @@ func benchDispatcher(b *testing.B, builtins string) {
 	// The machine's CPU is the bottleneck of a drain: CPU per delivery is
 	// the figure that noise from other processes moves least.
 	b.ReportMetric((cpu1-cpu0)/float64(b.N)*1e4, "cpu-s/10k")
-	if builtins != "inprocess" {
+	if host {
 		b.ReportMetric((self1-self0)/float64(b.N)*1e4, "host-cpu-s/10k")
 	}
 	if conns1, err := sink.Conns(); err == nil {

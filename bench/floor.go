@@ -84,43 +84,55 @@ func runFloor(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	cons, err := floorConsumer(ctx, js, cmp.Or(*maxAckPending, 4**workers))
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	return consumeFloor(ctx, cons, *sink, *workers, *pull)
+}
+
+// floorConsumer makes the floor's stream, CALLBACKS (work queue, file
+// storage, 2-minute de-duplication), and its durable pull consumer.
+func floorConsumer(ctx context.Context, js jetstream.JetStream, maxAckPending int) (jetstream.Consumer, error) {
 	st, err := js.CreateStream(ctx, jetstream.StreamConfig{
 		Name: "CALLBACKS", Subjects: []string{"callbacks.event.>"},
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
 		Duplicates: 2 * time.Minute,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{
+	return st.CreateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable: "dispatcher", AckPolicy: jetstream.AckExplicitPolicy,
-		AckWait: 40 * time.Second, MaxAckPending: cmp.Or(*maxAckPending, 4**workers),
+		AckWait: 40 * time.Second, MaxAckPending: maxAckPending,
 	})
-	if err != nil {
-		return err
-	}
+}
 
+// consumeFloor is the floor's loop: it pulls from cons and delivers to sink
+// with workers requests in flight until ctx ends. pull is "fetch" (two
+// Fetch loops) or "messages" (a Messages iterator).
+func consumeFloor(ctx context.Context, cons jetstream.Consumer, sink string, workers int, pull string) error {
 	client := &http.Client{Transport: &http.Transport{
-		MaxIdleConnsPerHost: *workers, IdleConnTimeout: 90 * time.Second, DisableCompression: true,
+		MaxIdleConnsPerHost: workers, IdleConnTimeout: 90 * time.Second, DisableCompression: true,
 	}}
-	work := make(chan jetstream.Msg, *workers)
+	defer client.CloseIdleConnections()
+	work := make(chan jetstream.Msg, workers)
 	var wg sync.WaitGroup
-	for range *workers {
+	for range workers {
 		wg.Go(func() {
 			var body bytes.Buffer
 			for m := range work {
-				floorDeliver(client, *sink, m, &body)
+				floorDeliver(client, sink, m, &body)
 			}
 		})
 	}
-	fmt.Println("ready")
-	// Fetchers, each a plain request for a batch and its answer: two in
-	// turn keep a batch always on its way while the other is handed out.
-	// (Consume and Messages, nats.go's continuous pulls, stalled here for
-	// the 30 s pull expiry in about a third of the backlog drains: the
-	// client believed a pull was pending that the server no longer held.)
-	if *pull == "messages" {
-		it, err := cons.Messages(jetstream.PullMaxMessages(*workers))
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
+	if pull == "messages" {
+		it, err := cons.Messages(jetstream.PullMaxMessages(workers))
 		if err != nil {
 			return err
 		}
@@ -129,7 +141,7 @@ func runFloor(args []string) error {
 		for {
 			m, err := it.Next()
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				break
+				return nil
 			}
 			if err == nil {
 				work <- m
@@ -140,7 +152,7 @@ func runFloor(args []string) error {
 	for range 2 {
 		fetchers.Go(func() {
 			for ctx.Err() == nil {
-				batch, err := cons.Fetch(*workers, jetstream.FetchMaxWait(time.Second))
+				batch, err := cons.Fetch(workers, jetstream.FetchMaxWait(time.Second))
 				if err != nil {
 					time.Sleep(10 * time.Millisecond)
 					continue
@@ -152,13 +164,9 @@ func runFloor(args []string) error {
 		})
 	}
 	fetchers.Wait()
-	close(work)
-	wg.Wait()
 	return nil
 }
 
-// floorDeliver encodes, POSTs and acks one message; anything but a 2xx
-// hands it back for later.
 func floorDeliver(client *http.Client, sink string, m jetstream.Msg, body *bytes.Buffer) {
 	var ev floorEvent
 	dec := json.NewDecoder(bytes.NewReader(m.Data()))
