@@ -53,9 +53,8 @@ var (
 	drainMemProfile = flag.String("drain.memprofile", "", "write the allocation profile after the drain to this file, and before it to <file>.base")
 	drainHeapMid    = flag.String("drain.heapprofile", "", "write the heap profile (in-use memory) to this file half-way through the drain")
 	drainInFlight   = flag.Int("drain.inflight", 0, "delivery.max_in_flight (0: callbackd's default, 1024)")
-	// The sink is one host: as in make bench, callbackd gets the floor's 64
-	// requests in flight to it (see README.md).
-	drainPerHost = flag.Int("drain.perhost", 64, "dispatcher.per_host_concurrency (callbackd's default is 8)")
+	// The sink is one host: lifted as in make bench (see README.md).
+	drainPerHost = flag.Int("drain.perhost", 1024, "dispatcher.per_host_concurrency (callbackd's default is 8)")
 )
 
 func TestMain(m *testing.M) {
