@@ -376,33 +376,39 @@ func TestDispatcher_invalid_events_are_dead_lettered_and_the_next_is_delivered(t
 		payload  string
 		deadSubj string // "" = callbacks.dead.<rest of subject>
 		errHas   string // the error names this (case-insensitive)
+		status   string // a Status header, as the server's status messages have
 	}{
-		{"malformed JSON", crawlSubj, `{"crawl_id":7`, "", "json"},
-		{"empty payload", crawlSubj, ``, "", "empty"},
-		{"not an object", crawlSubj, `[{"crawl_id":7}]`, "", "object"},
-		{"trailing data", crawlSubj, `{"crawl_id":7} {}`, "", "after"},
-		{"crawl_id as a string", crawlSubj, `{"crawl_id":"7"}`, "", "crawl_id"},
-		{"crawl_id as a float", crawlSubj, `{"crawl_id":7.0}`, "", "crawl_id"},
-		{"crawl_id over 2^63-1", crawlSubj, `{"crawl_id":9223372036854775808}`, "", "crawl_id"},
-		{"user_id as a bool", crawlSubj, `{"crawl_id":7,"user_id":true}`, "", "user_id"},
-		{"status as a number", crawlSubj, `{"crawl_id":7,"status":1}`, "", "status"},
-		{"file_url as a number", reportSubj, `{` + report + `,"file_url":5}`, "", "file_url"},
-		{"file_url not absolute", reportSubj, `{` + report + `,"file_url":"/x"}`, "", "file_url"},
-		{"crawl_id missing", crawlSubj, `{}`, "", "crawl_id"},
-		{"report_download_id missing", reportSubj, `{"crawl_id":3,"report_id":"3:all_pages:basic","file_url":"https://e.com/f"}`, "", "report_download_id"},
-		{"file_url missing", reportSubj, `{` + report + `}`, "", "file_url"},
-		{"project_id differs from the subject", crawlSubj, `{"crawl_id":7,"project_id":99}`, "", "project_id"},
-		{"account_id differs from the subject", crawlSubj, `{"crawl_id":7,"account_id":99}`, "", "account_id"},
-		{"report_id of another crawl", reportSubj, `{"report_download_id":5,"crawl_id":3,"report_id":"4:all_pages:basic","file_url":"https://e.com/f"}`, "", "report_id"},
-		{"href that is not the computed one", crawlSubj, `{"crawl_id":7,"href":"/accounts/1/projects/1/crawls/8"}`, "", "href"},
-		{"unknown event type", eventSubject("no_such_type", "1", "1"), `{"crawl_id":7}`, "", "no_such_type"},
-		{"oversize payload", crawlSubj, oversize, "", "payload"},
-		{"account with a leading zero", "callbacks.event.crawl_status.0123.1", `{"crawl_id":7}`, subjects.DeadInvalid, "0123"},
-		{"upper-case event type", "callbacks.event.Bad.1.1", `{"crawl_id":7}`, subjects.DeadInvalid, "bad"},
-		{"event type with a dash", "callbacks.event.crawl-status.1.1", `{"crawl_id":7}`, subjects.DeadInvalid, "crawl-status"},
-		{"project of 20 digits", "callbacks.event.crawl_status.1.99999999999999999999", `{"crawl_id":7}`, subjects.DeadInvalid, "99999999999999999999"},
-		{"too few tokens", "callbacks.event.crawl_status.1", `{"crawl_id":7}`, subjects.DeadInvalid, "callbacks.event.crawl_status.1"},
-		{"too many tokens", "callbacks.event.crawl_status.1.1.1", `{"crawl_id":7}`, subjects.DeadInvalid, "callbacks.event.crawl_status.1.1.1"},
+		{"malformed JSON", crawlSubj, `{"crawl_id":7`, "", "json", ""},
+		{"empty payload", crawlSubj, ``, "", "empty", ""},
+		// No payload and a Status header: the look of a pull request's
+		// status message from the server. (Projects of their own: dead
+		// letters are told apart by subject and payload.)
+		{"empty payload with a Status header 100", eventSubject("crawl_status", "1", "2"), ``, "", "empty", "100"},
+		{"empty payload with a Status header 408", eventSubject("crawl_status", "1", "3"), ``, "", "empty", "408"},
+		{"not an object", crawlSubj, `[{"crawl_id":7}]`, "", "object", ""},
+		{"trailing data", crawlSubj, `{"crawl_id":7} {}`, "", "after", ""},
+		{"crawl_id as a string", crawlSubj, `{"crawl_id":"7"}`, "", "crawl_id", ""},
+		{"crawl_id as a float", crawlSubj, `{"crawl_id":7.0}`, "", "crawl_id", ""},
+		{"crawl_id over 2^63-1", crawlSubj, `{"crawl_id":9223372036854775808}`, "", "crawl_id", ""},
+		{"user_id as a bool", crawlSubj, `{"crawl_id":7,"user_id":true}`, "", "user_id", ""},
+		{"status as a number", crawlSubj, `{"crawl_id":7,"status":1}`, "", "status", ""},
+		{"file_url as a number", reportSubj, `{` + report + `,"file_url":5}`, "", "file_url", ""},
+		{"file_url not absolute", reportSubj, `{` + report + `,"file_url":"/x"}`, "", "file_url", ""},
+		{"crawl_id missing", crawlSubj, `{}`, "", "crawl_id", ""},
+		{"report_download_id missing", reportSubj, `{"crawl_id":3,"report_id":"3:all_pages:basic","file_url":"https://e.com/f"}`, "", "report_download_id", ""},
+		{"file_url missing", reportSubj, `{` + report + `}`, "", "file_url", ""},
+		{"project_id differs from the subject", crawlSubj, `{"crawl_id":7,"project_id":99}`, "", "project_id", ""},
+		{"account_id differs from the subject", crawlSubj, `{"crawl_id":7,"account_id":99}`, "", "account_id", ""},
+		{"report_id of another crawl", reportSubj, `{"report_download_id":5,"crawl_id":3,"report_id":"4:all_pages:basic","file_url":"https://e.com/f"}`, "", "report_id", ""},
+		{"href that is not the computed one", crawlSubj, `{"crawl_id":7,"href":"/accounts/1/projects/1/crawls/8"}`, "", "href", ""},
+		{"unknown event type", eventSubject("no_such_type", "1", "1"), `{"crawl_id":7}`, "", "no_such_type", ""},
+		{"oversize payload", crawlSubj, oversize, "", "payload", ""},
+		{"account with a leading zero", "callbacks.event.crawl_status.0123.1", `{"crawl_id":7}`, subjects.DeadInvalid, "0123", ""},
+		{"upper-case event type", "callbacks.event.Bad.1.1", `{"crawl_id":7}`, subjects.DeadInvalid, "bad", ""},
+		{"event type with a dash", "callbacks.event.crawl-status.1.1", `{"crawl_id":7}`, subjects.DeadInvalid, "crawl-status", ""},
+		{"project of 20 digits", "callbacks.event.crawl_status.1.99999999999999999999", `{"crawl_id":7}`, subjects.DeadInvalid, "99999999999999999999", ""},
+		{"too few tokens", "callbacks.event.crawl_status.1", `{"crawl_id":7}`, subjects.DeadInvalid, "callbacks.event.crawl_status.1", ""},
+		{"too many tokens", "callbacks.event.crawl_status.1.1.1", `{"crawl_id":7}`, subjects.DeadInvalid, "callbacks.event.crawl_status.1.1.1", ""},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -410,7 +416,14 @@ func TestDispatcher_invalid_events_are_dead_lettered_and_the_next_is_delivered(t
 			if deadSubj == "" {
 				deadSubj = "callbacks.dead." + strings.TrimPrefix(tt.subject, "callbacks.event.")
 			}
-			ack := h.publish(tt.subject, []byte(tt.payload), "")
+			var ack *jetstream.PubAck
+			if tt.status != "" {
+				m := nats.NewMsg(tt.subject)
+				m.Header.Set("Status", tt.status)
+				ack = h.publishMsg(m)
+			} else {
+				ack = h.publish(tt.subject, []byte(tt.payload), "")
+			}
 			good := 1000 + i
 			h.publish(crawlSubj, crawl(good), "")
 

@@ -347,6 +347,19 @@ func (h *harness) publish(subject string, payload []byte, msgID string) *jetstre
 	return ack
 }
 
+// publishMsg publishes m as it is (headers included) and returns the
+// stream's ack.
+func (h *harness) publishMsg(m *nats.Msg) *jetstream.PubAck {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(h.ctx, waitLong)
+	defer cancel()
+	ack, err := h.js.PublishMsg(ctx, m)
+	if err != nil {
+		h.t.Fatalf("publish %s: %v", m.Subject, err)
+	}
+	return ack
+}
+
 // seqID is the Callback-Delivery-Id of an event published without
 // Nats-Msg-Id: <CALLBACKS created, unix seconds>-<stream sequence>.
 func (h *harness) seqID(seq uint64) string {

@@ -148,10 +148,16 @@ func (p *puller) pull(ctx context.Context, handle func(jetstream.Msg)) error {
 	return nil
 }
 
-// pullStatus is the status code and description of a status message (no
-// payload, a Status header), "" for a message of the stream.
+// pullStatus is the status code and description of a status message, ""
+// for a message of the stream. The server's status messages have no
+// payload, a Status header and no reply subject; every message of the
+// stream has a reply subject (its ack subject), so a publisher's empty
+// message with a Status header is a message of the stream like any other —
+// taken for a status, it would be neither handed out nor acked, and would
+// come back after each ack wait holding a slot of the consumer's pending
+// limit, for good.
 func pullStatus(m *nats.Msg) (status, desc string) {
-	if len(m.Data) > 0 || len(m.Header) == 0 {
+	if m.Reply != "" || len(m.Data) > 0 || len(m.Header) == 0 {
 		return "", ""
 	}
 	return m.Header.Get("Status"), m.Header.Get("Description")

@@ -314,3 +314,38 @@ func TestPuller_close_hands_back_what_was_delivered_but_not_handed_out(t *testin
 		t.Errorf("fetched %d handed-back messages, want 3", n)
 	}
 }
+
+// A message of the stream that looks like a server status — no payload, a
+// Status header — is handed out like any other: only the server's own
+// status messages, which come without a reply subject, end a request.
+func TestPuller_an_empty_message_with_a_Status_header_is_a_message(t *testing.T) {
+	js, c := pullFixture(t, 0, jetstream.ConsumerConfig{})
+	ctx := testutil.Context(t)
+	statuses := []string{"100", "404", "408", "409", "503"}
+	for _, st := range statuses {
+		m := nats.NewMsg("p." + st)
+		m.Header.Set("Status", st)
+		m.Header.Set("Description", "from a publisher")
+		if _, err := js.JS.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := newPuller(js.JS, c, len(statuses), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close(func(jetstream.Msg) {})
+	var got []string
+	if err := p.pull(ctx, func(m jetstream.Msg) {
+		got = append(got, m.Subject())
+		if err := m.Term(); err != nil {
+			t.Error(err)
+		}
+	}); err != nil {
+		t.Fatalf("pull = %v, want the messages handed out", err)
+	}
+	want := []string{"p.100", "p.404", "p.408", "p.409", "p.503"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("handed out (-want +got):\n%s", diff)
+	}
+}
