@@ -11,6 +11,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -125,11 +126,18 @@ func (o *Options) setDefaults() {
 // Dispatcher delivers the events of the CALLBACKS stream and the retries
 // of CALLBACKS_RETRY.
 type Dispatcher struct {
-	js   jetstream.JetStream
-	top  Topology
-	view Resolver
-	o    Options
-	log  *slog.Logger
+	js  jetstream.JetStream
+	top Topology
+	// eventsCreated is CALLBACKS's creation time, unix seconds (part of
+	// the delivery ids of events without Nats-Msg-Id); it changes when a
+	// deleted stream is made again (restoreIfGone).
+	eventsCreated atomic.Int64
+	// restoreMu makes the fetch loops that find their consumer gone
+	// recreate it one at a time.
+	restoreMu sync.Mutex
+	view      Resolver
+	o         Options
+	log       *slog.Logger
 
 	// workers bounds CPU work (decode, encode, route) across both consumers;
 	// an attempt in flight gives its worker slot back.
@@ -182,7 +190,7 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 	for typ, enc := range o.Encoders {
 		pipelines[typ] = plugins.Pipeline(enc, o.Transport)
 	}
-	return &Dispatcher{
+	d := &Dispatcher{
 		js: js, top: top, view: view, o: o, log: o.Logger, pipelines: pipelines,
 		workers:   make(chan struct{}, o.Workers),
 		inFlight:  make(chan struct{}, o.MaxInFlight),
@@ -192,7 +200,9 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 		fastQueue: max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
 		idFields:  map[string][]string{},
 		stopping:  make(chan struct{}), // until Run
-	}, nil
+	}
+	d.eventsCreated.Store(top.EventsCreated.Unix())
+	return d, nil
 }
 
 // isStopping reports whether Run has been told to stop.
@@ -338,11 +348,43 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 		d.waitFresh(ctx)
 		if err := p.pull(ctx, handle); err != nil && ctx.Err() == nil {
 			d.log.Warn("pull failed", "consumer", name, "err", err)
+			if errors.Is(err, errPullStatus) {
+				d.restoreIfGone(ctx, c, name)
+			}
 			pause()
 			continue
 		}
 		backoff = 100 * time.Millisecond
 	}
+}
+
+// restoreIfGone makes c again, with any of callbackd's streams and
+// consumers that are missing, when the server no longer has it: deleted
+// from outside (nats consumer rm, nats stream rm), it would otherwise
+// refuse every pull for good while the process looked healthy. It does
+// what a restart would (EnsureStreams); the puller goes on with the new
+// consumer, whose pull subject is the old one's.
+func (d *Dispatcher) restoreIfGone(ctx context.Context, c jetstream.Consumer, name string) {
+	if d.top.again == nil {
+		return
+	}
+	d.restoreMu.Lock()
+	defer d.restoreMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	info := c.CachedInfo()
+	_, err := d.js.Consumer(ctx, info.Stream, info.Name)
+	if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return // there (another loop made it again), or the server cannot say
+	}
+	top, err := d.top.again(ctx)
+	if err != nil {
+		d.log.Error("consumer is gone and could not be made again", "consumer", name, "stream", info.Stream, "err", err)
+		return
+	}
+	d.eventsCreated.Store(top.EventsCreated.Unix())
+	d.log.Warn("consumer was gone (deleted from outside?); made it again, with any missing stream, as at start",
+		"consumer", name, "stream", info.Stream)
 }
 
 // workerSlot is a handler's slot of Dispatcher.workers, taken by the fetch

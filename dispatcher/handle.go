@@ -236,7 +236,7 @@ func (d *Dispatcher) deliveryID(j *job) string {
 		hex.Encode(id[:], sum[:8])
 		return string(id[:])
 	}
-	return strconv.FormatInt(d.top.EventsCreated.Unix(), 10) + "-" + strconv.FormatUint(j.md.Sequence.Stream, 10)
+	return strconv.FormatInt(d.eventsCreated.Load(), 10) + "-" + strconv.FormatUint(j.md.Sequence.Stream, 10)
 }
 
 // validDeliveryID accepts the IDs callbackd makes: short, [0-9a-z-].

@@ -42,6 +42,10 @@ type Topology struct {
 	// EventsCreated is when CALLBACKS was created; it is part of the
 	// Callback-Delivery-Id of events published without Nats-Msg-Id.
 	EventsCreated time.Time
+
+	// again runs EnsureStreams again, as at start: the dispatcher's way
+	// back when a consumer or stream has been deleted from outside.
+	again func(context.Context) (Topology, error)
 }
 
 func (o StreamOptions) streamConfigs() []jetstream.StreamConfig {
@@ -162,6 +166,11 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions,
 		return top, err
 	}
 	top.Dispatcher = c
+	top.again = func(ctx context.Context) (Topology, error) {
+		o := o
+		o.Update = false // what start did is done; drift is warned of again
+		return EnsureStreams(ctx, js, o, log)
+	}
 	return top, nil
 }
 

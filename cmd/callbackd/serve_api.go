@@ -262,6 +262,16 @@ func readyChecks(deps apiDeps) []api.Check {
 			}
 			return nil
 		}},
+		// A consumer deleted from outside is made again by the dispatcher
+		// at its next pull; one that stays missing means it cannot be.
+		{Name: "consumers", Fn: func(ctx context.Context) error {
+			for _, c := range [][2]string{{subjects.Stream, subjects.DispatcherConsumer}, {subjects.RetryStream, subjects.RetrierConsumer}} {
+				if _, err := deps.JS.Consumer(ctx, c[0], c[1]); err != nil {
+					return fmt.Errorf("consumer %s of %s: %w", c[1], c[0], err)
+				}
+			}
+			return nil
+		}},
 		{Name: "settings", Fn: func(context.Context) error {
 			select {
 			case <-deps.View.Ready():
