@@ -106,13 +106,16 @@ func NewHTTPForm(opts HTTPFormOptions) *HTTPForm {
 	if opts.MaxIdleConnsPerHost <= 0 {
 		opts.MaxIdleConnsPerHost = defaultMaxIdleConnsPerHost
 	}
+	dog := newWatchdog(opts.Timeout)
 	tr := &http.Transport{
 		// Never a proxy from the environment: it would bypass the guard,
 		// which sees only the proxy's address.
-		Proxy:       nil,
-		DialContext: watchDial(boundDial(opts.Guard.DialContext, opts.Timeout)),
-		// A connection's set-up is bounded on its own: the attempt's
-		// timeout is kept by the watchdog, not by a context deadline.
+		Proxy: nil,
+		// The attempt's timeout is kept by the watchdog, not by a context
+		// deadline: its dialer bounds the dial and makes the connection
+		// the attempt's for the TLS handshake. The handshake's own
+		// timeout is a backstop only.
+		DialContext:            dog.dialer(opts.Guard.DialContext, opts.Timeout),
 		TLSHandshakeTimeout:    opts.Timeout,
 		MaxIdleConnsPerHost:    opts.MaxIdleConnsPerHost,
 		IdleConnTimeout:        90 * time.Second,
@@ -128,7 +131,7 @@ func NewHTTPForm(opts HTTPFormOptions) *HTTPForm {
 		timeoutText: "timeout after " + opts.Timeout.String(),
 		userAgent:   []string{opts.UserAgent},
 		transport:   tr,
-		dog:         newWatchdog(opts.Timeout),
+		dog:         dog,
 	}
 	if opts.PerHostConcurrency > 0 {
 		t.hosts = &hostCaps{limit: opts.PerHostConcurrency, wait: cmp.Or(opts.HostSlotWait, defaultHostSlotWait)}
@@ -241,7 +244,9 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 		case errors.Is(err, plugins.ErrDestinationNotAllowed):
 			res.Outcome = plugins.OutcomeNotAllowed
 			res.Error = notAllowedText(err)
-		case dog.expired.Load():
+		case dog.expired.Load() || !time.Now().Before(dog.deadline):
+			// Past the deadline, whichever bound ended it (the watchdog,
+			// the dial's deadline, the handshake's backstop): one text.
 			res.Error = t.timeoutText
 		default:
 			res.Error = connErrorText(err)

@@ -19,19 +19,22 @@ import (
 // no timeout at all, in-process mode spent ~6.5 % less CPU per delivery
 // than with it (bench/README.md, round 6). Closing the connection ends a
 // request being written, a response being waited for and a body being
-// read alike, which is what the timeout is for; a dial and a TLS
-// handshake are bounded on their own (boundDial, TLSHandshakeTimeout).
+// read alike, which is what the timeout is for. A connection is the
+// attempt's from its dial (dialer), so a TLS handshake is ended the same
+// way, and the dial itself is bounded by the attempt's deadline.
 type watchdog struct {
 	tick time.Duration
 	pool sync.Pool // *watched
 
-	mu      sync.Mutex
-	active  map[*watched]struct{}
+	mu sync.Mutex
+	// active are the attempts in flight, by their trace: net/http dials
+	// with the request's context values, so a dial finds its attempt.
+	active  map[*httptrace.ClientTrace]*watched
 	running bool // the sweep goroutine runs while active is not empty
 }
 
 func newWatchdog(timeout time.Duration) *watchdog {
-	d := &watchdog{tick: min(max(timeout/20, 5*time.Millisecond), 250*time.Millisecond), active: map[*watched]struct{}{}}
+	d := &watchdog{tick: min(max(timeout/20, 5*time.Millisecond), 250*time.Millisecond), active: map[*httptrace.ClientTrace]*watched{}}
 	d.pool.New = func() any {
 		w := &watched{}
 		w.hook = w.gotConn // one method value per watched, not per attempt
@@ -57,7 +60,7 @@ func (d *watchdog) start(ctx context.Context, deadline time.Time) (*watched, con
 	// Afresh each time: WithClientTrace composes a caller's trace into it.
 	w.trace = httptrace.ClientTrace{GotConn: w.hook}
 	d.mu.Lock()
-	d.active[w] = struct{}{}
+	d.active[&w.trace] = w
 	if !d.running {
 		d.running = true
 		go d.sweep()
@@ -70,7 +73,7 @@ func (d *watchdog) start(ctx context.Context, deadline time.Time) (*watched, con
 // w must not be used after.
 func (d *watchdog) end(w *watched) (expired bool) {
 	d.mu.Lock()
-	delete(d.active, w)
+	delete(d.active, &w.trace)
 	d.mu.Unlock()
 	expired = w.expired.Load()
 	w.expired.Store(false)
@@ -93,7 +96,7 @@ func (d *watchdog) sweep() {
 			d.mu.Unlock()
 			return
 		}
-		for w := range d.active {
+		for _, w := range d.active {
 			if !now.Before(w.deadline) && !w.expired.Load() {
 				expired = append(expired, w)
 			}
@@ -162,25 +165,68 @@ func connOf(c net.Conn) *watchedConn {
 // dialFunc is http.Transport.DialContext.
 type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
 
-// watchDial wraps dial's connections for the watchdog.
-func watchDial(dial dialFunc) dialFunc {
+// dialer wraps dial for the watchdog. net/http dials with the request's
+// context values but not its cancellation, so a dial finds the attempt it
+// is made for: it is bounded by that attempt's deadline, and until net/http
+// hands the connection to a request (GotConn) it is that attempt's, so
+// that an attempt that expires during the TLS handshake ends then. Before,
+// the dial and the handshake were each bounded by the whole timeout, one
+// after the other: an HTTPS attempt could take twice its timeout, past the
+// consumer's ack wait. A dial for no attempt in flight (or an earlier
+// deadline of its own) keeps timeout as its bound.
+func (d *watchdog) dialer(dial dialFunc, timeout time.Duration) dialFunc {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		trace := httptrace.ContextClientTrace(ctx)
+		deadline := time.Now().Add(timeout)
+		if dl, ok := d.deadlineOf(trace); ok && dl.Before(deadline) {
+			deadline = dl
+		}
+		if dl, ok := ctx.Deadline(); !ok || deadline.Before(dl) {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, deadline)
+			defer cancel()
+		}
 		c, err := dial(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		return &watchedConn{Conn: c}, nil
+		wc := &watchedConn{Conn: c}
+		d.claim(trace, wc)
+		return wc, nil
 	}
 }
 
-// boundDial bounds a dial by timeout when its context has no deadline.
-func boundDial(dial dialFunc, timeout time.Duration) dialFunc {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if _, ok := ctx.Deadline(); !ok {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, timeout)
-			defer cancel()
-		}
-		return dial(ctx, network, addr)
+// deadlineOf is the deadline of the attempt in flight whose trace is trace.
+func (d *watchdog) deadlineOf(trace *httptrace.ClientTrace) (time.Time, bool) {
+	if trace == nil {
+		return time.Time{}, false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w, ok := d.active[trace]
+	if !ok {
+		return time.Time{}, false
+	}
+	return w.deadline, true
+}
+
+// claim makes c the connection of the attempt whose trace is trace, while
+// that attempt is in flight and has no connection yet (it may have been
+// handed an idle one while this dial went on); c is closed at once if the
+// attempt has expired meanwhile. Under the lock, so that end cannot
+// recycle the attempt's watched in between.
+func (d *watchdog) claim(trace *httptrace.ClientTrace, c *watchedConn) {
+	if trace == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w, ok := d.active[trace]
+	if !ok || !w.conn.CompareAndSwap(nil, c) {
+		return
+	}
+	c.owner.Store(w)
+	if w.expired.Load() {
+		c.closeFor(w)
 	}
 }

@@ -177,29 +177,128 @@ func TestWatchdog_sweep_stops_when_idle(t *testing.T) {
 	}
 }
 
-// A dial without a deadline of its own gets the attempt's timeout; one
-// with a deadline keeps it.
-func TestBoundDial(t *testing.T) {
+// The watchdog's dialer bounds a dial by the deadline of the attempt it is
+// made for (found by the trace in its context), else by the timeout; a
+// caller's earlier deadline is kept. The connection it makes is the
+// attempt's, unless the attempt already has one.
+func TestWatchdog_dialer(t *testing.T) {
 	blocked := func(ctx context.Context, _, _ string) (net.Conn, error) {
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}
-	dial := boundDial(blocked, 100*time.Millisecond)
+	d := newWatchdog(time.Hour)
+	short := func(ms int) context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(ms)*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	w, attemptCtx := d.start(context.Background(), time.Now().Add(100*time.Millisecond))
+	t.Cleanup(func() { d.end(w) })
+	tests := []struct {
+		name        string
+		timeout     time.Duration
+		ctx         context.Context
+		least, most time.Duration
+	}{
+		{"the attempt's deadline", time.Hour, context.WithoutCancel(attemptCtx), 90 * time.Millisecond, 5 * time.Second},
+		{"no attempt: the timeout", 100 * time.Millisecond, context.Background(), 100 * time.Millisecond, 5 * time.Second},
+		{"the caller's earlier deadline", time.Hour, short(10), 0, 90 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			if _, err := d.dialer(blocked, tt.timeout)(tt.ctx, "tcp", "x:1"); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("dial = %v, want DeadlineExceeded", err)
+			}
+			if took := time.Since(start); took < tt.least || took > tt.most {
+				t.Errorf("dial took %s, want %s to %s", took, tt.least, tt.most)
+			}
+		})
+	}
+
+	t.Run("the connection is the attempt's", func(t *testing.T) {
+		pipe := func(context.Context, string, string) (net.Conn, error) {
+			a, b := net.Pipe()
+			t.Cleanup(func() { _ = a.Close(); _ = b.Close() })
+			return a, nil
+		}
+		w, ctx := d.start(context.Background(), time.Now().Add(time.Hour))
+		defer d.end(w)
+		c, err := d.dialer(pipe, time.Hour)(context.WithoutCancel(ctx), "tcp", "x:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wc := c.(*watchedConn)
+		if w.conn.Load() != wc || wc.owner.Load() != w {
+			t.Fatal("the dialled connection is not the attempt's")
+		}
+		// A second dial for the same attempt (it got the first) is not
+		// claimed: the attempt keeps the connection it has.
+		c2, err := d.dialer(pipe, time.Hour)(context.WithoutCancel(ctx), "tcp", "x:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.conn.Load() != wc || c2.(*watchedConn).owner.Load() != nil {
+			t.Error("a second dial took the attempt's connection over")
+		}
+	})
+}
+
+// An HTTPS attempt ends at its timeout even when the connection took most
+// of it to come up and the TLS handshake then stalls: before, the dial and
+// the handshake were each bounded by the whole timeout, one after the
+// other (an attempt could last twice its timeout, past the consumer's ack
+// wait). The error is the timeout's, whichever bound ended it.
+func TestHTTPForm_a_slow_connect_and_a_stalled_TLS_handshake_end_at_the_timeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Connections are accepted and never get a byte of the handshake back.
+	var held []net.Conn
+	accepted := make(chan struct{})
+	go func() {
+		defer close(accepted)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-accepted
+		for _, c := range held {
+			_ = c.Close()
+		}
+	})
+	const timeout = time.Second
+	tr := newTestHTTPForm(t, timeout)
+	// A connect that takes 90 % of the timeout (a far or loaded network).
+	slow := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		select {
+		case <-time.After(900 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return httpFormLoopback().DialContext(ctx, network, addr)
+	}
+	tr.transport.DialContext = tr.dog.dialer(slow, timeout)
 	start := time.Now()
-	if _, err := dial(context.Background(), "tcp", "x:1"); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("dial = %v, want DeadlineExceeded", err)
+	res, err := tr.Deliver(context.Background(), httpFormDelivery("https://"+ln.Addr().String()+"/hook"))
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("Deliver: %v", err)
 	}
-	if took := time.Since(start); took < 100*time.Millisecond || took > 5*time.Second {
-		t.Errorf("dial took %s, want the 100ms bound", took)
+	if res.Outcome != plugins.OutcomeRetryable || res.Error != "timeout after 1s" {
+		t.Errorf("result = %+v, want a retryable \"timeout after 1s\"", res)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
-	defer cancel()
-	start = time.Now()
-	if _, err := dial(ctx, "tcp", "x:1"); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("dial = %v, want DeadlineExceeded", err)
-	}
-	if took := time.Since(start); took > 90*time.Millisecond {
-		t.Errorf("dial took %s, want the caller's 10ms deadline", took)
+	// Ended by the watchdog within a few ticks of the deadline; the old
+	// bounds ended it at 1.9 s.
+	if took < timeout || took > 1600*time.Millisecond {
+		t.Errorf("the attempt took %s, want its timeout %s", took, timeout)
 	}
 }
 
