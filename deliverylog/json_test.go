@@ -116,3 +116,34 @@ func BenchmarkAppendJSON(b *testing.B) {
 		}
 	})
 }
+
+// An entry in JSON (callbackd deliveries --json) is the stored record with
+// its sequence: an attempt's duration_ms is there when it is 0.
+func TestEntryMarshalJSON(t *testing.T) {
+	at := time.Date(2026, 11, 29, 22, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name string
+		e    Entry
+		want string
+	}{
+		{"an attempt within the millisecond", Entry{Seq: 7, Record: Record{
+			DeliveryID: "d", EventType: "crawl_status", AccountID: "1", ProjectID: "2", Attempt: 1,
+			Outcome: OutcomeFailed, Error: "connection refused", StartedAt: at, At: at,
+		}}, `{"delivery_id":"d","event_type":"crawl_status","account_id":"1","project_id":"2","attempt":1,"outcome":"failed","error":"connection refused","duration_ms":0,"started_at":"2026-11-29T22:00:00Z","at":"2026-11-29T22:00:00Z","seq":7}`},
+		{"an outcome without an attempt", Entry{Seq: 8, Record: Record{
+			DeliveryID: "d", EventType: "crawl_status", AccountID: "1", ProjectID: "2",
+			Outcome: OutcomeNoDestination, At: at,
+		}}, `{"delivery_id":"d","event_type":"crawl_status","account_id":"1","project_id":"2","attempt":0,"outcome":"no_destination","at":"2026-11-29T22:00:00Z","seq":8}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := json.Marshal(tt.e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(b) != tt.want {
+				t.Errorf("got  %s\nwant %s", b, tt.want)
+			}
+		})
+	}
+}

@@ -47,6 +47,16 @@ type Entry struct {
 	Seq uint64 `json:"seq"`
 }
 
+// MarshalJSON is the record as the log stores it (appendJSON: an attempt's
+// duration_ms even when it is 0, which encoding/json's omitempty would
+// drop), with "seq" added.
+func (e Entry) MarshalJSON() ([]byte, error) {
+	b := appendJSON(nil, &e.Record)
+	b = append(b[:len(b)-1], `,"seq":`...)
+	b = strconv.AppendUint(b, e.Seq, 10)
+	return append(b, '}'), nil
+}
+
 // Cursor returns the entry's position as a cursor for Filter.After.
 func (e Entry) Cursor() string { return strconv.FormatUint(e.Seq, 10) }
 

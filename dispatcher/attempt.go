@@ -119,7 +119,9 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 		return res, true
 	}
 	out, err := j.pipeline.EncodeDeliver(ctx, d.event(j), &j.dest, d.o.CallTimeout)
-	if !d.encoded(ctx, j, out.Encoded, encodeErr(out, err)) {
+	// An error with nothing encoded may be the encoder's or the
+	// transport's (one crossing, both steps): "encode+deliver" says so.
+	if !d.encoded(ctx, j, "encode+deliver", out.Encoded, encodeErr(out, err)) {
 		return out.Result, false
 	}
 	if err != nil {

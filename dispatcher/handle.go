@@ -183,7 +183,7 @@ func (d *Dispatcher) prepare(ctx context.Context, j *job) bool {
 	ectx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
 	encoded, err := enc.Encode(ectx, d.event(j))
 	cancel()
-	if !d.encoded(ctx, j, encoded, err) {
+	if !d.encoded(ctx, j, "encode", encoded, err) {
 		return false
 	}
 	d.log.Info("no callback URL for project or account", d.attrs(j, slog.String("outcome", deliverylog.OutcomeNoDestination))...)
@@ -202,15 +202,15 @@ func (d *Dispatcher) event(j *job) plugins.Event {
 
 // encoded settles what an encoder said when it is not a notification to
 // deliver: invalid events are dead-lettered, plugin errors hand the event
-// back, skipped events are acked. It reports whether there is a
-// notification to deliver.
-func (d *Dispatcher) encoded(ctx context.Context, j *job, e plugins.Encoded, err error) bool {
+// back (op names the call in the log line), skipped events are acked. It
+// reports whether there is a notification to deliver.
+func (d *Dispatcher) encoded(ctx context.Context, j *job, op string, e plugins.Encoded, err error) bool {
 	switch {
 	case errors.Is(err, plugins.ErrInvalidEvent):
 		d.invalid(ctx, j, err)
 		return false
 	case err != nil:
-		d.infraError(j, "encode", err)
+		d.infraError(j, op, err)
 		return false
 	case e.SkipReason != "":
 		d.log.Info("event skipped", d.attrs(j, slog.String("outcome", deliverylog.OutcomeSkipped), slog.String("reason", e.SkipReason))...)
