@@ -75,15 +75,7 @@ func BenchmarkDispatcher_backlog_process(b *testing.B)   { benchDispatcher(b, "p
 func benchDispatcher(b *testing.B, builtins string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	self, err := os.Executable()
-	if err != nil {
-		b.Fatal(err)
-	}
-	sink, err := startSink(self)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sink.Close()
+	sink := benchSink(b)
 
 	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
 	config.RegisterFlags(fs)
@@ -211,15 +203,7 @@ func benchDispatcher(b *testing.B, builtins string) {
 func BenchmarkFloor_backlog(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	self, err := os.Executable()
-	if err != nil {
-		b.Fatal(err)
-	}
-	sink, err := startSink(self)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sink.Close()
+	sink := benchSink(b)
 	ns, err := server.NewServer(&server.Options{
 		ServerName: "floor", Host: "127.0.0.1", Port: server.RANDOM_PORT,
 		JetStream: true, StoreDir: b.TempDir(), NoSigs: true, NoLog: true,
@@ -361,6 +345,21 @@ func measureDrain(b *testing.B, ctx context.Context, js jetstream.JetStream, sin
 	}
 	stop()
 	<-done
+}
+
+// benchSink starts the sink in a process of its own (this test binary,
+// "sink"), stopped when the benchmark ends.
+func benchSink(b *testing.B) *sinkClient {
+	self, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	sink, err := startSink(self)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sink.Close() })
+	return sink
 }
 
 func writeProfile(b *testing.B, name, path string) {
