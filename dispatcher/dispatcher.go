@@ -358,6 +358,10 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 	}
 }
 
+// restoreGrace is how long after a consumer or stream is found gone it is
+// made again (restoreIfGone).
+const restoreGrace = 2 * time.Second
+
 // restoreIfGone makes c again, with any of callbackd's streams and
 // consumers that are missing, when the server no longer has it: deleted
 // from outside (nats consumer rm, nats stream rm), it would otherwise
@@ -376,6 +380,16 @@ func (d *Dispatcher) restoreIfGone(ctx context.Context, c jetstream.Consumer, na
 	_, err := d.js.Consumer(ctx, info.Stream, info.Name)
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return // there (another loop made it again), or the server cannot say
+	}
+	// Not at once: the pull is refused while the server is still deleting,
+	// and it moves the deleted store's files away only after it has
+	// forgotten the stream. A stream made again in between opened those
+	// files and lost them (seen in a black-box run: every store after
+	// failed with "error opening msg block file").
+	select {
+	case <-time.After(restoreGrace):
+	case <-ctx.Done():
+		return
 	}
 	top, err := d.top.again(ctx)
 	if err != nil {

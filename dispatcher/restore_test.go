@@ -30,6 +30,7 @@ func TestDispatcher_a_deleted_consumer_or_stream_is_made_again(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel() // each waits out the restore's grace
 			sink := testutil.NewSink(t)
 			h := newHarness(t, harnessOptions{})
 			h.setProject("1", sink.URL)
