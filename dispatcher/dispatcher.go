@@ -348,8 +348,9 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 		d.waitFresh(ctx)
 		if err := p.pull(ctx, handle); err != nil && ctx.Err() == nil {
 			d.log.Warn("pull failed", "consumer", name, "err", err)
-			if errors.Is(err, errPullStatus) {
-				d.restoreIfGone(ctx, c, name)
+			if errors.Is(err, errPullStatus) && d.restoreIfGone(ctx, c, name) {
+				backoff = 100 * time.Millisecond // made again: pull at once
+				continue
 			}
 			pause()
 			continue
@@ -368,9 +369,11 @@ const restoreGrace = 2 * time.Second
 // refuse every pull for good while the process looked healthy. It does
 // what a restart would (EnsureStreams); the puller goes on with the new
 // consumer, whose pull subject is the old one's.
-func (d *Dispatcher) restoreIfGone(ctx context.Context, c jetstream.Consumer, name string) {
+//
+// It reports whether c was gone and has been made again.
+func (d *Dispatcher) restoreIfGone(ctx context.Context, c jetstream.Consumer, name string) bool {
 	if d.top.again == nil {
-		return
+		return false
 	}
 	d.restoreMu.Lock()
 	defer d.restoreMu.Unlock()
@@ -379,26 +382,32 @@ func (d *Dispatcher) restoreIfGone(ctx context.Context, c jetstream.Consumer, na
 	info := c.CachedInfo()
 	_, err := d.js.Consumer(ctx, info.Stream, info.Name)
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return // there (another loop made it again), or the server cannot say
+		// There (refused for another reason, or another loop made it
+		// again), or the server cannot say: the loop's backoff applies.
+		return false
 	}
 	// Not at once: the pull is refused while the server is still deleting,
 	// and it moves the deleted store's files away only after it has
 	// forgotten the stream. A stream made again in between opened those
 	// files and lost them (seen in a black-box run: every store after
-	// failed with "error opening msg block file").
+	// failed with "error opening msg block file"). The grace also keeps
+	// a stream made again in another second than the one it replaces,
+	// which the delivery ids of events without Nats-Msg-Id rely on
+	// (<creation time, unix seconds>-<sequence>, SPEC §3).
 	select {
 	case <-time.After(restoreGrace):
 	case <-ctx.Done():
-		return
+		return false
 	}
 	top, err := d.top.again(ctx)
 	if err != nil {
 		d.log.Error("consumer is gone and could not be made again", "consumer", name, "stream", info.Stream, "err", err)
-		return
+		return false
 	}
 	d.eventsCreated.Store(top.EventsCreated.Unix())
 	d.log.Warn("consumer was gone (deleted from outside?); made it again, with any missing stream, as at start",
 		"consumer", name, "stream", info.Stream)
+	return true
 }
 
 // workerSlot is a handler's slot of Dispatcher.workers, taken by the fetch
