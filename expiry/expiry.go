@@ -83,6 +83,14 @@ type Counter struct {
 	once   sync.Once
 }
 
+// EnsureState opens, or creates, the state bucket that Start opens: a
+// caller can make it first under its own retries (a cluster that is still
+// forming refuses a replicated bucket until enough nodes have joined).
+func EnsureState(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	_, err := openState(ctx, js, replicas)
+	return err
+}
+
 // Start opens (or creates) the state bucket, subscribes to the advisories,
 // samples each stream once and keeps sampling until ctx is done or Close.
 // A failed sample is logged and tried again at the next one; only a bucket

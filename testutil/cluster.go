@@ -70,6 +70,9 @@ func RunCluster(t testing.TB, n int) *Cluster {
 			ServerName: node.Name,
 			Cluster:    embedded.Cluster{Name: "callbackd-test", Listen: node.ClusterAddr, Routes: routes},
 			Logger:     Logger(t).With("node", node.Name),
+			// Three nodes under -race beside other packages' tests on 2
+			// cores: embedded's default 10 s was once not enough.
+			ReadyTimeout: 25 * time.Second,
 		}
 		t.Cleanup(func() { c.stop(node) })
 	}

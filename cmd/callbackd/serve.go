@@ -148,6 +148,15 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		pluginsReady, pluginRestarts = pluginHealth(ps.manager)
 	}
 	metrics := newMetrics(cfg, top, view, log, pluginRestarts)
+	// Its bucket, like the streams, under the retries for a forming
+	// cluster (once, under load, it took longer than one API call's
+	// timeout and serve exited).
+	err = ensureJetStream(ctx, log, "state bucket", func(ctx context.Context) error {
+		return expiry.EnsureState(ctx, js, cfg.NATS.Replicas)
+	})
+	if err != nil {
+		return err
+	}
 	// Started before the dispatcher consumes: its first sample counts what
 	// expired while no instance ran (SPEC §2).
 	exp, err := expiry.Start(ctx, js, expiry.Options{
