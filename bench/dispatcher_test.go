@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/pflag"
 
@@ -204,23 +203,11 @@ func BenchmarkFloor_backlog(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sink := benchSink(b)
-	ns, err := server.NewServer(&server.Options{
-		ServerName: "floor", Host: "127.0.0.1", Port: server.RANDOM_PORT,
-		JetStream: true, StoreDir: b.TempDir(), NoSigs: true, NoLog: true,
-	})
+	ns, nc, err := startFloorServer("127.0.0.1", server.RANDOM_PORT, b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
-	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		b.Fatal("nats-server not ready")
-	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nc.Close()
+	defer func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() }()
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
 	if err != nil {
 		b.Fatal(err)

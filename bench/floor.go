@@ -61,23 +61,11 @@ func runFloor(args []string) error {
 		return err
 	}
 	port, _ := strconv.Atoi(portText)
-	ns, err := server.NewServer(&server.Options{
-		ServerName: "floor", Host: host, Port: port,
-		JetStream: true, StoreDir: *store, NoSigs: true, NoLog: true,
-	})
+	ns, nc, err := startFloorServer(host, port, *store)
 	if err != nil {
 		return err
 	}
-	ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		return errors.New("floor: nats-server not ready")
-	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
+	defer func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() }()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
@@ -90,6 +78,32 @@ func runFloor(args []string) error {
 	}
 	fmt.Println("ready")
 	return consumeFloor(ctx, cons, *sink, *workers, *pull)
+}
+
+// startFloorServer starts the floor's nats-server (JetStream, file store
+// in store, clients on host:port) and connects to it in-process. Close the
+// connection, then shut the server down.
+func startFloorServer(host string, port int, store string) (*server.Server, *nats.Conn, error) {
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "floor", Host: host, Port: port,
+		JetStream: true, StoreDir: store, NoSigs: true, NoLog: true,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil, nil, errors.New("floor: nats-server not ready")
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(ns))
+	if err != nil {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil, nil, err
+	}
+	return ns, nc, nil
 }
 
 // floorConsumer makes the floor's stream, CALLBACKS (work queue, file
