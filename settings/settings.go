@@ -139,9 +139,26 @@ func toPlugin(hs []Header) []plugins.Header {
 	return out
 }
 
-// decodeStrict decodes one JSON object into v, refusing unknown fields and
-// trailing data.
+// fromPlugin converts the plugin contract's headers to stored headers.
+func fromPlugin(hs []plugins.Header) []Header {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make([]Header, len(hs))
+	for i, h := range hs {
+		out[i] = Header(h)
+	}
+	return out
+}
+
+// decodeStrict decodes one JSON object into v, refusing anything else
+// (null, an array), unknown fields and trailing data.
 func decodeStrict(data []byte, v any) error {
+	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) == 0 || t[0] != '{' {
+		// json.Decode takes null for a struct and leaves it as it was:
+		// a stored null would silently clear the settings.
+		return fmt.Errorf("%w: not a JSON object", ErrInvalid)
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -161,48 +178,23 @@ func RefusedHostMsg(err error) string {
 		strings.TrimPrefix(err.Error(), plugins.ErrDestinationNotAllowed.Error()+": ")
 }
 
-// checkHost refuses a URL whose host is a literal IP that g refuses: the
-// API refuses it (SPEC §3), and stored values are read by the API's rules
-// (SPEC §4). A nil g refuses nothing.
-func checkHost(g *plugins.Guard, u *string, field string) error {
+// RefusedHost returns the error of a URL whose host is a literal IP that g
+// refuses, nil otherwise (and for a nil g or URL). The API refuses such a
+// URL (SPEC §3); a stored one stays in effect, and its deliveries end as
+// destination_not_allowed at dial time, so its events are dead-lettered
+// and reported rather than acked as no_destination.
+func RefusedHost(g *plugins.Guard, u *string) error {
 	if g == nil || u == nil {
 		return nil
 	}
 	pu, err := url.Parse(*u)
 	if err != nil {
-		return &FieldError{Field: field, Msg: "is not a valid URL"}
+		return nil // not a URL: Validate says so
 	}
 	if err := g.CheckURLHost(pu.Host); err != nil {
-		return &FieldError{Field: field, Msg: RefusedHostMsg(err)}
+		return errors.New(RefusedHostMsg(err))
 	}
 	return nil
-}
-
-// parsers read stored values by the API's rules under one outbound policy.
-type parsers struct{ guard *plugins.Guard }
-
-func (ps parsers) project(data []byte) (Project, error) {
-	p, err := ParseProject(data)
-	if err == nil {
-		err = checkHost(ps.guard, p.APICallbackURL, "apiCallbackUrl")
-	}
-	return p, err
-}
-
-func (ps parsers) account(data []byte) (Account, error) {
-	a, err := ParseAccount(data)
-	if err == nil {
-		err = checkHost(ps.guard, a.APICallbackURL, "apiCallbackUrl")
-	}
-	return a, err
-}
-
-func (ps parsers) ssoClient(data []byte) (SSOClient, error) {
-	c, err := ParseSSOClient(data)
-	if err == nil {
-		err = checkHost(ps.guard, c.WebhookURL, "webhookUrl")
-	}
-	return c, err
 }
 
 // ParseProject decodes and validates a stored project value.

@@ -60,7 +60,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestParseStrict(t *testing.T) {
-	for _, in := range []string{`{"apiCallbackUrl": 5}`, `{"apiCallbackUrl": "https://a.b/"} x`, `{"callbackUrl": "https://a.b/"}`, `[]`, `nope`} {
+	for _, in := range []string{`{"apiCallbackUrl": 5}`, `{"apiCallbackUrl": "https://a.b/"} x`, `{"callbackUrl": "https://a.b/"}`, `[]`, `nope`, `null`, ` null `, `""`, ``} {
 		if _, err := ParseProject([]byte(in)); err == nil {
 			t.Errorf("ParseProject(%s) accepted", in)
 		}

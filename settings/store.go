@@ -9,7 +9,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callbackd/callbackd/plugins"
 	"github.com/callbackd/callbackd/subjects"
 )
 
@@ -37,19 +36,26 @@ const maxCASRetries = 20
 type StoreOptions struct {
 	// Replicas of the bucket's stream (0 → 1).
 	Replicas int
-	// Guard is the outbound policy: a stored URL whose host is a literal
-	// IP it refuses is an invalid value, as in the View. nil refuses
-	// nothing.
-	Guard *plugins.Guard
+	// View, when set, is this process's watched view of the bucket. A key
+	// whose stored value is invalid is read from it once it has applied
+	// that value: the view holds the value in effect however many invalid
+	// writes came after it, where the key's history keeps only History.
+	View *View
 }
+
+// History is how many revisions of a key the settings bucket keeps (the
+// most JetStream allows): after a restart, the last valid value of a key
+// is found among them (SPEC §4).
+const History = 64
 
 // Store reads and writes settings in the KV bucket. It reads a key as the
 // View does: an invalid stored value is not in effect, the last valid one
-// before it in the key's history is (none when there is none), so the API
-// shows, and an update starts from, the settings the dispatchers use.
+// before it is (the View's, else the newest valid one in the key's
+// history, else none), so the API shows, and an update starts from, the
+// settings the dispatchers use.
 type Store struct {
-	kv    jetstream.KeyValue
-	parse parsers
+	kv   jetstream.KeyValue
+	view *View
 }
 
 // OpenStore opens the settings bucket, creating it when absent.
@@ -60,7 +66,7 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, o StoreOptions) (*St
 		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:      subjects.SettingsBucket,
 			Description: "callbackd project, account and SSO-client settings",
-			History:     5,
+			History:     History,
 			Storage:     jetstream.FileStorage,
 			Replicas:    replicas,
 		})
@@ -71,7 +77,7 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, o StoreOptions) (*St
 	if err != nil {
 		return nil, fmt.Errorf("open settings bucket %s: %w", subjects.SettingsBucket, err)
 	}
-	return &Store{kv: kv, parse: parsers{guard: o.Guard}}, nil
+	return &Store{kv: kv, view: o.View}, nil
 }
 
 // KV returns the bucket, for the watched View.
@@ -79,19 +85,19 @@ func (s *Store) KV() jetstream.KeyValue { return s.kv }
 
 // Project returns project id's settings; an ID without settings gives the zero Project.
 func (s *Store) Project(ctx context.Context, id string) (Project, error) {
-	p, _, err := get(ctx, s, ProjectKey(id), s.parse.project)
+	p, _, err := get(ctx, s, ProjectKey(id), ParseProject, s.view.project(id))
 	return p, err
 }
 
 // Account returns account id's settings; an ID without settings gives the zero Account.
 func (s *Store) Account(ctx context.Context, id string) (Account, error) {
-	a, _, err := get(ctx, s, AccountKey(id), s.parse.account)
+	a, _, err := get(ctx, s, AccountKey(id), ParseAccount, s.view.account(id))
 	return a, err
 }
 
 // SSOClient returns SSO client id's settings; an ID without settings gives the zero SSOClient.
 func (s *Store) SSOClient(ctx context.Context, id string) (SSOClient, error) {
-	c, _, err := get(ctx, s, SSOClientKey(id), s.parse.ssoClient)
+	c, _, err := get(ctx, s, SSOClientKey(id), ParseSSOClient, s.view.ssoClient(id))
 	return c, err
 }
 
@@ -99,20 +105,24 @@ func (s *Store) SSOClient(ctx context.Context, id string) (SSOClient, error) {
 // result with compare-and-set, retrying on conflict. Nothing is stored when
 // fn fails or the result is invalid.
 func (s *Store) UpdateProject(ctx context.Context, id string, fn func(*Project) error) (Project, error) {
-	return update(ctx, s, "project", id, ProjectKey(id), s.parse.project, fn, Project.Validate)
+	return update(ctx, s, "project", id, ProjectKey(id), ParseProject, s.view.project(id), fn, Project.Validate)
 }
 
 // UpdateAccount is UpdateProject for accounts.
 func (s *Store) UpdateAccount(ctx context.Context, id string, fn func(*Account) error) (Account, error) {
-	return update(ctx, s, "account", id, AccountKey(id), s.parse.account, fn, Account.Validate)
+	return update(ctx, s, "account", id, AccountKey(id), ParseAccount, s.view.account(id), fn, Account.Validate)
 }
 
 // UpdateSSOClient is UpdateProject for SSO clients.
 func (s *Store) UpdateSSOClient(ctx context.Context, id string, fn func(*SSOClient) error) (SSOClient, error) {
-	return update(ctx, s, "SSO client", id, SSOClientKey(id), s.parse.ssoClient, fn, SSOClient.Validate)
+	return update(ctx, s, "SSO client", id, SSOClientKey(id), ParseSSOClient, s.view.ssoClient(id), fn, SSOClient.Validate)
 }
 
-func get[T any](ctx context.Context, s *Store, key string, parse func([]byte) (T, error)) (T, uint64, error) {
+// held is the value a View holds for one key, ok once the view has applied
+// revision rev of the bucket.
+type held[T any] func(rev uint64) (v T, ok bool)
+
+func get[T any](ctx context.Context, s *Store, key string, parse func([]byte) (T, error), inView held[T]) (T, uint64, error) {
 	var zero T
 	e, err := s.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -126,6 +136,9 @@ func get[T any](ctx context.Context, s *Store, key string, parse func([]byte) (T
 		// Not in effect: the last valid value is, and an update starts
 		// from it (with the current revision, so that it replaces the bad
 		// value).
+		if hv, ok := inView(e.Revision()); ok {
+			return hv, e.Revision(), nil
+		}
 		v, err = lastValid(ctx, s.kv, key, parse)
 		if err != nil {
 			return zero, 0, err
@@ -136,7 +149,7 @@ func get[T any](ctx context.Context, s *Store, key string, parse func([]byte) (T
 
 // lastValid returns the newest valid value in key's history, the zero
 // value when a delete or purge comes first or no revision kept is valid
-// (the bucket keeps 5).
+// (the bucket keeps History).
 func lastValid[T any](ctx context.Context, kv jetstream.KeyValue, key string, parse func([]byte) (T, error)) (T, error) {
 	var zero T
 	hist, err := kv.History(ctx, key)
@@ -157,13 +170,13 @@ func lastValid[T any](ctx context.Context, kv jetstream.KeyValue, key string, pa
 	return zero, nil
 }
 
-func update[T any](ctx context.Context, s *Store, kind, id, key string, parse func([]byte) (T, error), fn func(*T) error, validate func(T) error) (T, error) {
+func update[T any](ctx context.Context, s *Store, kind, id, key string, parse func([]byte) (T, error), inView held[T], fn func(*T) error, validate func(T) error) (T, error) {
 	var zero T
 	if err := subjects.ValidateID(id); err != nil {
 		return zero, &FieldError{Field: "id", Msg: fmt.Sprintf("%s id %q must be a decimal integer without leading zeros", kind, id)}
 	}
 	for range maxCASRetries {
-		cur, rev, err := get(ctx, s, key, parse)
+		cur, rev, err := get(ctx, s, key, parse, inView)
 		if err != nil {
 			return zero, err
 		}

@@ -46,7 +46,7 @@ func newSnapshot() *snapshot {
 // concurrent use.
 type View struct {
 	log   *slog.Logger
-	parse parsers
+	guard *plugins.Guard
 
 	mu       sync.RWMutex
 	cur      *snapshot
@@ -61,9 +61,12 @@ type View struct {
 
 // ViewOptions configure a View. The zero value checks no outbound policy.
 type ViewOptions struct {
-	// Guard is the outbound policy: a stored URL whose host is a literal
-	// IP it refuses is an invalid value, as the API refuses it (SPEC §3,
-	// §4). nil refuses nothing.
+	// Guard is the outbound policy. A stored URL whose host is a literal
+	// IP it refuses, which the API refuses to store (SPEC §3), is warned
+	// about but kept in effect: deliveries to it end at dial time as
+	// destination_not_allowed (dead-lettered, reported, replayable once
+	// the policy or the URL changes) rather than being acked as
+	// no_destination. nil checks nothing.
 	Guard *plugins.Guard
 }
 
@@ -72,7 +75,7 @@ func NewView(log *slog.Logger, o ViewOptions) *View {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &View{log: log, parse: parsers{guard: o.Guard}, cur: newSnapshot(), ready: make(chan struct{})}
+	return &View{log: log, guard: o.Guard, cur: newSnapshot(), ready: make(chan struct{})}
 }
 
 // Revision is the revision of the settings bucket that the view has
@@ -229,10 +232,14 @@ func (v *View) apply(ctx context.Context, kv jetstream.KeyValue, s *snapshot, e 
 	}
 	switch kind + "." {
 	case projectPrefix:
-		applyEntry(ctx, v, kv, e, id, s.projects, old.projectsOrNil(), v.parse.project,
-			func(p Project) target { return makeTarget(p.APICallbackURL, p.APICallbackHeaders) })
+		applyEntry(ctx, v, kv, e, id, s.projects, old.projectsOrNil(), ParseProject,
+			func(p Project) target {
+				v.warnRefused(key, "apiCallbackUrl", p.APICallbackURL)
+				return makeTarget(p.APICallbackURL, p.APICallbackHeaders)
+			})
 	case accountPrefix:
-		applyEntry(ctx, v, kv, e, id, s.accounts, old.accountsOrNil(), v.parse.account, func(a Account) accountEntry {
+		applyEntry(ctx, v, kv, e, id, s.accounts, old.accountsOrNil(), ParseAccount, func(a Account) accountEntry {
+			v.warnRefused(key, "apiCallbackUrl", a.APICallbackURL)
 			ae := accountEntry{target: makeTarget(a.APICallbackURL, a.APICallbackHeaders)}
 			if a.SSOClientID != nil {
 				ae.ssoClientID = *a.SSOClientID
@@ -240,8 +247,11 @@ func (v *View) apply(ctx context.Context, kv jetstream.KeyValue, s *snapshot, e 
 			return ae
 		})
 	case ssoClientPrefix:
-		applyEntry(ctx, v, kv, e, id, s.sso, old.ssoOrNil(), v.parse.ssoClient,
-			func(c SSOClient) target { return makeTarget(c.WebhookURL, c.WebhookHeaders) })
+		applyEntry(ctx, v, kv, e, id, s.sso, old.ssoOrNil(), ParseSSOClient,
+			func(c SSOClient) target {
+				v.warnRefused(key, "webhookUrl", c.WebhookURL)
+				return makeTarget(c.WebhookURL, c.WebhookHeaders)
+			})
 	default:
 		v.log.Warn("settings: ignoring unknown key", "key", key)
 	}
@@ -304,9 +314,70 @@ func (v *View) warnInvalid(key string, rev uint64, err error) {
 	v.log.Warn("settings: ignoring invalid value; the last valid one stays", "key", key, "revision", rev, "err", err)
 }
 
+// warnRefused warns about a stored URL that the outbound policy refuses:
+// it is in effect, and its deliveries will be refused.
+func (v *View) warnRefused(key, field string, u *string) {
+	if err := RefusedHost(v.guard, u); err != nil {
+		v.log.Warn("settings: the stored URL's host is refused by the outbound policy; its deliveries will fail as destination_not_allowed (dead-lettered and reported)",
+			"key", key, "field", field, "err", err)
+	}
+}
+
+// makeTarget keeps the headers of a value without a URL too, so that the
+// value can be given back (project, account, ssoClient).
 func makeTarget(u *string, hs []Header) target {
 	if u == nil {
-		return target{}
+		return target{dest: plugins.Destination{Headers: toPlugin(hs)}}
 	}
 	return target{dest: plugins.Destination{URL: *u, Headers: toPlugin(hs)}, set: true}
+}
+
+// project, account and ssoClient give the Store the value in effect for one
+// key, once the view has applied the bucket up to a revision (see held).
+// A nil View holds nothing.
+func (v *View) project(id string) held[Project] {
+	return func(rev uint64) (Project, bool) {
+		t, ok := v.held(rev, func(s *snapshot) target { return s.projects[id] })
+		return Project{APICallbackURL: t.url(), APICallbackHeaders: fromPlugin(t.dest.Headers)}, ok
+	}
+}
+
+func (v *View) account(id string) held[Account] {
+	return func(rev uint64) (Account, bool) {
+		var a accountEntry
+		_, ok := v.held(rev, func(s *snapshot) target { a = s.accounts[id]; return a.target })
+		out := Account{APICallbackURL: a.url(), APICallbackHeaders: fromPlugin(a.dest.Headers)}
+		if a.ssoClientID != "" {
+			sid := a.ssoClientID
+			out.SSOClientID = &sid
+		}
+		return out, ok
+	}
+}
+
+func (v *View) ssoClient(id string) held[SSOClient] {
+	return func(rev uint64) (SSOClient, bool) {
+		t, ok := v.held(rev, func(s *snapshot) target { return s.sso[id] })
+		return SSOClient{WebhookURL: t.url(), WebhookHeaders: fromPlugin(t.dest.Headers)}, ok
+	}
+}
+
+func (v *View) held(rev uint64, get func(*snapshot) target) (target, bool) {
+	if v == nil {
+		return target{}, false
+	}
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if v.rev.Load() < rev {
+		return target{}, false
+	}
+	return get(v.cur), true
+}
+
+func (t target) url() *string {
+	if !t.set {
+		return nil
+	}
+	u := t.dest.URL
+	return &u
 }

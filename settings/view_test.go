@@ -3,6 +3,9 @@ package settings_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -331,24 +334,30 @@ func TestStoreAndView_invalid_value_after_a_restart(t *testing.T) {
 }
 
 // With an outbound policy, a stored URL whose host is a literal IP the
-// policy refuses is invalid, as the API refuses it; a key whose id is not
-// an ID is ignored.
-func TestView_refuses_what_the_API_refuses(t *testing.T) {
+// policy refuses (the API refuses to store it) stays in effect with a
+// warning, so its deliveries end as destination_not_allowed instead of the
+// events being acked as no_destination; a key whose id is not an ID is
+// ignored.
+func TestView_keeps_a_refused_literal_IP_in_effect_and_warns(t *testing.T) {
 	js := testutil.RunJetStream(t)
 	ctx := testutil.Context(t)
-	guard := plugins.NewGuard(false, nil)
-	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{Guard: guard})
+	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	view := runView(t, store, settings.ViewOptions{Guard: guard})
+	var logs testutil.SyncBuffer
+	view := settings.NewView(slog.New(slog.NewTextHandler(&logs, nil)), settings.ViewOptions{Guard: plugins.NewGuard(false, nil)})
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = view.Run(runCtx, store.KV()) }()
+	t.Cleanup(func() { cancel(); <-done })
 	waitReady(t, view)
 
 	kv := store.KV()
 	puts := []struct{ key, value string }{
 		{settings.ProjectKey("5"), `{"apiCallbackUrl":"https://ok.example.com/"}`},
 		{settings.ProjectKey("5"), `{"apiCallbackUrl":"http://127.0.0.1:9/loop"}`},
-		{settings.AccountKey("9"), `{"apiCallbackUrl":"http://[::1]/"}`},
+		{settings.AccountKey("9"), `{"apiCallbackUrl":"http://[::1]/","ssoClientId":"77"}`},
 		{settings.SSOClientKey("77"), `{"webhookUrl":"http://2130706433/"}`},
 		{"project.0123", `{"apiCallbackUrl":"https://zero.example.com/"}`},
 		{settings.ProjectKey("7"), `{"apiCallbackUrl":"https://seven.example.com/"}`}, // the last, processed after the others
@@ -359,10 +368,110 @@ func TestView_refuses_what_the_API_refuses(t *testing.T) {
 		}
 	}
 	checkDest(t, view, "9", "7", &plugins.Destination{URL: "https://seven.example.com/"})
-	checkDest(t, view, "9", "5", &plugins.Destination{URL: "https://ok.example.com/"})
-	checkDest(t, view, "9", "123", nil)
-	checkDest(t, view, "9", "8", nil)
-	if p, err := store.Project(ctx, "5"); err != nil || p.APICallbackURL == nil || *p.APICallbackURL != "https://ok.example.com/" {
-		t.Errorf("Store.Project(5) = %+v, %v; want the last valid URL", p, err)
+	checkDest(t, view, "9", "5", &plugins.Destination{URL: "http://127.0.0.1:9/loop"})
+	checkDest(t, view, "9", "123", &plugins.Destination{URL: "http://[::1]/"})
+	if d := view.SSOWebhook("9"); d == nil || d.URL != "http://2130706433/" {
+		t.Errorf("SSOWebhook(9) = %+v; want the stored literal IP", d)
+	}
+	if p, err := store.Project(ctx, "5"); err != nil || p.APICallbackURL == nil || *p.APICallbackURL != "http://127.0.0.1:9/loop" {
+		t.Errorf("Store.Project(5) = %+v, %v; want the URL in effect", p, err)
+	}
+	for _, key := range []string{"project.5", "account.9", "ssoclient.77"} {
+		if !hasLine(logs.String(), "refused by the outbound policy", "key="+key) {
+			t.Errorf("no warning about %s's refused host in:\n%s", key, logs.String())
+		}
+	}
+	if !hasLine(logs.String(), "invalid id", "key=project.0123") {
+		t.Errorf("no warning about project.0123 in:\n%s", logs.String())
+	}
+}
+
+// The bucket keeps settings.History revisions of a key; the View holds the
+// value in effect however many invalid writes follow it, and the Store
+// (the API) reads an invalid key from the View, so the two agree and an
+// update that leaves the URL out keeps it.
+func TestStore_reads_an_invalid_key_from_the_view(t *testing.T) {
+	js := testutil.RunJetStream(t)
+	ctx := testutil.Context(t)
+	view := settings.NewView(testutil.Logger(t), settings.ViewOptions{})
+	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{View: view})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = view.Run(runCtx, store.KV()) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitReady(t, view)
+
+	kv := store.KV()
+	puts := map[string]string{
+		settings.ProjectKey("5"):    `{"apiCallbackUrl":"https://ok.example.com/","apiCallbackHeaders":[{"key":"X-A","value":"a"}]}`,
+		settings.AccountKey("9"):    `{"apiCallbackUrl":"https://acct.example.com/","ssoClientId":"77"}`,
+		settings.SSOClientKey("77"): `{"webhookHeaders":[{"key":"X-S","value":"s"}]}`,
+	}
+	var rev uint64
+	for key, v := range puts {
+		if _, err := kv.Put(ctx, key, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+		for range settings.History + 6 {
+			if rev, err = kv.Put(ctx, key, []byte("garbage")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitRevision(t, view, rev)
+	checkDest(t, view, "9", "5", &plugins.Destination{URL: "https://ok.example.com/", Headers: []plugins.Header{{Key: "X-A", Value: "a"}}})
+
+	p, err := store.Project(ctx, "5")
+	if want := (settings.Project{APICallbackURL: ptr("https://ok.example.com/"), APICallbackHeaders: []settings.Header{{Key: "X-A", Value: "a"}}}); err != nil || !cmp.Equal(p, want) {
+		t.Errorf("Store.Project(5) = %+v, %v; want %+v", p, err, want)
+	}
+	a, err := store.Account(ctx, "9")
+	if want := (settings.Account{APICallbackURL: ptr("https://acct.example.com/"), SSOClientID: ptr("77")}); err != nil || !cmp.Equal(a, want) {
+		t.Errorf("Store.Account(9) = %+v, %v; want %+v", a, err, want)
+	}
+	c, err := store.SSOClient(ctx, "77")
+	if want := (settings.SSOClient{WebhookHeaders: []settings.Header{{Key: "X-S", Value: "s"}}}); err != nil || !cmp.Equal(c, want) {
+		t.Errorf("Store.SSOClient(77) = %+v, %v; want %+v", c, err, want)
+	}
+
+	// An update that leaves the URL out starts from the value in effect.
+	got, err := store.UpdateProject(ctx, "5", func(p *settings.Project) error {
+		p.APICallbackHeaders = []settings.Header{{Key: "X-B", Value: "b"}}
+		return nil
+	})
+	if want := (settings.Project{APICallbackURL: ptr("https://ok.example.com/"), APICallbackHeaders: []settings.Header{{Key: "X-B", Value: "b"}}}); err != nil || !cmp.Equal(got, want) {
+		t.Errorf("UpdateProject(5) = %+v, %v; want %+v", got, err, want)
+	}
+	checkDest(t, view, "9", "5", &plugins.Destination{URL: "https://ok.example.com/", Headers: []plugins.Header{{Key: "X-B", Value: "b"}}})
+
+	// A stored null is not a project: ignored like any invalid value.
+	if rev, err = kv.Put(ctx, settings.ProjectKey("5"), []byte("null")); err != nil {
+		t.Fatal(err)
+	}
+	waitRevision(t, view, rev)
+	checkDest(t, view, "9", "5", &plugins.Destination{URL: "https://ok.example.com/", Headers: []plugins.Header{{Key: "X-B", Value: "b"}}})
+}
+
+// hasLine reports whether a line of logs holds every one of parts.
+func hasLine(logs string, parts ...string) bool {
+	for line := range strings.Lines(logs) {
+		if !slices.ContainsFunc(parts, func(p string) bool { return !strings.Contains(line, p) }) {
+			return true
+		}
+	}
+	return false
+}
+
+func waitRevision(t *testing.T, v *settings.View, rev uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for v.Revision() < rev {
+		if time.Now().After(deadline) {
+			t.Fatalf("view at revision %d, want %d", v.Revision(), rev)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

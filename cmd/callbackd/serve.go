@@ -110,12 +110,15 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	if err != nil {
 		return err
 	}
-	// Stored settings are read by the API's rules, the outbound policy's
-	// refusal of literal IPs included (SPEC §4).
+	// The view warns about stored URLs that the outbound policy refuses
+	// (their deliveries end as destination_not_allowed); the store reads a
+	// key whose stored value is invalid from the view, which holds the
+	// value in effect.
 	guard := plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs())
+	view := settings.NewView(log.With("component", "settings"), settings.ViewOptions{Guard: guard})
 	var store *settings.Store
 	err = ensureJetStream(ctx, log, "settings bucket", func(ctx context.Context) (err error) {
-		store, err = settings.OpenStore(ctx, js, settings.StoreOptions{Replicas: cfg.NATS.Replicas, Guard: guard})
+		store, err = settings.OpenStore(ctx, js, settings.StoreOptions{Replicas: cfg.NATS.Replicas, View: view})
 		return err
 	})
 	if err != nil {
@@ -132,7 +135,6 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	}()
 
 	runCtx, cancel := context.WithCancel(ctx)
-	view := settings.NewView(log.With("component", "settings"), settings.ViewOptions{Guard: guard})
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = view.Run(runCtx, store.KV()) })
 	// Cancel, then wait: on an error below (the admin port in use, say)
