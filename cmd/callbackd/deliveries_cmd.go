@@ -34,11 +34,16 @@ The newest --limit records that match are printed oldest first, so the newest
 is at the bottom, where --follow goes on appending records as they arrive
 (Ctrl-C stops). --status takes an outcome: ` + strings.Join(deliverylog.Outcomes, ", ") + `
 (the GraphQL enum's spelling works too). --since takes a duration back from now
-(30m, 2h, 7d) or an RFC 3339 time. Records of events whose subject did not
-parse have "_" as account and project. URLs are printed without userinfo or
-query; header values are never logged.`,
+(30m, 2h, 7d) or an RFC 3339 time. --account and --project take a number or a
+global ID. Records of events whose subject did not parse have no account or
+project (empty in the table and the JSON); --account _ or --project _ selects
+them. URLs are printed without userinfo or query; header values are never
+logged.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := idFlags(&account, &project); err != nil {
+				return err
+			}
 			f := deliverylog.Filter{AccountID: account, ProjectID: project}
 			if status != "" {
 				o, err := deliverylog.ParseOutcome(status)
@@ -77,8 +82,8 @@ query; header values are never logged.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&project, "project", "", "only this project ID")
-	fl.StringVar(&account, "account", "", "only this account ID")
+	fl.StringVar(&project, "project", "", "only this project ID (a number or a global ID; _ for none)")
+	fl.StringVar(&account, "account", "", "only this account ID (a number or a global ID; _ for none)")
 	fl.StringVar(&status, "status", "", "only this outcome (delivered, retrying, failed, skipped, no_destination, invalid, destination_not_allowed)")
 	fl.StringVar(&since, "since", "", "only records since this long ago (1h, 7d) or this RFC 3339 time")
 	fl.IntVar(&limit, "limit", deliverylog.DefaultFirst, "print at most this many of the newest records")

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callbackd/callbackd/api"
 	"github.com/callbackd/callbackd/deadletters"
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
@@ -114,6 +115,14 @@ func TestDeliveriesCmd_table_and_json(t *testing.T) {
 		}
 	}
 
+	// A global ID, padded or not, selects the same records.
+	for _, id := range []string{api.GlobalID(api.TypeProject, "11"), "TjAwNlByb2plY3QxMQ=="} {
+		var byGID testutil.SyncBuffer
+		if err := runCLI(ctx, t, js, "", &byGID, &errOut, "deliveries", "--project", id); err != nil || byGID.String() != out.String() {
+			t.Errorf("deliveries --project %s: %v\n%s\nwant\n%s", id, err, byGID.String(), out.String())
+		}
+	}
+
 	out = testutil.SyncBuffer{}
 	if err := runCLI(ctx, t, js, "", &out, &errOut, "deliveries", "--status", "FAILED", "--json", "--since", "1h"); err != nil {
 		t.Fatal(err)
@@ -183,6 +192,13 @@ func TestDeliveriesCmd_bad_flags(t *testing.T) {
 		{"replay", "--reason", "nope", "--yes"},
 		{"publish", "crawl_status", "--account", "1", "--data", "{}"},
 		{"replay", "--until", "soon"},
+		{"deliveries", "--project", api.GlobalID(api.TypeAccount, "11")},
+		{"replay", "--account", "TjAwNlByb2plY3QxMjM"},
+		{"publish", "crawl_status", "--account", "1", "--project", "2", "--data", "{bad"},
+		{"publish", "crawl_status", "--account", "1", "--project", "2", "--data", "[1]"},
+		{"publish", "crawl_status", "--account", "1", "--project", "2", "--data", `"str"`},
+		{"publish", "crawl_status", "--account", "1", "--project", "2", "--data", `{"a":1}{"b":2}`},
+		{"publish", "crawl_status", "--account", "1", "--project", "2", "--data", "null"},
 	} {
 		var out, errOut testutil.SyncBuffer
 		err := runCLI(testutil.Context(t), t, js, "", &out, &errOut, args...)

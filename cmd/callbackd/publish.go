@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +21,9 @@ func newPublishCmd() *cobra.Command {
 		Short: "Publish an event to callbacks.event.<event_type>.<account>.<project>",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := idFlags(&account, &project); err != nil {
+				return err
+			}
 			subject, err := subjects.Event(subjects.EventKey{Type: args[0], AccountID: account, ProjectID: project})
 			if err != nil {
 				return usageError{err}
@@ -31,6 +36,9 @@ func newPublishCmd() *cobra.Command {
 			}
 			if len(body) == 0 {
 				return usageError{errors.New("no event: give --data JSON or the JSON on stdin")}
+			}
+			if err := jsonObject(body); err != nil {
+				return usageError{fmt.Errorf("the event is not one JSON object (publish other bytes with nats pub): %w", err)}
 			}
 			cfg, log, err := loadConfig(cmd)
 			if err != nil {
@@ -62,11 +70,27 @@ func newPublishCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&account, "account", "", "account ID (required)")
-	f.StringVar(&project, "project", "", "project ID (required)")
+	f.StringVar(&account, "account", "", "account ID, a number or a global ID (required)")
+	f.StringVar(&project, "project", "", "project ID, a number or a global ID (required)")
 	f.StringVar(&data, "data", "", "the event as a JSON object (default: read stdin)")
 	f.StringVar(&msgID, "msg-id", "", "Nats-Msg-Id for de-duplication (also fixes the Callback-Delivery-Id)")
 	_ = cmd.MarkFlagRequired("account")
 	_ = cmd.MarkFlagRequired("project")
 	return cmd
+}
+
+// jsonObject checks that b is one JSON object and nothing else.
+func jsonObject(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	var obj map[string]json.RawMessage
+	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) == 0 || t[0] != '{' {
+		return errors.New("it does not start with {")
+	}
+	if err := dec.Decode(&obj); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("there is more after the object")
+	}
+	return nil
 }

@@ -41,6 +41,9 @@ between the question and the replay are replayed too, and events that fail
 again during the replay are left for another run.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := idFlags(&f.AccountID, &f.ProjectID); err != nil {
+				return err
+			}
 			now := time.Now()
 			if since != "" {
 				t, err := parseWhen(since, now)
@@ -76,8 +79,8 @@ again during the replay are left for another run.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.AccountID, "account", "", "only this account ID")
-	fl.StringVar(&f.ProjectID, "project", "", "only this project ID")
+	fl.StringVar(&f.AccountID, "account", "", "only this account ID (a number or a global ID)")
+	fl.StringVar(&f.ProjectID, "project", "", "only this project ID (a number or a global ID)")
 	fl.StringVar(&f.EventType, "event-type", "", "only this event type ("+subjects.DeadInvalidType+": events whose subject did not parse)")
 	fl.StringVar(&f.Reason, "reason", "", "only this Callbackd-Reason")
 	fl.StringVar(&since, "since", "", "only dead letters since this long ago (1h, 7d) or this RFC 3339 time")
