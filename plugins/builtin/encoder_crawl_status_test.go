@@ -106,6 +106,7 @@ func TestCrawlStatus_encodes(t *testing.T) {
 		{name: "user ids null", payload: `{"crawl_id":7,"user_id":null,"partner_account_id":null,"partner_user_id":null}`, want: minimal},
 		{name: "user ids empty strings", payload: `{"crawl_id":7,"user_id":"","partner_account_id":"","partner_user_id":""}`, want: minimal},
 		{name: "user ids integers", payload: `{"crawl_id":7,"user_id":42,"partner_account_id":0,"partner_user_id":9223372036854775807}`, want: crawlBody("42", "0", "9223372036854775807")},
+		{name: "user ids any integer", payload: `{"crawl_id":7,"user_id":-1,"partner_account_id":9223372036854775808,"partner_user_id":-0}`, want: crawlBody("-1", "9223372036854775808", "-0")},
 		{name: "user ids strings as they are", payload: `{"crawl_id":7,"user_id":"u 1/é","partner_account_id":"123123","partner_user_id":"-1.5"}`, want: crawlBody("u+1%2F%C3%A9", "123123", "-1.5")},
 		{name: "largest crawl id", payload: `{"crawl_id":9223372036854775807}`,
 			want: "message=crawl_status&resource=crawl&crawl_id=9223372036854775807&project_id=1123123&account_id=123123&user_id=&partner_account_id=&partner_user_id=&status=finished&href=%2Faccounts%2F123123%2Fprojects%2F1123123%2Fcrawls%2F9223372036854775807"},
@@ -130,7 +131,7 @@ func TestCrawlStatus_skips(t *testing.T) {
 
 func TestCrawlStatus_invalid(t *testing.T) {
 	const idRule = "must be an integer from 1 to 9223372036854775807, got "
-	const refRule = "must be an integer from 0 to 9223372036854775807, a string or null, got "
+	const refRule = "must be an integer (no fraction or exponent), a string or null, got "
 	runEncoderCases(t, NewCrawlStatus(), "crawl_status", crawlStatusFieldNames, []encoderCase{
 		// Not one JSON object.
 		{name: "empty payload", payload: ``, err: "payload: empty"},
@@ -183,10 +184,10 @@ func TestCrawlStatus_invalid(t *testing.T) {
 		{name: "user_id bool", payload: `{"crawl_id":7,"user_id":true}`, err: "user_id: " + refRule + "true"},
 		{name: "user_id object", payload: `{"crawl_id":7,"user_id":{}}`, err: "user_id: " + refRule + "an object"},
 		{name: "user_id array", payload: `{"crawl_id":7,"user_id":[]}`, err: "user_id: " + refRule + "an array"},
-		{name: "user_id negative", payload: `{"crawl_id":7,"user_id":-1}`, err: "user_id: " + refRule + "-1"},
 		{name: "user_id float", payload: `{"crawl_id":7,"user_id":1.5}`, err: "user_id: " + refRule + "1.5"},
 		{name: "user_id exponent", payload: `{"crawl_id":7,"user_id":1e2}`, err: "user_id: " + refRule + "1e2"},
-		{name: "user_id 2^63", payload: `{"crawl_id":7,"user_id":9223372036854775808}`, err: "user_id: " + refRule + "9223372036854775808"},
+		{name: "user_id negative exponent", payload: `{"crawl_id":7,"user_id":-1E2}`, err: "user_id: " + refRule + "-1E2"},
+		{name: "user_id integral float", payload: `{"crawl_id":7,"user_id":2.0}`, err: "user_id: " + refRule + "2.0"},
 		{name: "partner_account_id bool", payload: `{"crawl_id":7,"partner_account_id":false}`, err: "partner_account_id: " + refRule + "false"},
 		{name: "partner_user_id array", payload: `{"crawl_id":7,"partner_user_id":["1"]}`, err: "partner_user_id: " + refRule + "an array"},
 

@@ -26,15 +26,19 @@ import (
 //     number's literal text, which is checked digit by digit.
 //   - IDs (crawl_id, project_id, account_id, report_download_id) are integer
 //     literals from 1 to 2^63−1: no sign, fraction, exponent or string form.
-//   - user_id, partner_account_id and partner_user_id take an integer literal
-//     from 0 to 2^63−1 (kept as a number, rendered in decimal), any string
+//   - user_id, partner_account_id and partner_user_id take any JSON integer
+//     (no fraction or exponent; negative and beyond 2^63−1 included, as SPEC
+//     §2 sets no range; kept as a number and rendered as given), any string
 //     (kept as is, "" included), or null (→ ""). An absent one is "".
 //   - null in any other optional field counts as absent (publishers often
 //     serialise an unset optional value as null); null in a required field
 //     is a wrong type.
-//   - Strings are read as encoding/json reads them (escapes decoded, invalid
-//     UTF-8 replaced by U+FFFD) and otherwise kept as given: no length cap
-//     beyond the dispatcher's payload limit.
+//   - The payload must be valid UTF-8, as JSON text is (RFC 8259 §8.1):
+//     encoding/json would replace invalid bytes by U+FFFD, delivering a
+//     value the publisher did not send.
+//   - Strings are read as encoding/json reads them (escapes decoded) and
+//     otherwise kept as given: no length cap beyond the dispatcher's
+//     payload limit.
 //   - Errors are plugins.Invalid and name the field; they quote at most
 //     maxEcho bytes of any one piece of input (a computed href, made of
 //     validated IDs and codes, up to maxComputedEcho).
@@ -127,6 +131,9 @@ func (*skipJSONValue) UnmarshalJSON([]byte) error { return nil }
 func decodeObject(payload []byte, names []string, vals []jsonValue) error {
 	if !json.Valid(payload) {
 		return syntaxError(payload)
+	}
+	if !utf8.Valid(payload) {
+		return plugins.Invalid("payload: not valid UTF-8 (JSON text must be UTF-8)")
 	}
 	l := lexer{b: payload}
 	l.space()
@@ -403,6 +410,21 @@ func isUintLiteral(s string) bool {
 	return len(s) < len(maxIDText) || s <= maxIDText
 }
 
+// isIntLiteral reports whether s is a JSON integer: an optional minus, then
+// 0 or digits without a leading zero; no fraction or exponent.
+func isIntLiteral(s string) bool {
+	s = strings.TrimPrefix(s, "-")
+	if s == "" || (s[0] == '0' && len(s) > 1) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 // isIDLiteral reports whether s is a decimal integer from 1 to 2^63−1
 // written without sign or leading zeros.
 func isIDLiteral(s string) bool { return isUintLiteral(s) && s != "0" }
@@ -450,11 +472,11 @@ func optionalRef(field string, v jsonValue) (plugins.Value, error) {
 	case jsonString:
 		return plugins.String(v.text), nil
 	case jsonNumber:
-		if isUintLiteral(v.text) {
+		if isIntLiteral(v.text) {
 			return plugins.Number(v.text), nil
 		}
 	}
-	return plugins.Value{}, plugins.Invalid("%s: must be an integer from 0 to %s, a string or null, got %s", field, maxIDText, v.describe())
+	return plugins.Value{}, plugins.Invalid("%s: must be an integer (no fraction or exponent), a string or null, got %s", field, v.describe())
 }
 
 // optionalString decodes an optional string field, def when not given.

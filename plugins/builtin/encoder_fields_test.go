@@ -152,7 +152,7 @@ func checkEncodeResult(t *testing.T, ev plugins.Event, got plugins.Encoded, err 
 				t.Fatalf("%s = %+v, want an integer of 1 to 2^63-1", f.Name, f.Value)
 			}
 		case "user_id", "partner_account_id", "partner_user_id":
-			if f.Value.Kind == plugins.KindNumber && !isUintLiteral(f.Value.Text) {
+			if f.Value.Kind == plugins.KindNumber && !isIntLiteral(f.Value.Text) {
 				t.Fatalf("%s = %+v", f.Name, f.Value)
 			}
 		}
@@ -221,34 +221,41 @@ func checkEncoderGolden(t *testing.T, enc plugins.Encoder, eventType, name strin
 	}
 }
 
-func TestEncoderFields_isUintLiteral(t *testing.T) {
+func TestEncoderFields_integer_literals(t *testing.T) {
 	for _, tc := range []struct {
-		in       string
-		uint, id bool
+		in            string
+		uint, id, int bool
 	}{
-		{"0", true, false},
-		{"1", true, true},
-		{"124234", true, true},
-		{"9223372036854775807", true, true},
-		{"9223372036854775808", false, false},
-		{"9999999999999999999", false, false},
-		{"10000000000000000000", false, false},
-		{"01", false, false},
-		{"00", false, false},
-		{"-1", false, false},
-		{"+1", false, false},
-		{"1.0", false, false},
-		{"1e3", false, false},
-		{"1E3", false, false},
-		{" 1", false, false},
-		{"", false, false},
-		{"1a", false, false},
+		{"0", true, false, true},
+		{"1", true, true, true},
+		{"124234", true, true, true},
+		{"9223372036854775807", true, true, true},
+		{"9223372036854775808", false, false, true},
+		{"9999999999999999999", false, false, true},
+		{"10000000000000000000", false, false, true},
+		{"01", false, false, false},
+		{"00", false, false, false},
+		{"-1", false, false, true},
+		{"-0", false, false, true},
+		{"-01", false, false, false},
+		{"-", false, false, false},
+		{"--1", false, false, false},
+		{"+1", false, false, false},
+		{"1.0", false, false, false},
+		{"1e3", false, false, false},
+		{"1E3", false, false, false},
+		{" 1", false, false, false},
+		{"", false, false, false},
+		{"1a", false, false, false},
 	} {
 		if got := isUintLiteral(tc.in); got != tc.uint {
 			t.Errorf("isUintLiteral(%q) = %v, want %v", tc.in, got, tc.uint)
 		}
 		if got := isIDLiteral(tc.in); got != tc.id {
 			t.Errorf("isIDLiteral(%q) = %v, want %v", tc.in, got, tc.id)
+		}
+		if got := isIntLiteral(tc.in); got != tc.int {
+			t.Errorf("isIntLiteral(%q) = %v, want %v", tc.in, got, tc.int)
 		}
 	}
 }
@@ -301,7 +308,7 @@ func TestEncoderFields_decodeObject(t *testing.T) {
 	names := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i"}
 	payload := ` {"a": 12345678901234567890123, "b": "x\u00e9\n\"\\/", "c": null, "d": true,
 		"e": {"nested": [1, {"deep": "y}]"}]}, "f": [], "zz": {"a": 1, "a": 2}, "\u0067": -0.5e10,
-		"h": "plain", "i": "bad ` + "\xff" + ` utf8", "{": "}", "q\"": [{"\\": ","}]} `
+		"h": "plain", "i": "bad \ufffd utf8", "{": "}", "q\"": [{"\\": ","}]} `
 	want := [9]jsonValue{
 		{jsonNumber, "12345678901234567890123"},
 		{jsonString, "x\u00e9\n\"\\/"},
@@ -356,6 +363,9 @@ func TestEncoderFields_decodeObject_rejects(t *testing.T) {
 		{`{}]`, "unexpected data after the JSON object"},
 		{`{}}`, "unexpected data after the JSON object"},
 		{`{} x`, "unexpected data after the JSON object"},
+		{"{\"a\":\"bad \xff utf8\"}", "not valid UTF-8"},
+		{"{\"z\xfe\":1}", "not valid UTF-8"},
+		{"{\"a\":\"\xed\xa0\x80\"}", "not valid UTF-8"}, // a surrogate, encoded
 		{`{"a":1,"a":1}`, `duplicate key "a"`},
 		{`{"a":1,"\u0061":2}`, `duplicate key "a"`},
 		{`{"z":1,"y":{},"z":{}}`, `duplicate key "z"`},
@@ -397,6 +407,9 @@ func TestEncoderFields_decodeObject_depth(t *testing.T) {
 // alike (checkDecodersAgree). Unlike decodeObject it has no nesting limit for
 // values of known keys; fuzz inputs never get near encoding/json's 10000.
 func referenceDecodeObject(payload []byte, names []string, vals []jsonValue) error {
+	if json.Valid(payload) && !utf8.Valid(payload) {
+		return plugins.Invalid("payload: not valid UTF-8 (JSON text must be UTF-8)")
+	}
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber()
 

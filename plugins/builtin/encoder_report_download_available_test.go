@@ -175,8 +175,8 @@ func TestReportDownloadAvailable_invalid(t *testing.T) {
 		{name: "crawl_id null", payload: `{"report_download_id":5,"crawl_id":null,"file_url":"https://x"` + rid + `}`, err: "crawl_id: " + idRule + "null"},
 		{name: "project_id mismatch", payload: rdPayload(rid + `,"project_id":1`), err: "project_id: 1 does not match the subject's 1123123"},
 		{name: "account_id mismatch", payload: rdPayload(rid + `,"account_id":1123123`), err: "account_id: 1123123 does not match the subject's 123123"},
-		{name: "user_id bool", payload: rdPayload(rid + `,"user_id":false`), err: "user_id: must be an integer from 0 to 9223372036854775807, a string or null, got false"},
-		{name: "partner_user_id object", payload: rdPayload(rid + `,"partner_user_id":{"id":1}`), err: "partner_user_id: must be an integer from 0 to 9223372036854775807, a string or null, got an object"},
+		{name: "user_id bool", payload: rdPayload(rid + `,"user_id":false`), err: "user_id: must be an integer (no fraction or exponent), a string or null, got false"},
+		{name: "partner_user_id object", payload: rdPayload(rid + `,"partner_user_id":{"id":1}`), err: "partner_user_id: must be an integer (no fraction or exponent), a string or null, got an object"},
 
 		// report_id.
 		{name: "report_id crawl part differs (seed @example)", payload: rdPayload(`,"report_id":"4:all_pages:basic"`), err: `report_id: crawl part "4" does not match crawl_id 3`},
