@@ -52,6 +52,14 @@ type DeliveryLog interface {
 	Query(ctx context.Context, f DeliveryFilter) (DeliveryPage, error)
 }
 
+// DeliveryRecorder stores one record in the delivery log and returns its
+// key (as LoggedDelivery.Key): sendTestCallback records its attempt so that
+// it is in the log like every other and its Delivery has the ID it is
+// listed under.
+type DeliveryRecorder interface {
+	Append(ctx context.Context, r deliverylog.Record) (key string, err error)
+}
+
 // DeliveryLogFunc adapts a function to DeliveryLog.
 type DeliveryLogFunc func(ctx context.Context, f DeliveryFilter) (DeliveryPage, error)
 

@@ -58,6 +58,10 @@ type Options struct {
 	// Deliveries answers the deliveries query; nil makes it answer
 	// ErrUnavailable.
 	Deliveries DeliveryLog
+	// Recorder stores sendTestCallback's attempt in the delivery log; nil
+	// keeps test callbacks out of the log, and their Delivery's ID is then
+	// the global ID of the test's Callback-Delivery-Id.
+	Recorder DeliveryRecorder
 	// Replayer runs replayDeadLetters; nil makes it answer ErrUnavailable.
 	Replayer Replayer
 	// Checks decide /readyz; none means always ready.
@@ -91,6 +95,7 @@ type Server struct {
 	guard      *plugins.Guard
 	transport  plugins.Transport
 	deliveries DeliveryLog
+	recorder   DeliveryRecorder
 	replayer   Replayer
 	checks     []Check
 	metrics    *Metrics
@@ -135,6 +140,7 @@ func New(o Options) (*Server, error) {
 		guard:      o.Guard,
 		transport:  o.Transport,
 		deliveries: o.Deliveries,
+		recorder:   o.Recorder,
 		replayer:   o.Replayer,
 		checks:     o.Checks,
 		metrics:    o.Metrics,

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/callbackd/callbackd/api/internal/gql"
+	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/plugins"
 )
 
@@ -46,32 +47,25 @@ func (m mutationResolver) SendTestCallback(ctx context.Context, projectID string
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now().UTC()
 	id := testDeliveryID()
-	out := &gql.Delivery{
-		ID:         GlobalID(TypeDelivery, id),
-		DeliveryID: id,
-		EventType:  testCallbackMessage,
-		AccountID:  optGlobalID(TypeAccount, aid),
-		ProjectID:  GlobalID(TypeProject, pid),
-		At:         now.Format(time.RFC3339Nano),
-	}
+	rec := deliverylog.Record{DeliveryID: id, EventType: testCallbackMessage, AccountID: aid, ProjectID: pid}
 	if !found {
-		out.Status = gql.DeliveryStatusNoDestination
-		msg := fmt.Sprintf("project %s has no apiCallbackUrl", pid)
+		rec.Outcome = deliverylog.OutcomeNoDestination
+		rec.Error = fmt.Sprintf("project %s has no apiCallbackUrl", pid)
 		if aid != "" {
-			msg += fmt.Sprintf(" and account %s has none either", aid)
+			rec.Error += fmt.Sprintf(" and account %s has none either", aid)
 		}
-		out.Error = &msg
-		return out, nil
+		rec.At = time.Now().UTC()
+		return m.s.recordTest(ctx, rec), nil
 	}
 
+	rec.StartedAt = time.Now().UTC()
 	n := plugins.Notification{Fields: []plugins.Field{
 		{Name: "message", Value: plugins.String(testCallbackMessage)},
 		{Name: "resource", Value: plugins.String(testCallbackResource)},
 		{Name: "project_id", Value: plugins.Number(pid)},
 		{Name: "account_id", Value: numberOrEmpty(aid)},
-		{Name: "sent_at", Value: plugins.String(now.Format(time.RFC3339))},
+		{Name: "sent_at", Value: plugins.String(rec.StartedAt.Format(time.RFC3339))},
 	}}
 	res, err := m.s.transport.Deliver(ctx, plugins.Delivery{DeliveryID: id, Destination: dest, Notification: n})
 	if err != nil {
@@ -79,16 +73,33 @@ func (m mutationResolver) SendTestCallback(ctx context.Context, projectID string
 	}
 	m.s.log.Info("api: test callback sent", "project_id", pid, "account_id", aid, "url", plugins.SafeURL(dest.URL),
 		"outcome", res.Outcome, "status", res.StatusCode)
-	safe := plugins.SafeURL(dest.URL)
-	out.URL = &safe
-	out.Attempt = 1
-	out.Status = testStatus(res.Outcome)
-	out.StatusCode = optInt(res.StatusCode)
-	out.Error = optString(res.Error)
-	ms := int(res.Duration.Milliseconds())
-	out.DurationMs = &ms
-	out.ResponseExcerpt = optString(res.ResponseExcerpt)
-	return out, nil
+	rec.URL = plugins.SafeURL(dest.URL)
+	rec.Attempt = 1
+	rec.Outcome = testOutcome(res.Outcome)
+	rec.StatusCode = res.StatusCode
+	rec.Error = res.Error
+	rec.DurationMs = res.Duration.Milliseconds()
+	rec.ResponseExcerpt = res.ResponseExcerpt
+	rec.At = time.Now().UTC()
+	return m.s.recordTest(ctx, rec), nil
+}
+
+// recordTest stores a test callback's record in the delivery log, so that
+// it is listed like every attempt (SPEC §1: every attempt → delivery log),
+// and returns it as the Delivery it is listed as. When it cannot be stored
+// (the log is best effort) the answer still goes out, its ID made from the
+// test's delivery id instead of the log's sequence.
+func (s *Server) recordTest(ctx context.Context, rec deliverylog.Record) *gql.Delivery {
+	key := rec.DeliveryID
+	if s.recorder != nil {
+		k, err := s.recorder.Append(ctx, rec)
+		if err == nil {
+			key = k
+		} else {
+			s.log.Warn("api: test callback not recorded in the delivery log", "delivery_id", rec.DeliveryID, "err", err)
+		}
+	}
+	return deliveryOut(key, rec)
 }
 
 // effectiveDestination is where an event of the project (and account, when
@@ -115,16 +126,16 @@ func (s *Server) effectiveDestination(ctx context.Context, pid, aid string) (plu
 	return plugins.Destination{}, false, nil
 }
 
-// testStatus maps a transport outcome to a DeliveryStatus. A test callback
-// is never retried, so a retryable answer is FAILED.
-func testStatus(o plugins.Outcome) gql.DeliveryStatus {
+// testOutcome maps a transport outcome to the log's. A test callback is
+// never retried, so a retryable answer is a failure.
+func testOutcome(o plugins.Outcome) string {
 	switch o {
 	case plugins.OutcomeDelivered:
-		return gql.DeliveryStatusDelivered
+		return deliverylog.OutcomeDelivered
 	case plugins.OutcomeNotAllowed:
-		return gql.DeliveryStatusDestinationNotAllowed
+		return deliverylog.OutcomeDestinationNotAllowed
 	default:
-		return gql.DeliveryStatusFailed
+		return deliverylog.OutcomeFailed
 	}
 }
 

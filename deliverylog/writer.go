@@ -322,3 +322,16 @@ func ParseOutcome(s string) (string, error) {
 	}
 	return o, nil
 }
+
+// Append stores r in the delivery log and waits for the stream's ack, for a
+// caller that needs the record's place (the admin API's test callbacks
+// return it as the Delivery's ID). It returns the record's sequence in
+// CALLBACKS_LOG. Dispatchers use a Writer, which never waits.
+func Append(ctx context.Context, js jetstream.JetStream, r Record) (uint64, error) {
+	r = clean(r, plugins.SafeURL)
+	ack, err := js.Publish(ctx, subjectOf(r), appendJSON(nil, &r))
+	if err != nil {
+		return 0, fmt.Errorf("delivery log: append: %w", err)
+	}
+	return ack.Sequence, nil
+}

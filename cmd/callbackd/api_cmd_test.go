@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -19,12 +20,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 
 	"github.com/callbackd/callbackd/api"
@@ -443,5 +446,53 @@ func TestStartAPI_deliveries_and_replay_on_the_real_streams(t *testing.T) {
 	}
 	if msg, err := s.GetLastMsgForSubject(ctx, orig); err != nil || string(msg.Data) != `{"crawl_id":1}` {
 		t.Fatalf("replayed event: %v", err)
+	}
+}
+
+// sendTestCallback's attempt is in the delivery log like every other, and
+// its Delivery has the global ID it is listed under there.
+func TestStartAPI_test_callback_is_in_the_delivery_log(t *testing.T) {
+	e := startTestAPI(t, func(c *config.Config) { c.Delivery.AllowPrivate = true })
+	ctx := testutil.Context(t)
+	sink := testutil.NewSink(t)
+	if _, err := e.settingsCLI(t, "project", "set", "10", "--url", sink.URL+"/t?sig=secret"); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := api.ReadToken(e.cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &api.Client{BaseURL: "http://" + e.adm.Addr.String(), Token: tok}
+	type delivery struct{ ID, DeliveryID, EventType, Status, ProjectID, AccountID, URL string }
+	for _, p := range []string{"10", "11"} { // delivered; no destination
+		var sent struct{ SendTestCallback delivery }
+		if err := c.Do(ctx, `mutation($p: ID!) { sendTestCallback(projectId: $p) { id deliveryId eventType status projectId accountId url } }`,
+			map[string]any{"p": p}, &sent); err != nil {
+			t.Fatal(err)
+		}
+		d := sent.SendTestCallback
+		raw, err := base64.RawStdEncoding.DecodeString(d.ID)
+		if err != nil || !regexp.MustCompile(`^N006Delivery[1-9][0-9]*$`).Match(raw) {
+			t.Fatalf("id %q (%q, %v), want the global ID of a log sequence", d.ID, raw, err)
+		}
+		var listed struct {
+			Deliveries struct{ Edges []struct{ Node delivery } }
+		}
+		if err := c.Do(ctx, `query($p: ID) { deliveries(projectId: $p) { edges { node { id deliveryId eventType status projectId accountId url } } } }`,
+			map[string]any{"p": p}, &listed); err != nil {
+			t.Fatal(err)
+		}
+		want := []delivery{d}
+		var got []delivery
+		for _, e := range listed.Deliveries.Edges {
+			got = append(got, e.Node)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("project %s: deliveries (-sent +listed):\n%s", p, diff)
+		}
+		wantStatus := map[string]string{"10": "DELIVERED", "11": "NO_DESTINATION"}[p]
+		if d.Status != wantStatus || d.EventType != "test_callback" || strings.Contains(d.URL, "secret") {
+			t.Errorf("project %s: %+v, want %s", p, d, wantStatus)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -167,12 +168,14 @@ func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps ap
 	if limits == (adminLimits{}) {
 		limits = defaultAdminLimits(cfg)
 	}
+	dlog := deliveryLog{r: deliverylog.NewReader(deps.JS), js: deps.JS}
 	srv, err := api.New(api.Options{
 		Store:         deps.Store,
 		Token:         token,
 		Guard:         plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs()),
 		Transport:     deps.Transport,
-		Deliveries:    deliveryLog{deliverylog.NewReader(deps.JS)},
+		Deliveries:    dlog,
+		Recorder:      dlog,
 		Replayer:      replayer{deps.JS},
 		Checks:        readyChecks(deps),
 		Metrics:       deps.Metrics,
@@ -288,7 +291,20 @@ func readyChecks(deps apiDeps) []api.Check {
 }
 
 // deliveryLog serves the deliveries query from the delivery log.
-type deliveryLog struct{ r *deliverylog.Reader }
+type deliveryLog struct {
+	r  *deliverylog.Reader
+	js jetstream.JetStream
+}
+
+// Append stores a test callback's record; its key is its sequence, as
+// Query's keys are.
+func (l deliveryLog) Append(ctx context.Context, r deliverylog.Record) (string, error) {
+	seq, err := deliverylog.Append(ctx, l.js, r)
+	if err != nil {
+		return "", err
+	}
+	return strconv.FormatUint(seq, 10), nil
+}
 
 func (l deliveryLog) Query(ctx context.Context, f api.DeliveryFilter) (api.DeliveryPage, error) {
 	p, err := l.r.Query(ctx, deliverylog.Filter{
