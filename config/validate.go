@@ -11,10 +11,15 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/callbackd/callbackd/subjects"
 )
+
+// MinAPITokenLen is the shortest api.token accepted (the admin API's own
+// minimum, api.New).
+const MinAPITokenLen = 16
 
 // maxPayloadLimit caps dispatcher.max_payload: NATS' own default max_payload
 // is 1MiB and its hard ceiling 64MiB; 8MiB keeps one event well below it.
@@ -31,6 +36,9 @@ func (c *Config) Validate() error {
 	n := &c.NATS
 	if !n.Embedded && n.URL == "" {
 		p.add("nats.url", "must be set when nats.embedded is false")
+	}
+	if n.URL != "" {
+		p.natsURLs("nats.url", n.URL)
 	}
 	if n.Listen != "" {
 		p.hostPort("nats.listen", n.Listen)
@@ -105,6 +113,9 @@ func (c *Config) Validate() error {
 	p.plugin("plugins.failure", pl.Failure)
 
 	p.hostPort("api.listen", c.API.Listen)
+	if t := c.API.Token; t != "" {
+		p.check(len(t) >= MinAPITokenLen, "api.token", "must be at least %d characters (or unset: serve then generates one)", MinAPITokenLen)
+	}
 	p.certKey("api.tls", c.API.TLS.Cert, c.API.TLS.Key)
 
 	p.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
@@ -144,6 +155,38 @@ func (p *problems) hostPort(key, addr string) {
 		_, err = strconv.ParseUint(port, 10, 16)
 	}
 	p.check(err == nil, key, "must be host:port, got %q", addr)
+}
+
+// natsURLs checks a nats.url: one server URL or a comma-separated list,
+// each nats://, tls://, ws:// or wss:// (or bare host:port, which nats.go
+// reads as nats://) with a host and, when given, a port from 1 to 65535.
+func (p *problems) natsURLs(key, list string) {
+	parts := strings.Split(list, ",")
+	for i, raw := range parts {
+		s := strings.TrimSpace(raw)
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s
+		}
+		u, err := url.Parse(s)
+		ok := err == nil && slices.Contains([]string{"nats", "tls", "ws", "wss"}, u.Scheme) && u.Hostname() != ""
+		if ok && strings.Contains(u.Hostname(), ":") { // only a bracketed IPv6 address
+			_, err := netip.ParseAddr(u.Hostname())
+			ok = err == nil && strings.HasPrefix(u.Host, "[")
+		}
+		if ok && u.Port() != "" {
+			n, err := strconv.ParseUint(u.Port(), 10, 16)
+			ok = err == nil && n > 0
+		}
+		if !ok {
+			// Not echoed: a URL may hold a password.
+			which := ""
+			if len(parts) > 1 {
+				which = fmt.Sprintf(" (entry %d of the list)", i+1)
+			}
+			p.add(key, "must be a NATS server URL such as nats://host:4222, or a comma-separated list of them%s", which)
+			return
+		}
+	}
 }
 
 // certKey checks that a certificate and its key come together.

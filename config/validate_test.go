@@ -18,6 +18,19 @@ func TestValidate_names_the_key(t *testing.T) {
 
 		{"external without url", func(c *Config) { c.NATS.Embedded = false }, "nats.url"},
 		{"external with url", func(c *Config) { c.NATS.Embedded = false; c.NATS.URL = "nats://n:4222" }, ""},
+		{"nats.url list, bare, tls, ws, credentials", func(c *Config) {
+			c.NATS.Embedded = false
+			c.NATS.URL = "nats://u:p@a:4222, b:4222,tls://c,ws://d:8080,wss://e,[::1]:4222"
+		}, ""},
+		{"nats.url garbage", func(c *Config) { c.NATS.Embedded = false; c.NATS.URL = "::::" }, "nats.url"},
+		{"nats.url port out of range", func(c *Config) { c.NATS.Embedded = false; c.NATS.URL = "nats://127.0.0.1:99999" }, "nats.url"},
+		{"nats.url port 0", func(c *Config) { c.NATS.Embedded = false; c.NATS.URL = "nats://127.0.0.1:0" }, "nats.url"},
+		{"nats.url scheme", func(c *Config) { c.NATS.Embedded = false; c.NATS.URL = "ftp://x:1" }, "nats.url"},
+		{"nats.url unparsable", func(c *Config) { c.NATS.Embedded = false; c.NATS.URL = "ht!tp://bad url" }, "nats.url"},
+		{"nats.url empty list entry", func(c *Config) { c.NATS.Embedded = false; c.NATS.URL = "nats://a:4222," }, "nats.url"},
+		{"nats.url checked when embedded too", func(c *Config) { c.NATS.URL = "ftp://x" }, "nats.url"},
+		{"api.token too short", func(c *Config) { c.API.Token = "tok123" }, "api.token"},
+		{"api.token long enough", func(c *Config) { c.API.Token = "0123456789abcdef" }, ""},
 		{"nats.listen empty is in-process only", func(c *Config) { c.NATS.Listen = "" }, ""},
 		{"nats.listen any port", func(c *Config) { c.NATS.Listen = ":0" }, ""},
 		{"nats.listen without port", func(c *Config) { c.NATS.Listen = "127.0.0.1" }, "nats.listen"},
