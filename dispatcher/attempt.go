@@ -30,11 +30,16 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		d.park(ctx, j, ParkedOverCap)
 		return
 	}
-	// Queued for the host's slot long enough that the attempt could end
-	// after the ack wait, the message would be handed out again meanwhile
-	// and the event could be delivered twice.
+	if !d.acquireInFlight(j) {
+		// Shutting down while every attempt slot was taken: as above.
+		hs.release()
+		d.nak(j.msg, handBackDelay)
+		return
+	}
+	// Queued for the host's slot, or for an attempt slot, long enough that
+	// the attempt could end after the ack wait, the message would be
+	// handed out again meanwhile and the event could be delivered twice.
 	d.keepAlive(j, attemptHold(d.ackWait, d.o.DeliveryTimeout))
-	d.inFlight <- struct{}{}
 	release() // the attempt holds no worker
 
 	d.o.Observer.InFlight(1)
@@ -139,6 +144,36 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 // transport's wait for one of its host's slots (the built-in http-form's
 // HostSlotWait, 2 s) and the round trips around it.
 const attemptSlack = 5 * time.Second
+
+// acquireInFlight takes one of delivery.max_in_flight's attempt slots. When
+// all are taken it waits (the worker with it: over the global cap the
+// dispatcher pulls no more), telling the server every half ack wait that
+// the message is still being worked on: a wait for slots held by slow
+// endpoints can outlast the ack wait, and the message would then be
+// handed out again and delivered twice. It returns false, with no slot,
+// when the dispatcher is stopping.
+func (d *Dispatcher) acquireInFlight(j *job) bool {
+	select {
+	case d.inFlight <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(max(d.ackWait/2-time.Since(j.started), 0))
+	defer t.Stop()
+	for {
+		select {
+		case d.inFlight <- struct{}{}:
+			return true
+		case <-d.stopping:
+			return false
+		case <-t.C:
+			if err := j.msg.InProgress(); err == nil {
+				j.started = time.Now()
+			}
+			t.Reset(d.ackWait / 2)
+		}
+	}
+}
 
 // attemptHold is how long a message may have been held before an attempt
 // starts and still be sure to end within its ack wait: with the default

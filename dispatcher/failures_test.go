@@ -819,3 +819,31 @@ func TestDispatcher_a_stalled_hosts_backlog_is_parked_and_delivered_once(t *test
 		t.Errorf("%d requests, %d distinct deliveries; want %d of each", len(sink.Requests()), len(seen), events)
 	}
 }
+
+// Work that waits for one of delivery.max_in_flight's slots while slow
+// endpoints hold them all is kept alive past its ack wait: the server does
+// not hand it out again, and each event is delivered once.
+func TestDispatcher_a_wait_for_an_attempt_slot_outlasts_the_ack_wait(t *testing.T) {
+	const events = 4
+	const ackWait, answerIn = 3 * time.Second, 1200 * time.Millisecond // the last event waits 3 × 1.2 s for its slot
+	h := newHarness(t, harnessOptions{MaxInFlight: 1, PerHostConcurrency: events, DeliveryTimeout: 2 * time.Second, AckWait: ackWait})
+	sink := testutil.NewSink(t)
+	sink.Respond(func(testutil.Request) int {
+		time.Sleep(answerIn) // a slow endpoint
+		return 200
+	})
+	h.setProject("10", sink.URL)
+	h.waitDestination("1", "10", sink.URL)
+	for i := range events {
+		h.publish(eventSubject("crawl_status", "1", "10"), crawl(i+1), "")
+	}
+	sink.WaitFor(t, events, waitLong)
+	h.waitEventsEmpty()
+	seen := map[string]int{}
+	for _, r := range sink.Requests() {
+		seen[r.Header.Get("Callback-Delivery-Id")]++
+	}
+	if len(seen) != events || len(sink.Requests()) != events {
+		t.Errorf("%d requests for %d deliveries (%v); want %d, each once", len(sink.Requests()), len(seen), seen, events)
+	}
+}

@@ -93,6 +93,11 @@ type harnessOptions struct {
 	Backoff []time.Duration
 	// PerHostConcurrency caps attempts per host (0 → the dispatcher's default).
 	PerHostConcurrency int
+	// MaxInFlight caps attempts in flight in all (0 → the dispatcher's default).
+	MaxInFlight int
+	// AckWait is the consumers' ack wait (0 → DeliveryTimeout + 10 s, as
+	// serve sets it).
+	AckWait time.Duration
 	// HostWindow, when set, makes the transport cap its own requests per
 	// host at PerHostConcurrency and the dispatcher hand it HostWindow per
 	// host, as serve does with the built-ins in a plugin process.
@@ -157,7 +162,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	ctx, cancel := context.WithTimeout(h.ctx, waitLong)
 	defer cancel()
 	top, err := dispatcher.EnsureStreams(ctx, h.js, dispatcher.StreamOptions{
-		AckWait:         o.DeliveryTimeout + 10*time.Second,
+		AckWait:         cmp.Or(o.AckWait, o.DeliveryTimeout+10*time.Second),
 		MaxAckPending:   256,
 		MaxRetryPending: 100000,
 		RetentionEvents: time.Hour,
@@ -215,6 +220,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		MaxAttempts:        o.MaxAttempts,
 		Backoff:            o.Backoff,
 		PerHostConcurrency: o.PerHostConcurrency,
+		MaxInFlight:        o.MaxInFlight,
 		HostWindow:         o.HostWindow,
 		Observer:           o.Observer,
 		Logger:             cmp.Or(o.Logger, log),
