@@ -95,6 +95,16 @@ func (c *Config) Validate() error {
 	r := &c.Retention
 	p.positive("retention.events", r.Events)
 	p.positive("retention.dead", r.Dead)
+	// JetStream refuses a de-duplication window longer than a stream's
+	// max age; CALLBACKS, CALLBACKS_RETRY and CALLBACKS_DEAD have both.
+	for _, ret := range []struct {
+		key string
+		d   time.Duration
+	}{{"retention.events", r.Events}, {"retention.dead", r.Dead}} {
+		if ret.d > 0 && n.Duplicates > ret.d {
+			p.add(ret.key, "must be at least nats.duplicates (%s), the streams' de-duplication window, got %s", n.Duplicates, ret.d)
+		}
+	}
 	p.positive("retention.log", r.Log)
 	p.check(r.LogBytes > 0, "retention.log_bytes", "must be > 0, got %s", r.LogBytes)
 
