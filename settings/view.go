@@ -1,6 +1,7 @@
 package settings
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -57,6 +58,10 @@ type View struct {
 	readyOnce sync.Once
 	// rev is the bucket revision the view has applied.
 	rev atomic.Uint64
+	// live is set while a watch has loaded its initial values and applies
+	// updates as they come.
+	live       atomic.Bool
+	checkEvery time.Duration
 }
 
 // ViewOptions configure a View. The zero value checks no outbound policy.
@@ -68,6 +73,9 @@ type ViewOptions struct {
 	// the policy or the URL changes) rather than being acked as
 	// no_destination. nil checks nothing.
 	Guard *plugins.Guard
+	// CheckEvery is how often a live view compares its revision with the
+	// bucket's to find a stalled watch (0 → 1 s).
+	CheckEvery time.Duration
 }
 
 // NewView returns an empty View; Run fills it.
@@ -75,7 +83,7 @@ func NewView(log *slog.Logger, o ViewOptions) *View {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &View{log: log, guard: o.Guard, cur: newSnapshot(), ready: make(chan struct{})}
+	return &View{log: log, guard: o.Guard, cur: newSnapshot(), ready: make(chan struct{}), checkEvery: cmp.Or(o.CheckEvery, time.Second)}
 }
 
 // Revision is the revision of the settings bucket that the view has
@@ -130,27 +138,118 @@ func (v *View) SSOWebhook(accountID string) *plugins.Destination {
 
 // Run watches kv until ctx is done, re-establishing the watch when it
 // breaks. It returns nil when ctx is done.
+//
+// A watch can also stall without an error: its consumer deleted from
+// outside, the bucket deleted, NATS unreachable (nats.go's ordered consumer
+// notices a lost consumer only after missed heartbeats, and a change made
+// meanwhile is not seen for ten seconds or more). So, while the view is
+// live, it compares every CheckEvery the bucket's last revision with its
+// own: a revision it has not applied one check later, or a bucket it
+// cannot read, breaks the watch, which is made again (SPEC §3: the last
+// view is kept, and consuming pauses after StaleAfter).
 func (v *View) Run(ctx context.Context, kv jetstream.KeyValue) error {
+	var (
+		mu   sync.Mutex
+		stop context.CancelCauseFunc = func(error) {}
+	)
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		v.check(ctx, kv, func(err error) {
+			v.broke(err)
+			mu.Lock()
+			stop(err)
+			mu.Unlock()
+		})
+	}()
+	defer func() { <-checked }()
+
 	backoff := 100 * time.Millisecond
 	for {
-		err := v.watchOnce(ctx, kv)
+		wctx, cancel := context.WithCancelCause(ctx)
+		mu.Lock()
+		stop = cancel
+		mu.Unlock()
+		err := v.watchOnce(wctx, kv)
+		if cause := context.Cause(wctx); cause != nil && ctx.Err() == nil {
+			err = cause
+		}
+		cancel(nil)
 		if ctx.Err() != nil {
 			return nil
 		}
-		v.mu.Lock()
-		if v.brokenAt.IsZero() {
-			v.brokenAt = time.Now()
+		if v.live.Swap(false) {
+			backoff = 100 * time.Millisecond // it had worked: try again soon
 		}
-		v.brokeErr = err
-		v.mu.Unlock()
+		v.broke(err)
 		v.log.Warn("settings watch broken; keeping the last view", "err", err, "retry_in", backoff)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		// At most a second: once NATS is back, the view (and the
+		// dispatcher, paused on a stale view) should not wait long.
+		backoff = min(backoff*2, time.Second)
 	}
+}
+
+// broke records that the watch is broken: since when (the first break of
+// a spell) and why (the latest reason).
+func (v *View) broke(err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.brokenAt.IsZero() {
+		v.brokenAt = time.Now()
+	}
+	v.brokeErr = err
+}
+
+// check calls stall when the live view falls behind the bucket (see Run),
+// until ctx is done.
+func (v *View) check(ctx context.Context, kv jetstream.KeyValue, stall func(error)) {
+	t := time.NewTicker(v.checkEvery)
+	defer t.Stop()
+	var want uint64 // the bucket's last revision at the previous check
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !v.live.Load() {
+			want = 0 // (re)loading, or broken and being made again
+			continue
+		}
+		last, err := lastRevision(ctx, kv, v.checkEvery)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			want = 0
+			stall(fmt.Errorf("settings bucket unreadable: %w", err))
+		case want != 0 && v.rev.Load() < want:
+			stall(fmt.Errorf("settings watch stalled: the bucket is at revision %d, the view at %d since more than %s", want, v.rev.Load(), v.checkEvery))
+			want = 0
+		default:
+			want = last
+		}
+	}
+}
+
+// lastRevision is the revision of the bucket's newest entry.
+func lastRevision(ctx context.Context, kv jetstream.KeyValue, timeout time.Duration) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, max(timeout, time.Second))
+	defer cancel()
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return 0, nil // cannot tell: never a stall
+	}
+	return bs.StreamInfo().State.LastSeq, nil
 }
 
 // watchOnce runs one watch: it builds a fresh snapshot from the initial
@@ -180,6 +279,7 @@ func (v *View) watchOnce(ctx context.Context, kv jetstream.KeyValue) error {
 					v.brokenAt, v.brokeErr = time.Time{}, nil
 					v.mu.Unlock()
 					v.advance(pendingRev)
+					v.live.Store(true)
 					pending = nil
 					v.readyOnce.Do(func() { close(v.ready) })
 					v.log.Debug("settings view loaded")

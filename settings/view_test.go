@@ -2,6 +2,7 @@ package settings_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/callbackd/callbackd/plugins"
 	"github.com/callbackd/callbackd/settings"
+	"github.com/callbackd/callbackd/subjects"
 	"github.com/callbackd/callbackd/testutil"
 )
 
@@ -473,5 +475,67 @@ func waitRevision(t *testing.T, v *settings.View, rev uint64) {
 			t.Fatalf("view at revision %d, want %d", v.Revision(), rev)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A watch whose consumer is deleted from outside stalls without an error
+// (nats.go notices only after missed heartbeats, ten seconds or more): the
+// view finds the bucket ahead of it, makes the watch again and applies the
+// change within a few check periods. A deleted bucket breaks the view,
+// which keeps its last values and reports itself stale after StaleAfter.
+func TestView_a_stalled_watch_is_made_again(t *testing.T) {
+	js := testutil.RunJetStream(t)
+	ctx := testutil.Context(t)
+	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := runView(t, store, settings.ViewOptions{CheckEvery: 100 * time.Millisecond})
+	waitReady(t, view)
+	kv := store.KV()
+	if _, err := kv.Put(ctx, settings.ProjectKey("5"), []byte(`{"apiCallbackUrl":"https://one.example.com/"}`)); err != nil {
+		t.Fatal(err)
+	}
+	checkDest(t, view, "9", "5", &plugins.Destination{URL: "https://one.example.com/"})
+
+	stream, err := js.JS.Stream(ctx, "KV_"+subjects.SettingsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := stream.ConsumerNames(ctx)
+	n := 0
+	for name := range names.Name() {
+		if err := stream.DeleteConsumer(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatalf("no watch consumer on the bucket (%v)", names.Err())
+	}
+	if _, err := kv.Put(ctx, settings.ProjectKey("5"), []byte(`{"apiCallbackUrl":"https://two.example.com/"}`)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 4*time.Second, 10*time.Millisecond, func() error {
+		if d, _ := view.Destination("9", "5"); d.URL != "https://two.example.com/" {
+			return fmt.Errorf("destination %q, want the new URL", d.URL)
+		}
+		return nil
+	})
+	if err := view.Err(); err != nil {
+		t.Errorf("view stale after the watch was made again: %v", err)
+	}
+
+	if err := js.JS.DeleteKeyValue(ctx, subjects.SettingsBucket); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, settings.StaleAfter+3*time.Second, 50*time.Millisecond, func() error {
+		if view.Err() == nil {
+			return errors.New("view not stale")
+		}
+		return nil
+	})
+	if d, _ := view.Destination("9", "5"); d.URL != "https://two.example.com/" {
+		t.Errorf("destination %q after the bucket went, want the last one kept", d.URL)
 	}
 }
