@@ -67,6 +67,9 @@ func (c *Config) Validate() error {
 		p.add("nats.cluster.tls.ca", "must be set with nats.cluster.tls.cert: routes are verified both ways")
 	}
 	p.check(1 <= n.Replicas && n.Replicas <= 5, "nats.replicas", "must be 1 to 5, got %d", n.Replicas)
+	if n.Embedded && n.Cluster.Listen == "" && 1 < n.Replicas && n.Replicas <= 5 {
+		p.add("nats.replicas", "must be 1 for a lone embedded server (more replicas need nats.cluster), got %d", n.Replicas)
+	}
 	p.positive("nats.duplicates", n.Duplicates)
 
 	d := &c.Dispatcher

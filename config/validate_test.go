@@ -32,6 +32,8 @@ func TestValidate_names_the_key(t *testing.T) {
 		{"retention.events under the de-duplication window", func(c *Config) { c.Retention.Events = 15 * time.Second }, "retention.events"},
 		{"retention.dead under the de-duplication window", func(c *Config) { c.Retention.Dead = time.Minute }, "retention.dead"},
 		{"short retention with a shorter window", func(c *Config) { c.Retention.Events, c.NATS.Duplicates = 15*time.Second, 5*time.Second }, ""},
+		{"replicas without a cluster", func(c *Config) { c.NATS.Replicas = 3 }, "nats.replicas"},
+		{"replicas on an external server", func(c *Config) { c.NATS.Replicas, c.NATS.Embedded, c.NATS.URL = 3, false, "nats://n:4222" }, ""},
 		{"api.token too short", func(c *Config) { c.API.Token = "tok123" }, "api.token"},
 		{"api.token long enough", func(c *Config) { c.API.Token = "0123456789abcdef" }, ""},
 		{"nats.listen empty is in-process only", func(c *Config) { c.NATS.Listen = "" }, ""},
@@ -63,7 +65,10 @@ func TestValidate_names_the_key(t *testing.T) {
 		}, ""},
 		{"nats.replicas 0", func(c *Config) { c.NATS.Replicas = 0 }, "nats.replicas"},
 		{"nats.replicas 6", func(c *Config) { c.NATS.Replicas = 6 }, "nats.replicas"},
-		{"nats.replicas 5", func(c *Config) { c.NATS.Replicas = 5 }, ""},
+		{"nats.replicas 5", func(c *Config) {
+			c.NATS.Replicas = 5
+			c.NATS.Cluster = Cluster{Listen: "0.0.0.0:6222", Routes: []string{"nats://a:6222"}}
+		}, ""},
 		{"nats.duplicates 0", func(c *Config) { c.NATS.Duplicates = 0 }, "nats.duplicates"},
 
 		{"workers 0", func(c *Config) { c.Dispatcher.Workers = 0 }, "dispatcher.workers"},

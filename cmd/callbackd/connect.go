@@ -45,7 +45,11 @@ func startNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*nats
 		if srv.Clustered() {
 			log.Info("embedded NATS joins its cluster", "server_name", srv.Name(), "cluster", clusterName(cfg), "routes", len(cfg.NATS.Cluster.Routes))
 		}
-		warnOpenListener(cfg.NATS, srv.NATS().Addr(), log)
+		var routes net.Addr
+		if a := srv.NATS().ClusterAddr(); a != nil {
+			routes = a
+		}
+		warnOpenListener(cfg.NATS, srv.NATS().Addr(), routes, log)
 	} else {
 		// serve waits for an external NATS that is not up yet (both may
 		// start together), bounded by waitJetStream; CLI commands fail
@@ -69,20 +73,30 @@ func startNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*nats
 }
 
 // warnOpenListener warns when the embedded server's client listener, bound
-// at addr (nil: none), is reachable beyond loopback without auth or TLS
-// (SPEC §8: anyone who can reach an unauthenticated NATS can read and
-// change settings).
-func warnOpenListener(n config.NATS, addr net.Addr, log *slog.Logger) {
-	if addr == nil || isLoopback(addr) {
-		return
+// at addr, or its cluster route listener, bound at routes (nil: none), is
+// reachable beyond loopback without auth or TLS (SPEC §8: anyone who can
+// reach an unauthenticated NATS can read and change settings; a route
+// without auth lets any server join the cluster).
+func warnOpenListener(n config.NATS, addr, routes net.Addr, log *slog.Logger) {
+	if addr != nil && !isLoopback(addr) {
+		if n.Auth == (config.Auth{}) {
+			log.Warn("embedded NATS listens beyond loopback without nats.auth: whoever reaches it can read and change settings (header values included) and publish events; set nats.auth (docs/deployment.md)",
+				"listen", addr.String())
+		}
+		if n.TLS.Cert == "" {
+			log.Warn("embedded NATS listens beyond loopback without TLS: credentials, events and settings cross the network in clear; set nats.tls.cert and nats.tls.key",
+				"listen", addr.String())
+		}
 	}
-	if n.Auth == (config.Auth{}) {
-		log.Warn("embedded NATS listens beyond loopback without nats.auth: whoever reaches it can read and change settings (header values included) and publish events; set nats.auth (docs/deployment.md)",
-			"listen", addr.String())
-	}
-	if n.TLS.Cert == "" {
-		log.Warn("embedded NATS listens beyond loopback without TLS: credentials, events and settings cross the network in clear; set nats.tls.cert and nats.tls.key",
-			"listen", addr.String())
+	if routes != nil && !isLoopback(routes) {
+		if n.Auth == (config.Auth{}) {
+			log.Warn("embedded NATS cluster routes listen beyond loopback without nats.auth: any server that reaches them can join the cluster and read and change every stream and the settings; set nats.auth, which routes require too (docs/deployment.md)",
+				"cluster_listen", routes.String())
+		}
+		if n.Cluster.TLS.Cert == "" {
+			log.Warn("embedded NATS cluster routes listen beyond loopback without TLS: events and settings cross the network in clear between nodes; set nats.cluster.tls",
+				"cluster_listen", routes.String())
+		}
 	}
 }
 

@@ -133,28 +133,36 @@ func TestDialNATS_without_a_listener_says_why(t *testing.T) {
 	}
 }
 
-// An embedded listener beyond loopback without auth or TLS is warned about;
-// one on loopback, or with both, is not.
+// An embedded client or route listener beyond loopback without auth or TLS
+// is warned about; one on loopback, or with both, is not.
 func TestWarnOpenListener(t *testing.T) {
 	tcp := func(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 4222} }
 	for _, tc := range []struct {
-		name string
-		n    config.NATS
-		addr net.Addr
-		want []string // substrings of the warnings, in order
+		name   string
+		n      config.NATS
+		addr   net.Addr
+		routes net.Addr
+		want   []string // substrings of the warnings, in order
 	}{
-		{"loopback", config.NATS{}, tcp("127.0.0.1"), nil},
-		{"IPv6 loopback", config.NATS{}, tcp("::1"), nil},
-		{"in-process only", config.NATS{}, nil, nil},
-		{"wildcard, nothing", config.NATS{}, tcp("0.0.0.0"), []string{"without nats.auth", "without TLS"}},
-		{"IPv6 wildcard, nothing", config.NATS{}, tcp("::"), []string{"without nats.auth", "without TLS"}},
-		{"address, auth only", config.NATS{Auth: config.Auth{Token: "t"}}, tcp("10.0.0.5"), []string{"without TLS"}},
+		{"loopback", config.NATS{}, tcp("127.0.0.1"), nil, nil},
+		{"IPv6 loopback", config.NATS{}, tcp("::1"), nil, nil},
+		{"in-process only", config.NATS{}, nil, nil, nil},
+		{"wildcard, nothing", config.NATS{}, tcp("0.0.0.0"), nil, []string{"without nats.auth", "without TLS"}},
+		{"IPv6 wildcard, nothing", config.NATS{}, tcp("::"), nil, []string{"without nats.auth", "without TLS"}},
+		{"address, auth only", config.NATS{Auth: config.Auth{Token: "t"}}, tcp("10.0.0.5"), nil, []string{"without TLS"}},
 		{"address, auth and TLS", config.NATS{Auth: config.Auth{User: "u", Password: "p"},
-			TLS: config.TLS{Cert: "c.pem", Key: "k.pem"}}, tcp("10.0.0.5"), nil},
+			TLS: config.TLS{Cert: "c.pem", Key: "k.pem"}}, tcp("10.0.0.5"), nil, nil},
+		{"routes on loopback", config.NATS{}, tcp("127.0.0.1"), tcp("127.0.0.1"), nil},
+		{"routes beyond loopback, nothing", config.NATS{}, tcp("127.0.0.1"), tcp("0.0.0.0"),
+			[]string{"cluster routes listen beyond loopback without nats.auth", "cluster routes listen beyond loopback without TLS"}},
+		{"routes beyond loopback, auth and client TLS only", config.NATS{Auth: config.Auth{Token: "t"},
+			TLS: config.TLS{Cert: "c.pem", Key: "k.pem"}}, tcp("10.0.0.5"), tcp("10.0.0.5"), []string{"cluster routes listen beyond loopback without TLS"}},
+		{"routes beyond loopback, auth and route TLS", config.NATS{Auth: config.Auth{Token: "t"}, TLS: config.TLS{Cert: "c.pem", Key: "k.pem"},
+			Cluster: config.Cluster{TLS: config.TLS{Cert: "c.pem", Key: "k.pem", CA: "ca.pem"}}}, tcp("10.0.0.5"), tcp("10.0.0.5"), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf strings.Builder
-			warnOpenListener(tc.n, tc.addr, slog.New(slog.NewTextHandler(&buf, nil)))
+			warnOpenListener(tc.n, tc.addr, tc.routes, slog.New(slog.NewTextHandler(&buf, nil)))
 			lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 			if buf.Len() == 0 {
 				lines = nil
