@@ -67,7 +67,7 @@ func RegisterFlags(fs *pflag.FlagSet) {
 	fs.Int("dispatcher.per_host_concurrency", d.Dispatcher.PerHostConcurrency, "attempts in flight per callback host")
 	fs.Int("dispatcher.max_ack_pending", 0, "unacknowledged messages per consumer (default 4 × dispatcher.workers)")
 	fs.Int("dispatcher.max_retry_pending", d.Dispatcher.MaxRetryPending, "deliveries waiting for a retry")
-	fs.Int("dispatcher.max_deliveries", d.Dispatcher.MaxDeliveries, "redeliveries of one message before it is dead (crash-loop cap)")
+	fs.Int("dispatcher.max_deliveries", d.Dispatcher.MaxDeliveries, "deliveries of one event that infrastructure errors or crashes may use up before it is dead-lettered")
 	fs.String("dispatcher.max_payload", d.Dispatcher.MaxPayload.String(), "largest event payload (bytes, KiB, MiB)")
 
 	fs.Duration("delivery.timeout", d.Delivery.Timeout, "timeout of one delivery attempt")

@@ -134,7 +134,7 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 		return out.Result, false
 	}
 	if !out.Delivered {
-		d.infraError(j, "deliver", errors.New("encoded but not delivered"))
+		d.infraError(ctx, j, "deliver", errors.New("encoded but not delivered"))
 		return out.Result, false
 	}
 	return out.Result, true
@@ -190,7 +190,7 @@ func (d *Dispatcher) deliverError(ctx context.Context, j *job, err error) {
 		d.park(ctx, j, ParkedHostBusy)
 		return
 	}
-	d.infraError(j, "deliver", err)
+	d.infraError(ctx, j, "deliver", err)
 }
 
 // encodeErr is the encoding's share of an EncodeDeliver error: the error

@@ -40,7 +40,8 @@ type Options struct {
 	Workers int
 	// MaxPayload is the largest event payload accepted, in bytes (0 → 256 KiB).
 	MaxPayload int64
-	// MaxDeliveries caps redeliveries caused by infrastructure errors (0 → 50).
+	// MaxDeliveries is how many deliveries of an event infrastructure
+	// errors may use up before it is dead-lettered (0 → 50).
 	MaxDeliveries int
 	// DeliveryTimeout is the per-attempt timeout (0 → 30 s), which the
 	// transport applies; the consumers' ack wait is based on it.

@@ -35,7 +35,7 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 		out, err := d.o.Failure.OnFailure(fctx, f)
 		cancel()
 		if err != nil {
-			d.infraError(j, "failure plugin", err)
+			d.infraError(ctx, j, "failure plugin", err)
 			return false
 		}
 		for i, ob := range out {
@@ -57,7 +57,7 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 func (d *Dispatcher) queueNotify(ctx context.Context, j *job, i int, ob plugins.Outbound) bool {
 	data, err := encodeNotify(notifyMsg{Destination: ob.Destination, Notification: ob.Notification})
 	if err != nil {
-		d.infraError(j, "encode notification", err)
+		d.infraError(ctx, j, "encode notification", err)
 		return false
 	}
 	m := nats.NewMsg(subjects.Notify(j.key.AccountID, j.key.ProjectID))
@@ -67,7 +67,7 @@ func (d *Dispatcher) queueNotify(ctx context.Context, j *job, i int, ob plugins.
 	pctx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
 	defer cancel()
 	if _, err := d.js.PublishMsg(pctx, m); err != nil {
-		d.infraError(j, "queue notification", err)
+		d.infraError(ctx, j, "queue notification", err)
 		return false
 	}
 	d.log.Info("callback-failed notification queued", d.attrs(j, slog.String("to", plugins.SafeURL(ob.Destination.URL)))...)

@@ -76,21 +76,12 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg, release func()
 	}
 	j.deliveryID = d.deliveryID(j)
 
-	// Infrastructure errors hand a message back; cap such loops. A retry is
-	// pulled once early and NAKed until due, hence the one extra.
-	limit := uint64(d.o.MaxDeliveries)
-	if j.retry {
-		limit++
-	}
-	if md.NumDelivered > limit {
+	// Infrastructure errors hand a message back, and infraError gives up
+	// on the max_deliveries-th; one delivered more often than that died
+	// with the process that had it (a crash loop).
+	if md.NumDelivered > d.deliveryLimit(j) {
 		if d.parseKey(j) {
-			// An unsuccessful end, logged as failed like any other. The
-			// failure plugin is not run: what keeps failing may be a
-			// plugin, and there is no notification to report.
-			msg := fmt.Sprintf("handed back %d times by infrastructure errors (dispatcher.max_deliveries)", md.NumDelivered-1)
-			d.log.Warn("giving up on an event", d.attrs(j, slog.String("outcome", deliverylog.OutcomeFailed), slog.String("err", msg))...)
-			d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeFailed, Attempt: j.attempt - 1, Error: msg})
-			d.deadLetterAndAck(ctx, j, ReasonDeliveryFailed, 0, j.attempt-1, msg, true)
+			d.giveUp(ctx, j, md.NumDelivered-1)
 		}
 		return
 	}
@@ -210,7 +201,7 @@ func (d *Dispatcher) encoded(ctx context.Context, j *job, op string, e plugins.E
 		d.invalid(ctx, j, err)
 		return false
 	case err != nil:
-		d.infraError(j, op, err)
+		d.infraError(ctx, j, op, err)
 		return false
 	case e.SkipReason != "":
 		d.log.Info("event skipped", d.attrs(j, slog.String("outcome", deliverylog.OutcomeSkipped), slog.String("reason", e.SkipReason))...)
@@ -262,11 +253,40 @@ func (d *Dispatcher) invalid(ctx context.Context, j *job, err error) {
 
 // infraError hands the message back with a growing delay: a plugin that is
 // down or missed its deadline, or NATS unavailable, is not the endpoint's
-// fault and costs no attempt (SPEC §3 "Never a plain Nak()").
-func (d *Dispatcher) infraError(j *job, op string, err error) {
+// fault and costs no attempt (SPEC §3 "Never a plain Nak()"). On the
+// dispatcher.max_deliveries-th delivery it gives up instead.
+func (d *Dispatcher) infraError(ctx context.Context, j *job, op string, err error) {
+	if j.parsed && j.md.NumDelivered >= d.deliveryLimit(j) {
+		d.log.Warn("infrastructure error", d.attrs(j, slog.String("op", op), slog.String("err", err.Error()))...)
+		d.giveUp(ctx, j, j.md.NumDelivered)
+		return
+	}
 	delay := infraDelay(j.md.NumDelivered)
 	d.log.Warn("infrastructure error; message handed back", d.attrs(j, slog.String("op", op), slog.String("err", err.Error()), slog.Duration("retry_in", delay))...)
 	d.nak(j.msg, delay)
+}
+
+// deliveryLimit is how many deliveries of j infrastructure errors may use
+// up: dispatcher.max_deliveries, and one more for a retry, which is pulled
+// once early and NAKed until due.
+func (d *Dispatcher) deliveryLimit(j *job) uint64 {
+	limit := uint64(d.o.MaxDeliveries)
+	if j.retry {
+		limit++
+	}
+	return limit
+}
+
+// giveUp ends an event that infrastructure errors kept from being
+// delivered, after that many failed deliveries of it: an unsuccessful end, logged as
+// failed like any other and dead-lettered. The failure plugin is not run:
+// what keeps failing may be a plugin, and there is no notification to
+// report.
+func (d *Dispatcher) giveUp(ctx context.Context, j *job, failed uint64) {
+	msg := fmt.Sprintf("%d deliveries ended in infrastructure errors (dispatcher.max_deliveries)", failed)
+	d.log.Warn("giving up on an event", d.attrs(j, slog.String("outcome", deliverylog.OutcomeFailed), slog.String("err", msg))...)
+	d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeFailed, Attempt: j.attempt - 1, Error: msg})
+	d.deadLetterAndAck(ctx, j, ReasonDeliveryFailed, 0, j.attempt-1, msg, true)
 }
 
 // infraDelay is 1 s, doubling with each delivery, capped at maxInfraDelay.

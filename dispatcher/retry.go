@@ -58,7 +58,7 @@ func (d *Dispatcher) park(ctx context.Context, j *job, reason string) {
 func (d *Dispatcher) publishRetry(ctx context.Context, j *job, attempt, parked int, notBefore time.Time, msgID, op string) bool {
 	subj, err := subjects.Retry(j.subject)
 	if err != nil { // cannot happen for a parsed subject
-		d.infraError(j, op, err)
+		d.infraError(ctx, j, op, err)
 		return false
 	}
 	m := nats.NewMsg(subj)
@@ -74,7 +74,7 @@ func (d *Dispatcher) publishRetry(ctx context.Context, j *job, attempt, parked i
 	pctx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
 	defer cancel()
 	if _, err := d.js.PublishMsg(pctx, m); err != nil {
-		d.infraError(j, op, err)
+		d.infraError(ctx, j, op, err)
 		return false
 	}
 	return true
