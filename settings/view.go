@@ -145,7 +145,7 @@ func (v *View) SSOWebhook(accountID string) *plugins.Destination {
 // meanwhile is not seen for ten seconds or more). So, while the view is
 // live, it compares every CheckEvery the bucket's last revision with its
 // own: a revision it has not applied one check later, or a bucket it
-// cannot read, breaks the watch, which is made again (SPEC §3: the last
+// cannot read at two checks in a row, breaks the watch, which is made again (SPEC §3: the last
 // view is kept, and consuming pauses after StaleAfter).
 func (v *View) Run(ctx context.Context, kv jetstream.KeyValue) error {
 	var (
@@ -210,7 +210,10 @@ func (v *View) broke(err error) {
 func (v *View) check(ctx context.Context, kv jetstream.KeyValue, stall func(error)) {
 	t := time.NewTicker(v.checkEvery)
 	defer t.Stop()
-	var want uint64 // the bucket's last revision at the previous check
+	var (
+		want   uint64 // the bucket's last revision at the previous check
+		failed int    // checks in a row that could not read the bucket
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -218,16 +221,25 @@ func (v *View) check(ctx context.Context, kv jetstream.KeyValue, stall func(erro
 		case <-t.C:
 		}
 		if !v.live.Load() {
-			want = 0 // (re)loading, or broken and being made again
+			want, failed = 0, 0 // (re)loading, or broken and being made again
 			continue
 		}
 		last, err := lastRevision(ctx, kv, v.checkEvery)
+		if err != nil {
+			failed++
+		} else {
+			failed = 0
+		}
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
+			// Once is a blip (a clustered bucket electing a leader);
+			// twice in a row, the watch cannot be trusted either.
 			want = 0
-			stall(fmt.Errorf("settings bucket unreadable: %w", err))
+			if failed >= 2 {
+				stall(fmt.Errorf("settings bucket unreadable: %w", err))
+			}
 		case want != 0 && v.rev.Load() < want:
 			stall(fmt.Errorf("settings watch stalled: the bucket is at revision %d, the view at %d since more than %s", want, v.rev.Load(), v.checkEvery))
 			want = 0
