@@ -162,6 +162,8 @@ type Dispatcher struct {
 	idFields   map[string][]string
 
 	wg sync.WaitGroup // handlers and attempts in flight
+	// paused counts the pull loops waiting for a fresh settings view.
+	paused atomic.Int32
 	// stopping is closed when Run is told to stop (its ctx.Done()):
 	// attempts still queued for a host's slot then hand their message back
 	// instead of waiting.
@@ -329,8 +331,11 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 	}
 	defer p.close(func(m jetstream.Msg) { d.nak(m, handBackDelay) })
 	handle := func(m jetstream.Msg) {
-		if ctx.Err() != nil {
-			// Pulled but not started before shutdown: hand it back.
+		if ctx.Err() != nil || d.view.Err() != nil {
+			// Pulled but not started before shutdown, or pulled by a
+			// request made while the settings view was fresh and
+			// delivered after it went stale: hand it back (the loop
+			// then pauses in waitFresh).
 			d.nak(m, handBackDelay)
 			return
 		}
@@ -433,7 +438,16 @@ func (d *Dispatcher) waitFresh(ctx context.Context) {
 	if ctx.Err() != nil || d.view.Err() == nil {
 		return
 	}
-	d.log.Warn("dispatcher paused: settings view is stale", "err", d.view.Err())
+	// Every pull loop pauses; the first to pause and the last to resume
+	// say so.
+	if d.paused.Add(1) == 1 {
+		d.log.Warn("dispatcher paused: settings view is stale", "err", d.view.Err())
+	}
+	defer func() {
+		if d.paused.Add(-1) == 0 {
+			d.log.Info("dispatcher resumed: settings view is fresh again")
+		}
+	}()
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for d.view.Err() != nil {
@@ -443,5 +457,4 @@ func (d *Dispatcher) waitFresh(ctx context.Context) {
 		case <-t.C:
 		}
 	}
-	d.log.Info("dispatcher resumed: settings view is fresh again")
 }

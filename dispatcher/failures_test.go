@@ -848,3 +848,52 @@ func TestDispatcher_a_wait_for_an_attempt_slot_outlasts_the_ack_wait(t *testing.
 		t.Errorf("%d requests for %d deliveries (%v); want %d, each once", len(sink.Requests()), len(seen), seen, events)
 	}
 }
+
+// While the settings view is stale (its watch broken for StaleAfter), no
+// event is routed by it: what a pull delivers is handed back and the pull
+// loops pause; once the view is fresh again the event is delivered.
+func TestDispatcher_pauses_while_the_settings_view_is_stale(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	sink := testutil.NewSink(t)
+	h.setProject("10", sink.URL+"/a")
+	h.waitDestination("1", "10", sink.URL+"/a")
+	h.publish(eventSubject("crawl_status", "1", "10"), crawl(1), "")
+	sink.WaitFor(t, 1, waitLong)
+
+	if err := h.js.DeleteKeyValue(h.ctx, subjects.SettingsBucket); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, settings.StaleAfter+10*time.Second, 50*time.Millisecond, func() error {
+		if h.view.Err() == nil {
+			return errors.New("view not stale yet")
+		}
+		return nil
+	})
+	h.publish(eventSubject("crawl_status", "1", "10"), crawl(2), "")
+	// A bounded look for something that must not happen: the event is
+	// not delivered by the stale view.
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if n := len(sink.Requests()); n != 1 {
+			t.Fatalf("%d requests while the settings view was stale, want the first one only", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	store, err := settings.OpenStore(h.ctx, h.js, settings.StoreOptions{}) // makes the bucket again
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.UpdateProject(h.ctx, "10", func(p *settings.Project) error {
+		u := sink.URL + "/b"
+		p.APICallbackURL = &u
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	reqs := sink.WaitFor(t, 2, waitLong)
+	if reqs[1].Path != "/b" || reqs[1].Body != crawlBody(2, "1", "10") {
+		t.Errorf("second request %s %q, want event 2 at /b, routed by the fresh view", reqs[1].Path, reqs[1].Body)
+	}
+	h.waitEventsEmpty()
+}

@@ -51,7 +51,8 @@ type View struct {
 
 	mu       sync.RWMutex
 	cur      *snapshot
-	brokenAt time.Time // zero while the watch is healthy
+	brokenAt time.Time   // zero while the watch is healthy
+	broken   atomic.Bool // !brokenAt.IsZero(), read without the lock
 	brokeErr error
 
 	ready     chan struct{}
@@ -97,6 +98,9 @@ func (v *View) Ready() <-chan struct{} { return v.ready }
 // Err is non-nil while the watch has been broken for longer than StaleAfter;
 // the View then still answers with the last values it had.
 func (v *View) Err() error {
+	if !v.broken.Load() {
+		return nil // the dispatcher asks per message: no lock while healthy
+	}
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	if v.brokenAt.IsZero() || time.Since(v.brokenAt) < StaleAfter {
@@ -181,8 +185,12 @@ func (v *View) Run(ctx context.Context, kv jetstream.KeyValue) error {
 		if v.live.Swap(false) {
 			backoff = 100 * time.Millisecond // it had worked: try again soon
 		}
-		v.broke(err)
-		v.log.Warn("settings watch broken; keeping the last view", "err", err, "retry_in", backoff)
+		// Warned once a spell; retries (every second at most) are debug.
+		level := slog.LevelDebug
+		if v.broke(err) {
+			level = slog.LevelWarn
+		}
+		v.log.Log(ctx, level, "settings watch broken; keeping the last view", "err", err, "retry_in", backoff)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -195,14 +203,18 @@ func (v *View) Run(ctx context.Context, kv jetstream.KeyValue) error {
 }
 
 // broke records that the watch is broken: since when (the first break of
-// a spell) and why (the latest reason).
-func (v *View) broke(err error) {
+// a spell) and why (the latest reason). It reports whether this is the
+// first break of a spell.
+func (v *View) broke(err error) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.brokenAt.IsZero() {
+	first := v.brokenAt.IsZero()
+	if first {
 		v.brokenAt = time.Now()
+		v.broken.Store(true)
 	}
 	v.brokeErr = err
+	return first
 }
 
 // check calls stall when the live view falls behind the bucket (see Run),
@@ -289,6 +301,7 @@ func (v *View) watchOnce(ctx context.Context, kv jetstream.KeyValue) error {
 					v.mu.Lock()
 					v.cur = pending
 					v.brokenAt, v.brokeErr = time.Time{}, nil
+					v.broken.Store(false)
 					v.mu.Unlock()
 					v.advance(pendingRev)
 					v.live.Store(true)
