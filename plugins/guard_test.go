@@ -276,3 +276,23 @@ func TestGuard_DialContext_refuses_non_IP_networks(t *testing.T) {
 		t.Fatalf("err = %v, want ErrDestinationNotAllowed", err)
 	}
 }
+
+func TestNotURIChar(t *testing.T) {
+	for in, want := range map[string]int{
+		"https://e.com/a%20b/%C3%A9?q=a+b&r=%2F&s=~!$'()*,;=:@/?#f": -1,
+		"http://e.com/s?x=a b": 18,
+		"http://e.com/?q=é":    16,
+		"http://e.com/\t":      13,
+		"http://e.com/\x7f":    13,
+		"http://e.com/?a|b":    15,
+		`http://e.com/"`:       13,
+		"http://e.com/<>":      13,
+		`http://e.com/\`:       13,
+		"http://e.com/^`{}":    13,
+		"":                     -1,
+	} {
+		if got := NotURIChar(in); got != want {
+			t.Errorf("NotURIChar(%q) = %d, want %d", in, got, want)
+		}
+	}
+}

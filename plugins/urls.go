@@ -36,3 +36,20 @@ func HostKey(u *url.URL) string {
 	}
 	return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
 }
+
+// NotURIChar finds what may not appear as such in a URI (RFC 3986): the
+// index of the first space, control, non-ASCII byte or one of "<>\^`{|},
+// or -1. net/http escapes those in a path but sends a query as it is,
+// where a space would split the request line; callback URLs with them are
+// refused (settings) and not requested (the http-form transport).
+func NotURIChar(raw string) int {
+	for i := 0; i < len(raw); i++ {
+		if c := raw[i]; c <= ' ' || c >= 0x7f || notInURI[c] {
+			return i
+		}
+	}
+	return -1
+}
+
+// notInURI marks the printable ASCII bytes that a URI may not hold as such.
+var notInURI = [128]bool{'"': true, '<': true, '>': true, '\\': true, '^': true, '`': true, '{': true, '|': true, '}': true}

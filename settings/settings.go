@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/callbackd/callbackd/plugins"
 	"github.com/callbackd/callbackd/subjects"
@@ -102,6 +103,10 @@ func ValidateURL(s string) error {
 	}
 	if len(s) > MaxURLLen {
 		return fmt.Errorf("must be at most %d bytes", MaxURLLen)
+	}
+	if i := plugins.NotURIChar(s); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(s[i:])
+		return fmt.Errorf("must be a URI: %q at byte %d must be percent-encoded", r, i)
 	}
 	u, err := url.Parse(s)
 	if err != nil {

@@ -190,6 +190,10 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 	if (req.URL.Scheme != "http" && req.URL.Scheme != "https") || req.URL.Hostname() == "" {
 		return finalResult("invalid destination URL: must be an absolute http or https URL with a host"), nil
 	}
+	if i := plugins.NotURIChar(d.Destination.URL); i >= 0 {
+		// A raw space in the query would split the request line.
+		return finalResult(fmt.Sprintf("invalid destination URL: byte %d must be percent-encoded", i)), nil
+	}
 
 	// A plain byte slice behind a *bytes.Reader: net/http knows it does not
 	// block and writes headers and body in one syscall; the slice is never
@@ -197,10 +201,21 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 	body := d.Notification.AppendForm(make([]byte, 0, 512))
 	if len(body) > 0 {
 		req.ContentLength = int64(len(body))
-		req.Body = io.NopCloser(bytes.NewReader(body))
+		br := bytes.NewReader(body)
+		req.Body = io.NopCloser(br)
 		// GetBody lets net/http resend on a fresh connection when a
-		// keep-alive connection turns out to be dead.
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		// keep-alive connection turns out to be dead before the request
+		// went out. Once the body has been read to its end, the request
+		// may have reached the endpoint, and one attempt is one request
+		// (SPEC §3): net/http would resend a POST that carries an
+		// Idempotency-Key header when the connection closes without an
+		// answer. GetBody runs after the write loop is done with br.
+		req.GetBody = func() (io.ReadCloser, error) {
+			if br.Len() == 0 {
+				return nil, errNotResent
+			}
+			return io.NopCloser(bytes.NewReader(body)), nil
+		}
 	} else {
 		req.Body = http.NoBody
 		req.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
@@ -401,6 +416,10 @@ func notAllowedText(err error) string {
 
 // connErrorText describes a failure that got no response in a few words,
 // never with the URL (its userinfo and query string may be secrets).
+// errNotResent ends an attempt whose request went out and whose connection
+// closed without an answer, where net/http would send it again.
+var errNotResent = fmt.Errorf("request sent, not sent again in the same attempt: %w", io.ErrUnexpectedEOF)
+
 func connErrorText(err error) string {
 	var ue *url.Error
 	if errors.As(err, &ue) {

@@ -292,6 +292,8 @@ func TestHTTPForm_bad_URL_is_final(t *testing.T) {
 		"mailto:someone@example.com",
 		"https://user:s3cret@exa mple.com/?token=s3cret",
 		"http://[::1/?token=s3cret",
+		"http://127.0.0.1:9/s?x=a HTTP/1.0&token=s3cret", // a raw space would split the request line
+		"http://127.0.0.1:9/s?q=é&token=s3cret",
 	} {
 		res := deliverOK(t, tr, httpFormDelivery(u))
 		if res.Outcome != plugins.OutcomeFinal || res.StatusCode != 0 {
@@ -935,5 +937,57 @@ func TestHTTPForm_per_host_cap_full_is_an_attempt_not_made(t *testing.T) {
 	}()
 	if err := <-done; err != nil {
 		t.Fatalf("after the first ended: %v", err)
+	}
+}
+
+// One attempt is one request, even with an Idempotency-Key header, for
+// which net/http resends a POST whose keep-alive connection closes without
+// an answer: the endpoint answers the first request of each connection
+// and hangs up on the second.
+func TestHTTPForm_one_request_per_attempt_with_an_idempotency_key(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	var requests atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer func() { _ = c.Close() }()
+				br := bufio.NewReader(c)
+				for n := 0; ; n++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					requests.Add(1)
+					if n > 0 {
+						return // the second request on a connection: no answer
+					}
+					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+				}
+			}()
+		}
+	}()
+	tr := newTestHTTPForm(t, 5*time.Second)
+	for _, key := range []string{"Idempotency-Key", "X-Idempotency-Key"} {
+		requests.Store(0)
+		d := httpFormDelivery("http://"+ln.Addr().String()+"/", plugins.Header{Key: key, Value: "k1"})
+		if res := deliverOK(t, tr, d); res.Outcome != plugins.OutcomeDelivered {
+			t.Fatalf("%s: first attempt %+v, want delivered", key, res)
+		}
+		res := deliverOK(t, tr, d) // on the kept-alive connection, which closes
+		if res.Outcome != plugins.OutcomeRetryable || res.Error != "connection closed before a response" {
+			t.Errorf("%s: second attempt %+v, want retryable: connection closed before a response", key, res)
+		}
+		if n := requests.Load(); n != 2 {
+			t.Errorf("%s: the endpoint got %d requests for 2 attempts", key, n)
+		}
 	}
 }
