@@ -271,7 +271,12 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 
 	// From here on the endpoint has answered: the result stands even if
 	// ctx ends now, since the attempt happened.
-	excerpt := readExcerpt(resp.Body)
+	var excerpt string
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		// A 101's body is the switched connection itself, which would
+		// be read until the timeout: it is a final answer as it is.
+		excerpt = readExcerpt(resp.Body)
+	}
 	_ = resp.Body.Close()
 	res := plugins.Result{
 		StatusCode:      resp.StatusCode,

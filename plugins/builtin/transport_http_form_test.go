@@ -991,3 +991,35 @@ func TestHTTPForm_one_request_per_attempt_with_an_idempotency_key(t *testing.T) 
 		}
 	}
 }
+
+// A 101 Switching Protocols is a final failure at once: its body, the
+// switched connection, is not read until the timeout.
+func TestHTTPForm_switching_protocols_is_final_at_once(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer func() { _ = c.Close() }()
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		<-done // the connection stays open
+	}()
+	tr := newTestHTTPForm(t, 30*time.Second)
+	res := deliverOK(t, tr, httpFormDelivery("http://"+ln.Addr().String()+"/"))
+	if res.Outcome != plugins.OutcomeFinal || res.StatusCode != 101 {
+		t.Fatalf("result %+v, want final with status 101", res)
+	}
+	if res.Duration > 10*time.Second {
+		t.Errorf("took %s: the switched connection was read until the timeout", res.Duration)
+	}
+}
