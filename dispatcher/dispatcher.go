@@ -259,6 +259,11 @@ func (d *Dispatcher) reportHeld(ctx context.Context) {
 			continue
 		}
 		msg := "messages handed out before this start are not acked yet; those of a run that died come back once their ack wait passes"
+		if c.name == "retrier" {
+			// Retries waiting for their time are pending too (delayed
+			// NAKs), after a clean stop as well.
+			msg = "retries handed out before this start are pending: those waiting for their time come back when due, those of a run that died once their ack wait passes"
+		}
 		level := slog.LevelInfo
 		if info.Config.MaxAckPending > 0 && info.NumAckPending >= info.Config.MaxAckPending {
 			msg += "; until then the consumer is at its pending limit and hands out nothing new"
