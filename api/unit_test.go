@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/callbackd/callbackd/api"
+	"github.com/callbackd/callbackd/subjects"
 )
 
 func TestGlobalID(t *testing.T) {
@@ -87,4 +88,28 @@ func TestLoadOrCreateToken(t *testing.T) {
 	if _, err := api.ReadToken(t.TempDir()); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("no token: %v", err)
 	}
+}
+
+// IDs come from API clients: ParseID never panics, accepts only what names
+// an ID of the type, and the global ID of what it returns parses back.
+func FuzzParseID(f *testing.F) {
+	for _, s := range []string{"TjAwNlByb2plY3QxMjM", "TjAwNlByb2plY3QxMjM=", "123", "0123", "", "TjAwNkFjY291bnQ3", "N006Project1", "=="} {
+		f.Add("Project", s)
+		f.Add("Account", s)
+	}
+	f.Fuzz(func(t *testing.T, typ, s string) {
+		num, err := api.ParseID(typ, s)
+		if err != nil {
+			if !errors.Is(err, api.ErrBadID) {
+				t.Fatalf("ParseID(%q, %q): %v does not wrap ErrBadID", typ, s, err)
+			}
+			return
+		}
+		if subjects.ValidateID(num) != nil {
+			t.Fatalf("ParseID(%q, %q) = %q, not an ID", typ, s, num)
+		}
+		if back, err := api.ParseID(typ, api.GlobalID(typ, num)); err != nil || back != num {
+			t.Fatalf("ParseID(%q, GlobalID(%q)) = %q, %v", typ, num, back, err)
+		}
+	})
 }

@@ -1,7 +1,9 @@
 package settings
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -77,4 +79,36 @@ func TestParseStrict(t *testing.T) {
 	if err != nil || p.APICallbackURL != nil {
 		t.Fatalf("ParseProject(null url) = %+v, %v", p, err)
 	}
+}
+
+// Stored values come from anyone who can write the bucket (SPEC §4): the
+// parsers never panic, and what they accept round-trips and keeps the
+// rules (a URI URL, valid headers).
+func FuzzParseProject(f *testing.F) {
+	for _, s := range []string{
+		`{"apiCallbackUrl":"https://www.example.com/webhook","apiCallbackHeaders":[{"key":"Authorization","value":"Bearer your-token"}]}`,
+		`{"apiCallbackUrl":null}`, `{}`, `null`, `[]`, `{"apiCallbackUrl":"http://e.com/s?x=a b"}`,
+		`{"apiCallbackHeaders":[{"key":"Host","value":"x"}]}`, `{"apiCallbackUrl":""}`, `{"x":1}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := ParseProject(data)
+		if err != nil {
+			return
+		}
+		if p.APICallbackURL != nil && ValidateURL(*p.APICallbackURL) != nil {
+			t.Fatalf("accepted URL %q that ValidateURL refuses", *p.APICallbackURL)
+		}
+		again, err := json.Marshal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.APICallbackHeaders) == 0 {
+			p.APICallbackHeaders = nil // [] and absent are the same setting
+		}
+		if back, err := ParseProject(again); err != nil || !reflect.DeepEqual(back, p) {
+			t.Fatalf("%s: parsed %+v, re-encoded %s, parsed again %+v, %v", data, p, again, back, err)
+		}
+	})
 }
