@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -31,24 +32,76 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 			Notification: j.notification, IDFields: d.idFieldsFor(ctx, j.key.Type),
 			SSOWebhook: d.view.SSOWebhook(j.key.AccountID),
 		}
-		fctx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
-		out, err := d.o.Failure.OnFailure(fctx, f)
-		cancel()
-		if err != nil {
-			d.infraError(ctx, j, "failure plugin", err)
+		out, err := d.onFailure(ctx, j, f)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			d.nak(j.msg, handBackDelay) // shutting down
 			return false
-		}
-		for i, ob := range out {
-			if !d.queueNotify(ctx, j, i, ob) {
-				return false
+		case err != nil:
+			// Handing the message back would make the attempt again: the
+			// endpoint would get the event once more per hand-back. The
+			// event ends as it would have, without the notice.
+			d.log.Error("callback-failed notification not made: the failure plugin kept failing; the event is dead-lettered without it",
+				d.attrs(j, slog.String("err", clipText(err.Error())))...)
+		default:
+			for i, ob := range out {
+				if !d.queueNotify(ctx, j, i, ob) {
+					return false
+				}
 			}
-		}
-		if len(out) == 0 {
-			d.log.Info("no callback-failed notification sent: the account has no SSO client webhook", d.attrs(j)...)
+			if len(out) == 0 {
+				d.log.Info("no callback-failed notification sent: the account has no SSO client webhook", d.attrs(j)...)
+			}
 		}
 	}
 	d.keepAlive(j, d.ackWait/2)
 	return d.deadLetterAndAck(ctx, j, reason, res.StatusCode, j.attempt, res.Error, false)
+}
+
+// failureTries is how many times the failure plugin is asked about one
+// failed delivery, failureWait apart (doubling), before the event is
+// dead-lettered without a notice.
+const (
+	failureTries = 3
+	failureWait  = time.Second
+)
+
+// onFailure asks the failure plugin, again in place when it fails (it may
+// be restarting), keeping the message alive meanwhile.
+func (d *Dispatcher) onFailure(ctx context.Context, j *job, f plugins.Failure) ([]plugins.Outbound, error) {
+	wait := failureWait
+	for try := 1; ; try++ {
+		fctx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
+		out, err := d.o.Failure.OnFailure(fctx, f)
+		cancel()
+		if err == nil || try == failureTries {
+			return out, err
+		}
+		d.log.Warn("failure plugin failed; asking again", d.attrs(j, slog.String("err", clipText(err.Error())), slog.Duration("retry_in", wait))...)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait *= 2
+		d.keepAlive(j, d.ackWait/2)
+	}
+}
+
+// maxLogText caps a plugin's text (an error, a reason) in callbackd's own
+// log lines, as the delivery log caps it in records.
+const maxLogText = 1024
+
+// clipText cuts s to maxLogText bytes on a character boundary.
+func clipText(s string) string {
+	if len(s) <= maxLogText {
+		return s
+	}
+	i := maxLogText
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 // queueNotify publishes one callback-failed notification to

@@ -408,6 +408,9 @@ func TestDispatcher_plugin_errors_cost_no_attempt_and_are_capped(t *testing.T) {
 	if a := dl.Header.Get(subjects.HeaderAttempts); a != "0" {
 		t.Errorf("%s = %q: plugin errors are not delivery attempts", subjects.HeaderAttempts, a)
 	}
+	if e := dl.Header.Get(subjects.HeaderError); !strings.Contains(e, "dispatcher.max_deliveries") || !strings.Contains(e, "plugin unavailable") {
+		t.Errorf("%s = %q, want the cap and the last cause named", subjects.HeaderError, e)
+	}
 	if n := len(sink.Requests()); n != 0 {
 		t.Errorf("sink got %d requests", n)
 	}
@@ -896,4 +899,51 @@ func TestDispatcher_pauses_while_the_settings_view_is_stale(t *testing.T) {
 		t.Errorf("second request %s %q, want event 2 at /b, routed by the fresh view", reqs[1].Path, reqs[1].Body)
 	}
 	h.waitEventsEmpty()
+}
+
+// downFailure is a failure plugin that always fails.
+type downFailure struct{ calls atomic.Int64 }
+
+func (f *downFailure) OnFailure(context.Context, plugins.Failure) ([]plugins.Outbound, error) {
+	f.calls.Add(1)
+	return nil, errors.New("failure plugin unavailable")
+}
+
+// A failure plugin that keeps failing is asked again in place, then the
+// event is dead-lettered with its own status and error, without a notice.
+// Handing the message back instead made the attempt again: the endpoint
+// got the event once more per hand-back, and the log had none of them.
+func TestDispatcher_a_failing_failure_plugin_does_not_repeat_the_attempt(t *testing.T) {
+	fail := &downFailure{}
+	h := newHarness(t, harnessOptions{MaxAttempts: 1, FailureHandler: fail, Log: true})
+	sink := testutil.NewSink(t)
+	sink.Respond(func(testutil.Request) int { return 404 })
+	h.setProject("2", sink.URL)
+	h.waitDestination("1", "2", sink.URL)
+	subj := eventSubject("crawl_status", "1", "2")
+	h.publish(subj, crawl(1), "")
+
+	dl := h.waitDeadFor(subj, crawl(1))
+	for k, want := range map[string]string{subjects.HeaderReason: dispatcher.ReasonDeliveryFailed, subjects.HeaderStatus: "404", subjects.HeaderAttempts: "1"} {
+		if got := dl.Header.Get(k); got != want {
+			t.Errorf("dead letter %s = %q, want %q", k, got, want)
+		}
+	}
+	h.waitEventsEmpty()
+	if n := len(sink.Requests()); n != 1 {
+		t.Errorf("the endpoint got %d requests, want the one attempt", n)
+	}
+	if n := fail.calls.Load(); n != 3 {
+		t.Errorf("failure plugin asked %d times, want 3", n)
+	}
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		page, err := deliverylog.NewReader(h.js).Query(h.ctx, deliverylog.Filter{ProjectID: "2", First: 10})
+		if err != nil {
+			return err
+		}
+		if len(page.Records) != 1 || page.Records[0].Outcome != deliverylog.OutcomeFailed || page.Records[0].StatusCode != 404 || page.Records[0].Attempt != 1 {
+			return fmt.Errorf("records %+v, want the one attempt, failed with 404", page.Records)
+		}
+		return nil
+	})
 }

@@ -81,7 +81,7 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg, release func()
 	// with the process that had it (a crash loop).
 	if md.NumDelivered > d.deliveryLimit(j) {
 		if d.parseKey(j) {
-			d.giveUp(ctx, j, md.NumDelivered-1)
+			d.giveUp(ctx, j, md.NumDelivered-1, "the last one ended without handing it back (its process died)")
 		}
 		return
 	}
@@ -257,12 +257,11 @@ func (d *Dispatcher) invalid(ctx context.Context, j *job, err error) {
 // dispatcher.max_deliveries-th delivery it gives up instead.
 func (d *Dispatcher) infraError(ctx context.Context, j *job, op string, err error) {
 	if j.parsed && j.md.NumDelivered >= d.deliveryLimit(j) {
-		d.log.Warn("infrastructure error", d.attrs(j, slog.String("op", op), slog.String("err", err.Error()))...)
-		d.giveUp(ctx, j, j.md.NumDelivered)
+		d.giveUp(ctx, j, j.md.NumDelivered, op+": "+err.Error())
 		return
 	}
 	delay := infraDelay(j.md.NumDelivered)
-	d.log.Warn("infrastructure error; message handed back", d.attrs(j, slog.String("op", op), slog.String("err", err.Error()), slog.Duration("retry_in", delay))...)
+	d.log.Warn("infrastructure error; message handed back", d.attrs(j, slog.String("op", op), slog.String("err", clipText(err.Error())), slog.Duration("retry_in", delay))...)
 	d.nak(j.msg, delay)
 }
 
@@ -282,8 +281,8 @@ func (d *Dispatcher) deliveryLimit(j *job) uint64 {
 // failed like any other and dead-lettered. The failure plugin is not run:
 // what keeps failing may be a plugin, and there is no notification to
 // report.
-func (d *Dispatcher) giveUp(ctx context.Context, j *job, failed uint64) {
-	msg := fmt.Sprintf("%d deliveries ended in infrastructure errors (dispatcher.max_deliveries)", failed)
+func (d *Dispatcher) giveUp(ctx context.Context, j *job, failed uint64, last string) {
+	msg := clipText(fmt.Sprintf("%d deliveries ended in infrastructure errors (dispatcher.max_deliveries); %s", failed, last))
 	d.log.Warn("giving up on an event", d.attrs(j, slog.String("outcome", deliverylog.OutcomeFailed), slog.String("err", msg))...)
 	d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeFailed, Attempt: j.attempt - 1, Error: msg})
 	d.deadLetterAndAck(ctx, j, ReasonDeliveryFailed, 0, j.attempt-1, msg, true)

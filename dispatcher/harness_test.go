@@ -109,6 +109,8 @@ type harnessOptions struct {
 	Observer dispatcher.Observer
 	// Failure installs the built-in sso-webhook failure handler.
 	Failure bool
+	// FailureHandler, when set, is the failure handler instead.
+	FailureHandler plugins.FailureHandler
 	// Guard applies the default outbound-safety policy (private addresses
 	// refused) except for AllowCIDRs; without it every address is allowed.
 	Guard      bool
@@ -197,6 +199,9 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	var failure plugins.FailureHandler
 	if o.Failure {
 		failure = builtin.NewSSOWebhook()
+	}
+	if o.FailureHandler != nil {
+		failure = o.FailureHandler
 	}
 	encoders := o.Encoders
 	if encoders == nil {
