@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +46,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	d.o.Observer.InFlight(1)
 	start := time.Now()
 	res, ok := d.deliver(ctx, j)
+	res = checkResult(res)
 	hs.observe(time.Since(start))
 	// Counted out before the slot is given back, so that the gauge never
 	// shows the next attempt and this one at once.
@@ -138,6 +140,26 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 		return out.Result, false
 	}
 	return out.Result, true
+}
+
+// checkResult keeps a transport's result within the contract (SPEC §5): an
+// outcome it does not know is a final failure whose error names the
+// transport's mistake, and a status or duration out of range is dropped.
+func checkResult(r plugins.Result) plugins.Result {
+	switch r.Outcome {
+	case plugins.OutcomeDelivered, plugins.OutcomeRetryable, plugins.OutcomeFinal, plugins.OutcomeNotAllowed:
+	default:
+		msg := "the transport returned an unknown outcome " + strconv.Quote(clipText(string(r.Outcome)))
+		if r.Error != "" {
+			msg += ": " + r.Error
+		}
+		r.Outcome, r.Error = plugins.OutcomeFinal, msg
+	}
+	if r.StatusCode < 0 || r.StatusCode > 999 {
+		r.StatusCode = 0
+	}
+	r.Duration = max(r.Duration, 0)
+	return r
 }
 
 // attemptSlack is what an attempt may take beyond delivery.timeout: a

@@ -2,7 +2,10 @@ package dispatcher
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net/url"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -45,6 +48,13 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 				d.attrs(j, slog.String("err", clipText(err.Error())))...)
 		default:
 			for i, ob := range out {
+				if err := checkOutbound(ob); err != nil {
+					// The plugin's bug: this notification could never
+					// be delivered, so it is not queued.
+					d.log.Error("failure plugin returned a notification that cannot be sent; not queued",
+						d.attrs(j, slog.Int("index", i), slog.String("err", clipText(err.Error())))...)
+					continue
+				}
 				if !d.queueNotify(ctx, j, i, ob) {
 					return false
 				}
@@ -56,6 +66,26 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 	}
 	d.keepAlive(j, d.ackWait/2)
 	return d.deadLetterAndAck(ctx, j, reason, res.StatusCode, j.attempt, res.Error, false)
+}
+
+// checkOutbound checks a failure plugin's notification by the rules its
+// settings would have to follow (SPEC §3, §4): an absolute http(s) URI,
+// header rules, a notification fit to send.
+func checkOutbound(ob plugins.Outbound) error {
+	u, err := url.Parse(ob.Destination.URL)
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "":
+		return errors.New("destination: not an absolute http or https URL")
+	case plugins.NotURIChar(ob.Destination.URL) >= 0:
+		return errors.New("destination: not a URI (a byte must be percent-encoded)")
+	}
+	if err := plugins.CheckHeaders(ob.Destination.Headers); err != nil {
+		return fmt.Errorf("destination headers: %w", err)
+	}
+	if err := ob.Notification.Check(); err != nil {
+		return fmt.Errorf("notification: %w", err)
+	}
+	return nil
 }
 
 // failureTries is how many times the failure plugin is asked about one

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -260,7 +261,11 @@ func (d *Dispatcher) infraError(ctx context.Context, j *job, op string, err erro
 		d.giveUp(ctx, j, j.md.NumDelivered, op+": "+err.Error())
 		return
 	}
+	// Up to half again at random: events handed back together (a plugin
+	// restarting after a crash) do not all come back together, in step
+	// with an event that crashes it every time.
 	delay := infraDelay(j.md.NumDelivered)
+	delay += rand.N(delay/2 + 1)
 	d.log.Warn("infrastructure error; message handed back", d.attrs(j, slog.String("op", op), slog.String("err", clipText(err.Error())), slog.Duration("retry_in", delay))...)
 	d.nak(j.msg, delay)
 }

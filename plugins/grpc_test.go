@@ -601,3 +601,52 @@ func TestGRPC_pipeline_encoding_has_its_own_deadline(t *testing.T) {
 	default:
 	}
 }
+
+func TestNotification_Check(t *testing.T) {
+	ok := Field{Name: "crawl_id", Value: Number("7")}
+	for _, tc := range []struct {
+		name string
+		n    Notification
+		err  string // "" means fit to send
+	}{
+		{"seed-like", Notification{Fields: []Field{{Name: "message", Value: String("crawl_status")}, ok, {Name: "x", Value: Null()}, {Name: "b", Value: Value{Kind: KindBool, Text: "true"}}, {Name: "a=b&c", Value: String("é")}}}, ""},
+		{"negative and fraction", Notification{Fields: []Field{{Name: "n", Value: Number("-1.5e3")}}}, ""},
+		{"no fields", Notification{}, "no fields"},
+		{"empty name", Notification{Fields: []Field{ok, {Name: "", Value: String("v")}}}, "field 2 has no name"},
+		{"name not UTF-8", Notification{Fields: []Field{{Name: "a\xff", Value: String("v")}}}, "field 1's name is not valid UTF-8"},
+		{"value not UTF-8", Notification{Fields: []Field{{Name: "a", Value: String("v\xfe")}}}, `field "a": the value is not valid UTF-8`},
+		{"twice", Notification{Fields: []Field{ok, {Name: "crawl_id", Value: String("dup")}}}, `field "crawl_id" is given twice`},
+		{"not a number", Notification{Fields: []Field{{Name: "n", Value: Number("not a number")}}}, `field "n": "not a number" is not a JSON number`},
+		{"number with space", Notification{Fields: []Field{{Name: "n", Value: Number("1 ")}}}, "is not a JSON number"},
+		{"empty number", Notification{Fields: []Field{{Name: "n", Value: Number("")}}}, "is not a JSON number"},
+		{"bad bool", Notification{Fields: []Field{{Name: "b", Value: Value{Kind: KindBool, Text: "yes"}}}}, "a bool is true or false"},
+		{"unknown kind", Notification{Fields: []Field{{Name: "k", Value: Value{Kind: 9}}}}, "unknown kind kind(9)"},
+	} {
+		err := tc.n.Check()
+		if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%s: Check() = %v, want %q", tc.name, err, tc.err)
+		}
+	}
+}
+
+// What an encoder in a plugin process returns is checked before anything
+// is sent: a notification unfit to send makes the event invalid, and the
+// transport is not called.
+func TestPipeline_checks_a_plugin_encoders_notification(t *testing.T) {
+	enc, _, _, _ := connect(t, ServeConfig{Encoders: map[string]Encoder{"test": encoderFunc(func(context.Context, Event) (Encoded, error) {
+		return Encoded{Notification: Notification{Fields: []Field{{Name: "a", Value: String("1")}, {Name: "a", Value: String("2")}}}}, nil
+	})}})
+	var delivered atomic.Int64
+	tr := transportFunc(func(context.Context, Delivery) (Result, error) {
+		delivered.Add(1)
+		return Result{Outcome: OutcomeDelivered, StatusCode: 200}, nil
+	})
+	p := Pipeline(enc.Encoder("test", EncoderInfo{EventType: "test"}), tr)
+	_, err := p.EncodeDeliver(context.Background(), Event{Type: "test", AccountID: "1", ProjectID: "2"}, &Destination{URL: "http://127.0.0.1:9/"}, time.Second)
+	if !errors.Is(err, ErrInvalidEvent) || !strings.Contains(err.Error(), `field "a" is given twice`) {
+		t.Fatalf("EncodeDeliver: %v, want an invalid event naming the field", err)
+	}
+	if n := delivered.Load(); n != 0 {
+		t.Errorf("transport called %d times", n)
+	}
+}

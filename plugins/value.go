@@ -1,7 +1,11 @@
 package plugins
 
 import (
+	"encoding/json"
+	"errors"
+	"fmt"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Kind is the JSON type of a notification field's value.
@@ -87,6 +91,59 @@ func (n Notification) Get(name string) (Value, bool) {
 		}
 	}
 	return Value{}, false
+}
+
+// Check reports what makes n unfit to send, nil when nothing does: no field
+// at all, a field name that is empty, not valid UTF-8 or given twice, a
+// value that is not valid UTF-8, a number that is not a JSON number, a
+// bool that is not true or false, or an unknown kind. The host checks what
+// an encoder in a plugin process returns.
+func (n Notification) Check() error {
+	if len(n.Fields) == 0 {
+		return errors.New("no fields")
+	}
+	for i, f := range n.Fields {
+		switch {
+		case f.Name == "":
+			return fmt.Errorf("field %d has no name", i+1)
+		case !utf8.ValidString(f.Name):
+			return fmt.Errorf("field %d's name is not valid UTF-8", i+1)
+		case !utf8.ValidString(f.Value.Text):
+			return fmt.Errorf("field %s: the value is not valid UTF-8", strconv.Quote(clipName(f.Name)))
+		}
+		for _, g := range n.Fields[:i] {
+			if g.Name == f.Name {
+				return fmt.Errorf("field %s is given twice", strconv.Quote(clipName(f.Name)))
+			}
+		}
+		switch f.Value.Kind {
+		case KindString, KindNull:
+		case KindNumber:
+			t := f.Value.Text
+			if t == "" || !(t[0] == '-' || '0' <= t[0] && t[0] <= '9') || !json.Valid([]byte(t)) || t[len(t)-1] == ' ' {
+				return fmt.Errorf("field %s: %s is not a JSON number", strconv.Quote(clipName(f.Name)), strconv.Quote(clipName(t)))
+			}
+		case KindBool:
+			if f.Value.Text != "true" && f.Value.Text != "false" {
+				return fmt.Errorf("field %s: a bool is true or false, not %s", strconv.Quote(clipName(f.Name)), strconv.Quote(clipName(f.Value.Text)))
+			}
+		default:
+			return fmt.Errorf("field %s: unknown kind %s", strconv.Quote(clipName(f.Name)), f.Value.Kind)
+		}
+	}
+	return nil
+}
+
+// clipName cuts a plugin's text to 64 bytes for an error message.
+func clipName(s string) string {
+	if len(s) <= 64 {
+		return s
+	}
+	i := 64
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 // AppendForm appends the notification, form-encoded in field order

@@ -107,7 +107,8 @@ func newPluginsCmd() *cobra.Command {
 state, and whether callbackd serve is running it (asked of the admin API;
 "unknown" when serve cannot be reached). With --probe, each plugin is also
 started here, as serve would start it, and stopped again: the PROBE column
-says what it serves or why it was refused.`,
+says what it serves or why it was refused, and the command exits non-zero
+when any plugin fails its probe.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, _, err := loadConfig(cmd)
@@ -118,7 +119,13 @@ says what it serves or why it was refused.`,
 			if probe {
 				probePlugins(cmd.Context(), cfg, rows)
 			}
-			return printPluginRows(cmd.OutOrStdout(), rows, probe)
+			if err := printPluginRows(cmd.OutOrStdout(), rows, probe); err != nil {
+				return err
+			}
+			if n := probeFailures(rows); n > 0 {
+				return fmt.Errorf("%d of %d configured plugins failed the probe (see PROBE)", n, len(rows))
+			}
+			return nil
 		},
 	}
 	list.Flags().BoolVar(&probe, "probe", false, "start each plugin here to check that it runs, then stop it")
@@ -291,6 +298,18 @@ func probePlugins(ctx context.Context, cfg *config.Config, rows []*pluginRow) {
 		}
 		done[key] = r.probe
 	}
+}
+
+// probeFailures counts the rows whose probe did not end "ok" or
+// "in-process" (none without --probe).
+func probeFailures(rows []*pluginRow) int {
+	n := 0
+	for _, r := range rows {
+		if r.probe != "" && r.probe != "in-process" && !strings.HasPrefix(r.probe, "ok, ") {
+			n++
+		}
+	}
+	return n
 }
 
 func printPluginRows(w io.Writer, rows []*pluginRow, probe bool) error {
