@@ -89,7 +89,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 			return
 		}
 		rec.Outcome = deliverylog.OutcomeRetrying
-		d.log.Warn("attempt failed; retry scheduled", append(attrs(), slog.String("err", res.Error), slog.Duration("retry_in", wait))...)
+		d.log.Warn("attempt failed; retry scheduled", append(attrs(), slog.String("err", clipText(res.Error)), slog.Duration("retry_in", wait))...)
 		d.outcome(j, rec)
 		d.ack(j)
 	default:
@@ -98,7 +98,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		if res.Outcome == plugins.OutcomeNotAllowed {
 			reason, rec.Outcome = ReasonDestinationNotAllowed, deliverylog.OutcomeDestinationNotAllowed
 		}
-		d.log.Warn("delivery failed for good", append(attrs(), slog.String("outcome", rec.Outcome), slog.String("err", res.Error))...)
+		d.log.Warn("delivery failed for good", append(attrs(), slog.String("outcome", rec.Outcome), slog.String("err", clipText(res.Error)))...)
 		if d.failed(ctx, j, reason, res) {
 			d.outcome(j, rec)
 		}

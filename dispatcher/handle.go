@@ -205,7 +205,7 @@ func (d *Dispatcher) encoded(ctx context.Context, j *job, op string, e plugins.E
 		d.infraError(ctx, j, op, err)
 		return false
 	case e.SkipReason != "":
-		d.log.Info("event skipped", d.attrs(j, slog.String("outcome", deliverylog.OutcomeSkipped), slog.String("reason", e.SkipReason))...)
+		d.log.Info("event skipped", d.attrs(j, slog.String("outcome", deliverylog.OutcomeSkipped), slog.String("reason", clipText(e.SkipReason)))...)
 		d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeSkipped, Error: e.SkipReason})
 		d.ack(j)
 		return false
@@ -247,7 +247,7 @@ func validDeliveryID(id string) bool {
 
 // invalid dead-letters an event that can never be encoded and acks it.
 func (d *Dispatcher) invalid(ctx context.Context, j *job, err error) {
-	d.log.Warn("invalid event", d.attrs(j, slog.String("outcome", deliverylog.OutcomeInvalid), slog.String("err", err.Error()))...)
+	d.log.Warn("invalid event", d.attrs(j, slog.String("outcome", deliverylog.OutcomeInvalid), slog.String("err", clipText(err.Error())))...)
 	d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeInvalid, Error: err.Error()})
 	d.deadLetterAndAck(ctx, j, ReasonInvalidEvent, 0, 0, err.Error(), false)
 }
