@@ -47,7 +47,7 @@ func (d *Dispatcher) deadLetter(ctx context.Context, j *job, reason string, stat
 		return false
 	}
 	d.o.Observer.DeadLettered(reason)
-	d.log.Info("dead-lettered", d.attrs(j, slog.String("reason", reason), slog.String("err", errText))...)
+	d.log.Info("dead-lettered", d.attrs(j, slog.String("reason", reason), slog.String("err", clipText(errText)))...)
 	return true
 }
 

@@ -60,7 +60,7 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 				}
 			}
 			if len(out) == 0 {
-				d.log.Info("no callback-failed notification sent: the account has no SSO client webhook", d.attrs(j)...)
+				d.log.Info("no callback-failed notification sent: the failure plugin returned none (the built-in sso-webhook: the account has no SSO client webhook)", d.attrs(j)...)
 			}
 		}
 	}

@@ -628,25 +628,3 @@ func TestNotification_Check(t *testing.T) {
 		}
 	}
 }
-
-// What an encoder in a plugin process returns is checked before anything
-// is sent: a notification unfit to send makes the event invalid, and the
-// transport is not called.
-func TestPipeline_checks_a_plugin_encoders_notification(t *testing.T) {
-	enc, _, _, _ := connect(t, ServeConfig{Encoders: map[string]Encoder{"test": encoderFunc(func(context.Context, Event) (Encoded, error) {
-		return Encoded{Notification: Notification{Fields: []Field{{Name: "a", Value: String("1")}, {Name: "a", Value: String("2")}}}}, nil
-	})}})
-	var delivered atomic.Int64
-	tr := transportFunc(func(context.Context, Delivery) (Result, error) {
-		delivered.Add(1)
-		return Result{Outcome: OutcomeDelivered, StatusCode: 200}, nil
-	})
-	p := Pipeline(enc.Encoder("test", EncoderInfo{EventType: "test"}), tr)
-	_, err := p.EncodeDeliver(context.Background(), Event{Type: "test", AccountID: "1", ProjectID: "2"}, &Destination{URL: "http://127.0.0.1:9/"}, time.Second)
-	if !errors.Is(err, ErrInvalidEvent) || !strings.Contains(err.Error(), `field "a" is given twice`) {
-		t.Fatalf("EncodeDeliver: %v, want an invalid event naming the field", err)
-	}
-	if n := delivered.Load(); n != 0 {
-		t.Errorf("transport called %d times", n)
-	}
-}

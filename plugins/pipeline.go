@@ -78,14 +78,6 @@ func encodeDeliver(ctx context.Context, enc Encoder, tr Transport, ev Event, des
 	if err != nil || out.SkipReason != "" || dest == nil {
 		return EncodeDelivered{Encoded: out}, err
 	}
-	if re, ok := enc.(*remoteEncoder); ok {
-		// What an encoder in a plugin process returns is checked before
-		// anything is sent: a bad notification is the plugin's bug, and
-		// the event is dead-lettered, to be replayed once it is fixed.
-		if err := out.Notification.Check(); err != nil {
-			return EncodeDelivered{Encoded: out}, Invalid("encoder %s returned a notification that cannot be sent: %v", re.name, err)
-		}
-	}
 	res, err := tr.Deliver(ctx, Delivery{DeliveryID: ev.DeliveryID, Destination: *dest, Notification: out.Notification})
 	if err != nil {
 		return EncodeDelivered{Encoded: out}, err

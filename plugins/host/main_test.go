@@ -116,6 +116,10 @@ func (testEncoder) Encode(ctx context.Context, ev plugins.Event) (plugins.Encode
 		panic("boom")
 	case "slow":
 		time.Sleep(50 * time.Millisecond)
+	case "dup":
+		return plugins.Encoded{Notification: plugins.Notification{Fields: []plugins.Field{
+			{Name: "a", Value: plugins.String("1")}, {Name: "a", Value: plugins.String("2")},
+		}}}, nil
 	}
 	return plugins.Encoded{Notification: plugins.Notification{Fields: []plugins.Field{
 		{Name: "message", Value: plugins.String(ev.Type)},

@@ -416,7 +416,16 @@ func (h *encoderHandle) Encode(ctx context.Context, ev plugins.Event) (plugins.E
 	if !ok {
 		return plugins.Encoded{}, fmt.Errorf("%w: %s no longer serves encoder %q", plugins.ErrPluginUnavailable, h.p.spec.Name, h.name)
 	}
-	return enc.Encode(ctx, ev)
+	out, err := enc.Encode(ctx, ev)
+	if err == nil && out.SkipReason == "" && !h.p.spec.Builtin {
+		// A third-party encoder's notification is checked before anything
+		// is sent: one unfit to send is the plugin's bug, and the event is
+		// dead-lettered, to be replayed once it is fixed.
+		if cerr := out.Notification.Check(); cerr != nil {
+			return plugins.Encoded{}, plugins.Invalid("encoder %s of plugin %s returned a notification that cannot be sent: %v", h.name, h.p.spec.Name, cerr)
+		}
+	}
+	return out, err
 }
 
 // PipelineWith gives the one-crossing EncodeDeliverer when tr is the

@@ -213,6 +213,34 @@ func TestEncoder_errors_cross_the_boundary(t *testing.T) {
 	}
 }
 
+// A third-party encoder's notification is checked on the host: one unfit
+// to send makes the event invalid, naming the problem. The built-ins'
+// process is trusted (and spared the check).
+func TestThirdParty_encoder_output_is_checked(t *testing.T) {
+	dir, spec := thirdPartySpec(t, "encoder", plugins.PluginEncoder)
+	m := newManager(t, Options{Dir: dir})
+	for _, tc := range []struct {
+		spec    Spec
+		checked bool
+	}{{spec, true}, {selfSpec(t, "encoder", plugins.PluginEncoder), false}} {
+		p, err := m.Launch(context.Background(), tc.spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc, _, err := p.Encoder("test_event")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = encodeN(context.Background(), enc, 1, "dup")
+		if got := errors.Is(err, plugins.ErrInvalidEvent) && strings.Contains(err.Error(), `field "a" is given twice`); got != tc.checked {
+			t.Errorf("%s: err = %v, want checked %v", tc.spec.Name, err, tc.checked)
+		}
+		if _, err := encodeN(context.Background(), enc, 2, ""); err != nil {
+			t.Errorf("%s: a fit notification: %v", tc.spec.Name, err)
+		}
+	}
+}
+
 func TestThirdParty_verified_and_run_with_a_clean_environment(t *testing.T) {
 	t.Setenv("CALLBACKD_API__TOKEN", "host-secret")
 	dir, spec := thirdPartySpec(t, "env", plugins.PluginTransport)
