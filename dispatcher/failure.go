@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -123,16 +122,7 @@ func (d *Dispatcher) onFailure(ctx context.Context, j *job, f plugins.Failure) (
 const maxLogText = 1024
 
 // clipText cuts s to maxLogText bytes on a character boundary.
-func clipText(s string) string {
-	if len(s) <= maxLogText {
-		return s
-	}
-	i := maxLogText
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return s[:i] + "…"
-}
+func clipText(s string) string { return plugins.Clip(s, maxLogText) }
 
 // queueNotify publishes one callback-failed notification to
 // callbacks.notify.<account>.<project>, with a Nats-Msg-Id derived from the

@@ -350,10 +350,7 @@ func testSlowHost(t *testing.T, window int) {
 	slow.WaitFor(t, 20, waitLong)
 	h.waitEventsEmpty()
 	testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
-	seen := map[string]int{}
-	for _, r := range slow.Requests() {
-		seen[r.Header.Get("Callback-Delivery-Id")]++
-	}
+	seen := requestsByDelivery(slow.Requests())
 	if len(seen) != 20 {
 		t.Errorf("slow host got %d distinct deliveries, want 20", len(seen))
 	}
@@ -704,10 +701,7 @@ func TestDispatcher_host_window_keeps_the_cap_at_the_endpoint(t *testing.T) {
 	if p := obs.Peak(); p <= limit || p > window {
 		t.Errorf("at most %d attempts in flight, want %d < n <= %d", p, limit, window)
 	}
-	seen := map[string]bool{}
-	for _, r := range sink.Requests() {
-		seen[r.Header.Get("Callback-Delivery-Id")] = true
-	}
+	seen := requestsByDelivery(sink.Requests())
 	if len(seen) != events || len(sink.Requests()) != events {
 		t.Errorf("%d requests, %d distinct deliveries; want %d of each", len(sink.Requests()), len(seen), events)
 	}
@@ -815,10 +809,7 @@ func TestDispatcher_a_stalled_hosts_backlog_is_parked_and_delivered_once(t *test
 	sink.WaitFor(t, events, waitLong)
 	h.waitEventsEmpty()
 	testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
-	seen := map[string]int{}
-	for _, r := range sink.Requests() {
-		seen[r.Header.Get("Callback-Delivery-Id")]++
-	}
+	seen := requestsByDelivery(sink.Requests())
 	if len(seen) != events || len(sink.Requests()) != events {
 		t.Errorf("%d requests, %d distinct deliveries; want %d of each", len(sink.Requests()), len(seen), events)
 	}
@@ -843,10 +834,7 @@ func TestDispatcher_a_wait_for_an_attempt_slot_outlasts_the_ack_wait(t *testing.
 	}
 	sink.WaitFor(t, events, waitLong)
 	h.waitEventsEmpty()
-	seen := map[string]int{}
-	for _, r := range sink.Requests() {
-		seen[r.Header.Get("Callback-Delivery-Id")]++
-	}
+	seen := requestsByDelivery(sink.Requests())
 	if len(seen) != events || len(sink.Requests()) != events {
 		t.Errorf("%d requests for %d deliveries (%v); want %d, each once", len(sink.Requests()), len(seen), seen, events)
 	}

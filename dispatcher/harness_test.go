@@ -71,6 +71,15 @@ func eventSubject(typ, account, project string) string {
 	return "callbacks.event." + typ + "." + account + "." + project
 }
 
+// requestsByDelivery counts requests by their Callback-Delivery-Id.
+func requestsByDelivery(reqs []testutil.Request) map[string]int {
+	seen := map[string]int{}
+	for _, r := range reqs {
+		seen[r.Header.Get("Callback-Delivery-Id")]++
+	}
+	return seen
+}
+
 // idFromMsgID is the Callback-Delivery-Id of an event published with
 // Nats-Msg-Id msgID (SPEC §3), computed independently of the dispatcher.
 func idFromMsgID(msgID string) string {

@@ -134,17 +134,22 @@ func (n Notification) Check() error {
 	return nil
 }
 
-// clipName cuts a plugin's text to 64 bytes for an error message.
-func clipName(s string) string {
-	if len(s) <= 64 {
+// Clip shortens s to at most n bytes, cut on a rune boundary, marking the
+// cut with "…": for a plugin's or a publisher's text quoted in an error
+// message or a log line.
+func Clip(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	i := 64
+	i := n
 	for i > 0 && !utf8.RuneStart(s[i]) {
 		i--
 	}
 	return s[:i] + "…"
 }
+
+// clipName cuts a plugin's text to 64 bytes for an error message.
+func clipName(s string) string { return Clip(s, 64) }
 
 // AppendForm appends the notification, form-encoded in field order
 // (application/x-www-form-urlencoded), to dst. url.Values.Encode sorts keys,

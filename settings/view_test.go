@@ -32,7 +32,12 @@ func startView(t *testing.T) (*settings.Store, *settings.View) {
 // runView runs a View of store until the end of the test.
 func runView(t *testing.T, store *settings.Store, o settings.ViewOptions) *settings.View {
 	t.Helper()
-	view := settings.NewView(testutil.Logger(t), o)
+	return watch(t, store, settings.NewView(testutil.Logger(t), o))
+}
+
+// watch runs view on store's bucket until the end of the test.
+func watch(t *testing.T, store *settings.Store, view *settings.View) *settings.View {
+	t.Helper()
 	runCtx, cancel := context.WithCancel(testutil.Context(t))
 	done := make(chan struct{})
 	go func() { defer close(done); _ = view.Run(runCtx, store.KV()) }()
@@ -348,11 +353,7 @@ func TestView_keeps_a_refused_literal_IP_in_effect_and_warns(t *testing.T) {
 		t.Fatal(err)
 	}
 	var logs testutil.SyncBuffer
-	view := settings.NewView(slog.New(slog.NewTextHandler(&logs, nil)), settings.ViewOptions{Guard: plugins.NewGuard(false, nil)})
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = view.Run(runCtx, store.KV()) }()
-	t.Cleanup(func() { cancel(); <-done })
+	view := watch(t, store, settings.NewView(slog.New(slog.NewTextHandler(&logs, nil)), settings.ViewOptions{Guard: plugins.NewGuard(false, nil)}))
 	waitReady(t, view)
 
 	kv := store.KV()
@@ -400,10 +401,7 @@ func TestStore_reads_an_invalid_key_from_the_view(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = view.Run(runCtx, store.KV()) }()
-	t.Cleanup(func() { cancel(); <-done })
+	watch(t, store, view)
 	waitReady(t, view)
 
 	kv := store.KV()

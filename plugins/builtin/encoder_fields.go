@@ -99,16 +99,7 @@ const maxComputedEcho = 100
 // clipInput shortens s to maxEcho bytes, on a rune boundary, marking the cut.
 func clipInput(s string) string { return clipTo(s, maxEcho) }
 
-func clipTo(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	i := n
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return s[:i] + "…"
-}
+func clipTo(s string, n int) string { return plugins.Clip(s, n) }
 
 // quoteInput is clipInput as a quoted Go string.
 func quoteInput(s string) string { return strconv.Quote(clipInput(s)) }
