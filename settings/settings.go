@@ -9,7 +9,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -172,7 +174,98 @@ func decodeStrict(data []byte, v any) error {
 	if dec.More() {
 		return fmt.Errorf("%w: trailing data after the JSON object", ErrInvalid)
 	}
+	if err := exactKeys(data, jsonNames(reflect.TypeOf(v))); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
 	return nil
+}
+
+// exactKeys refuses what encoding/json lets through: a key that matches a
+// field only when case is ignored ("ApiCallbackUrl"), and a key given twice
+// in one object (the last would win). known holds the field names of every
+// level; a name at the wrong level is refused by DisallowUnknownFields.
+func exactKeys(data []byte, known map[string]bool) error {
+	type frame struct{ obj, wantKey bool }
+	var stack []frame
+	var seen []map[string]bool
+	dec := json.NewDecoder(bytes.NewReader(data))
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = &stack[len(stack)-1]
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			obj := tok == json.Delim('{')
+			stack = append(stack, frame{obj: obj, wantKey: obj})
+			if obj {
+				seen = append(seen, map[string]bool{})
+			}
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			if stack[len(stack)-1].obj {
+				seen = seen[:len(seen)-1]
+			}
+			stack = stack[:len(stack)-1]
+			if len(stack) > 0 && stack[len(stack)-1].obj {
+				stack[len(stack)-1].wantKey = true
+			}
+			continue
+		}
+		if top == nil || !top.obj {
+			continue
+		}
+		if !top.wantKey {
+			top.wantKey = true
+			continue
+		}
+		top.wantKey = false
+		name, _ := tok.(string)
+		if !known[name] {
+			for k := range known {
+				if strings.EqualFold(k, name) {
+					return fmt.Errorf("json: unknown field %q (field names are case-sensitive: %q)", name, k)
+				}
+			}
+			return fmt.Errorf("json: unknown field %q", name)
+		}
+		if seen[len(seen)-1][name] {
+			return fmt.Errorf("json: field %q is given twice", name)
+		}
+		seen[len(seen)-1][name] = true
+	}
+}
+
+// jsonNames returns the JSON field names of t (a struct or a pointer to one)
+// and of the structs it holds, at any depth.
+func jsonNames(t reflect.Type) map[string]bool {
+	names := map[string]bool{}
+	var walk func(reflect.Type)
+	walk = func(t reflect.Type) {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return
+		}
+		for f := range t.Fields() {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "" || name == "-" {
+				continue
+			}
+			names[name] = true
+			walk(f.Type)
+		}
+	}
+	walk(t)
+	return names
 }
 
 // RefusedHostMsg is the message of a URL whose host is a literal IP that the

@@ -70,14 +70,38 @@ func TestValidate(t *testing.T) {
 }
 
 func TestParseStrict(t *testing.T) {
-	for _, in := range []string{`{"apiCallbackUrl": 5}`, `{"apiCallbackUrl": "https://a.b/"} x`, `{"callbackUrl": "https://a.b/"}`, `[]`, `nope`, `null`, ` null `, `""`, ``} {
-		if _, err := ParseProject([]byte(in)); err == nil {
-			t.Errorf("ParseProject(%s) accepted", in)
+	for _, tc := range []struct{ in, want string }{
+		{`{"apiCallbackUrl": 5}`, "cannot unmarshal number"},
+		{`{"apiCallbackUrl": "https://a.b/"} x`, "trailing data"},
+		{`{"callbackUrl": "https://a.b/"}`, `unknown field "callbackUrl"`},
+		{`[]`, "not a JSON object"},
+		{`nope`, "not a JSON object"},
+		{`null`, "not a JSON object"},
+		{` null `, "not a JSON object"},
+		{`""`, "not a JSON object"},
+		{``, "not a JSON object"},
+		// encoding/json matches names without case and keeps the last of
+		// two: both would let a stored value mean something unintended.
+		{`{"ApiCallbackUrl": "https://a.b/"}`, `unknown field "ApiCallbackUrl" (field names are case-sensitive: "apiCallbackUrl")`},
+		{`{"apiCallbackHeaders": [{"KEY": "X-A", "value": "1"}]}`, `unknown field "KEY"`},
+		{`{"apiCallbackUrl": "https://a.b/", "apiCallbackUrl": "https://c.d/"}`, `field "apiCallbackUrl" is given twice`},
+		{`{"apiCallbackHeaders": [{"key": "X-A", "value": "1", "value": "2"}]}`, `field "value" is given twice`},
+		{`{"key": "X-A"}`, `unknown field "key"`},
+	} {
+		_, err := ParseProject([]byte(tc.in))
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseProject(%s) = %v, want ErrInvalid naming %q", tc.in, err, tc.want)
 		}
 	}
-	p, err := ParseProject([]byte(`{"apiCallbackUrl": null, "apiCallbackHeaders": []}`))
-	if err != nil || p.APICallbackURL != nil {
-		t.Fatalf("ParseProject(null url) = %+v, %v", p, err)
+	if _, err := ParseAccount([]byte(`{"ssoclientid": "c1"}`)); err == nil || !strings.Contains(err.Error(), `"ssoClientId"`) {
+		t.Errorf("ParseAccount(ssoclientid) = %v, want the case-sensitive name", err)
+	}
+	if _, err := ParseSSOClient([]byte(`{"webhookUrl": "https://a.b/", "webhookHeaders": [{"key": "A", "value": "1"}, {"key": "B", "value": "2"}]}`)); err != nil {
+		t.Errorf("ParseSSOClient(valid, two headers) = %v", err)
+	}
+	p, err := ParseProject([]byte(`{"apiCallbackUrl": null, "apiCallbackHeaders": [{"key": "X-A", "value": "{\"key\": 1}"}]}`))
+	if err != nil || p.APICallbackURL != nil || len(p.APICallbackHeaders) != 1 {
+		t.Fatalf("ParseProject(null url, one header) = %+v, %v", p, err)
 	}
 }
 
