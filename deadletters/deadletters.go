@@ -311,7 +311,7 @@ func replayOne(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, 
 	orig := dl.Header.Get(subjects.HeaderSubject)
 	m := nats.NewMsg(orig)
 	m.Data = dl.Data
-	m.Header.Set(subjects.HeaderMsgID, "replay:"+strconv.FormatUint(seq, 10))
+	m.Header.Set(subjects.HeaderMsgID, subjects.ReplayMsgIDPrefix+strconv.FormatUint(seq, 10))
 	if id := dl.Header.Get(subjects.HeaderDeliveryID); id != "" {
 		m.Header.Set(subjects.HeaderDeliveryID, id)
 	}

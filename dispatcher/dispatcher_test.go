@@ -156,6 +156,27 @@ func TestDispatcher_callback_delivery_id(t *testing.T) {
 			t.Errorf("Callback-Delivery-Id = %q, want [%s]", got, want)
 		}
 	})
+	// Only callbackd's own messages (retries, notifications, replays) keep
+	// a Callbackd-Delivery-Id; a publisher's would let two events share one.
+	for i, msgID := range []string{"crawl-7-finished", ""} {
+		t.Run("a publisher's Callbackd-Delivery-Id is ignored, Nats-Msg-Id "+strconv.Quote(msgID), func(t *testing.T) {
+			m := nats.NewMsg(subject)
+			m.Data = crawl(3 + i)
+			m.Header.Set(subjects.HeaderDeliveryID, "spoofed-id")
+			if msgID != "" {
+				m.Header.Set(jetstream.MsgIDHeader, msgID)
+			}
+			ack := h.publishMsg(m)
+			want := h.seqID(ack.Sequence)
+			if msgID != "" {
+				want = idFromMsgID(msgID)
+			}
+			r := waitRequestWithBody(t, sink, crawlBody(3+i, "1", "1"))
+			if got := r.Header["Callback-Delivery-Id"]; !slices.Equal(got, []string{want}) {
+				t.Errorf("Callback-Delivery-Id = %q, want [%s]", got, want)
+			}
+		})
+	}
 }
 
 // codeEndpoint answers /code/<n> with status n; a 3xx carries a Location

@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callbackd/callbackd/deliverylog"
@@ -215,11 +217,12 @@ func (d *Dispatcher) encoded(ctx context.Context, j *job, op string, e plugins.E
 }
 
 // deliveryID is the event's Callback-Delivery-Id (SPEC §3): the one it
-// carries (retries, notifications, replays), else from the publisher's
-// Nats-Msg-Id, else from CALLBACKS's creation time and the stream sequence.
+// carries when callbackd put it there (retries, notifications, replays),
+// else from the publisher's Nats-Msg-Id, else from CALLBACKS's creation
+// time and the stream sequence.
 func (d *Dispatcher) deliveryID(j *job) string {
 	h := j.msg.Headers()
-	if id := h.Get(subjects.HeaderDeliveryID); validDeliveryID(id) {
+	if id := h.Get(subjects.HeaderDeliveryID); validDeliveryID(id) && carriesDeliveryID(j, h) {
 		return id
 	}
 	if msgID := h.Get(subjects.HeaderMsgID); msgID != "" && !j.retry {
@@ -229,6 +232,15 @@ func (d *Dispatcher) deliveryID(j *job) string {
 		return string(id[:])
 	}
 	return strconv.FormatInt(d.eventsCreated.Load(), 10) + "-" + strconv.FormatUint(j.md.Sequence.Stream, 10)
+}
+
+// carriesDeliveryID reports whether j is one of callbackd's own messages
+// that keep an earlier delivery's id: a retry, a callback-failed
+// notification, or a replayed dead letter. On a fresh event the header is
+// the publisher's, and receivers de-duplicate on the id: two events that
+// carried the same header (a publisher forwarding headers) would become one.
+func carriesDeliveryID(j *job, h nats.Header) bool {
+	return j.retry || subjects.IsNotify(j.subject) || strings.HasPrefix(h.Get(subjects.HeaderMsgID), subjects.ReplayMsgIDPrefix)
 }
 
 // validDeliveryID accepts the IDs callbackd makes: short, [0-9a-z-].

@@ -67,6 +67,11 @@ const (
 	HeaderNotBefore  = "Callbackd-Not-Before"
 )
 
+// ReplayMsgIDPrefix starts the Nats-Msg-Id of a replayed dead letter
+// (replay:<dead-letter sequence>, SPEC §3); such an event keeps its
+// Callbackd-Delivery-Id.
+const ReplayMsgIDPrefix = "replay:"
+
 // ErrBadSubject is returned (wrapped) when a subject or one of its tokens does
 // not follow the subject scheme.
 var ErrBadSubject = errors.New("bad subject")
