@@ -463,6 +463,14 @@ func connErrorText(err error) string {
 	if errors.As(err, &netTimeout) && netTimeout.Timeout() {
 		return "timeout"
 	}
+	// net/http's own reasons for giving up on a response are plain
+	// strings, long and Go-specific.
+	switch msg := err.Error(); {
+	case strings.Contains(msg, "server response headers exceeded"):
+		return "response headers over 64 KiB"
+	case strings.Contains(msg, "malformed HTTP"), strings.Contains(msg, "malformed MIME header"):
+		return "malformed HTTP response"
+	}
 	// Drop "dial tcp 192.0.2.1:443: " and the like.
 	var opErr *net.OpError
 	if errors.As(err, &opErr) && opErr.Err != nil {

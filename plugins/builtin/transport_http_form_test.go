@@ -685,15 +685,40 @@ func TestHTTPForm_defaults(t *testing.T) {
 	}
 }
 
-func TestHTTPForm_oversized_response_headers_are_refused(t *testing.T) {
-	sink := newHTTPFormSink(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("X-Huge", strings.Repeat("h", 70<<10))
-		w.WriteHeader(200)
-	})
-	tr := newTestHTTPForm(t, 5*time.Second)
-	res := deliverOK(t, tr, httpFormDelivery(sink.URL))
-	if res.Outcome == plugins.OutcomeDelivered || res.StatusCode != 0 {
-		t.Fatalf("result = %+v: headers over 64 KiB were accepted", res)
+// A response net/http gives up on is no response: retried, no status, and
+// a short reason in callbackd's words rather than Go's.
+func TestHTTPForm_unreadable_response_is_retryable_with_a_short_reason(t *testing.T) {
+	for _, tc := range []struct {
+		name, answer, want string
+	}{
+		{"headers over 64 KiB", "HTTP/1.1 200 OK\r\nX-Huge: " + strings.Repeat("h", 70<<10) + "\r\nContent-Length: 0\r\n\r\n", "response headers over 64 KiB"},
+		{"malformed status", "HTTP/1.1 HTTP OK\r\nContent-Length: 0\r\n\r\n", "malformed HTTP response"},
+		{"malformed header line", "HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 0\r\n\r\n", "malformed HTTP response"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = ln.Close() })
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+						_, _ = io.WriteString(c, tc.answer)
+					}
+					_ = c.Close()
+				}
+			}()
+			tr := newTestHTTPForm(t, 5*time.Second)
+			res := deliverOK(t, tr, httpFormDelivery("http://"+ln.Addr().String()+"/"))
+			if res.Outcome != plugins.OutcomeRetryable || res.StatusCode != 0 || res.Error != tc.want {
+				t.Fatalf("result = %+v, want retryable, no status, error %q", res, tc.want)
+			}
+		})
 	}
 }
 
