@@ -253,6 +253,7 @@ func FuzzCrawlStatus(f *testing.F) {
 		`{"crawl_id":9223372036854775808}`,
 		`{"crawl_id":7,"crawl_id":7}`,
 		`{"crawl_id":7,"extra":[{"a":1e400}]}`,
+		`{"crawl_id":7,"user_id":"\ud800"}`,
 		`[1]`,
 	} {
 		f.Add([]byte(p), seedAccount, seedProject)

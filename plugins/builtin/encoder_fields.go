@@ -126,6 +126,9 @@ func decodeObject(payload []byte, names []string, vals []jsonValue) error {
 	if !utf8.Valid(payload) {
 		return plugins.Invalid("payload: not valid UTF-8 (JSON text must be UTF-8)")
 	}
+	if esc := loneSurrogate(payload); esc != "" {
+		return plugins.Invalid("payload: %s is half a UTF-16 surrogate pair, not a character", esc)
+	}
 	l := lexer{b: payload}
 	l.space()
 	if l.peek() != '{' {
@@ -365,13 +368,51 @@ func (l *lexer) skip() bool {
 }
 
 // unquote decodes a string literal with escapes or invalid UTF-8 the way
-// encoding/json does (invalid bytes become U+FFFD).
+// encoding/json does.
 func unquote(raw []byte) (string, bool) {
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return "", false
 	}
 	return s, true
+}
+
+// loneSurrogate returns the first \uD800–\uDBFF escape in the JSON text b
+// that is not followed by a \uDC00–\uDFFF one, or the first of the latter
+// on its own; "" when there is none. encoding/json reads such an escape as
+// U+FFFD.
+func loneSurrogate(b []byte) string {
+	escape := func(i int) (rune, bool) { // the \uXXXX escape at b[i:]
+		if i+6 > len(b) || b[i] != '\\' || b[i+1] != 'u' {
+			return 0, false
+		}
+		n, err := strconv.ParseUint(string(b[i+2:i+6]), 16, 16)
+		return rune(n), err == nil
+	}
+	for i := 0; i < len(b); i++ {
+		k := bytes.IndexByte(b[i:], '\\')
+		if k < 0 {
+			return ""
+		}
+		i += k
+		r, ok := escape(i)
+		if !ok {
+			i++ // another escape: skip its second byte (it may be a backslash)
+			continue
+		}
+		switch {
+		case 0xD800 <= r && r < 0xDC00:
+			if lo, ok := escape(i + 6); !ok || lo < 0xDC00 || lo > 0xDFFF {
+				return string(b[i : i+6])
+			}
+			i += 11
+		case 0xDC00 <= r && r <= 0xDFFF:
+			return string(b[i : i+6])
+		default:
+			i += 5
+		}
+	}
+	return ""
 }
 
 func keyIndex(names []string, key string) int {

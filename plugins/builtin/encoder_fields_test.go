@@ -366,6 +366,12 @@ func TestEncoderFields_decodeObject_rejects(t *testing.T) {
 		{"{\"a\":\"bad \xff utf8\"}", "not valid UTF-8"},
 		{"{\"z\xfe\":1}", "not valid UTF-8"},
 		{"{\"a\":\"\xed\xa0\x80\"}", "not valid UTF-8"}, // a surrogate, encoded
+		{`{"a":"\ud800"}`, `\ud800 is half a UTF-16 surrogate pair`},
+		{`{"a":"x\uDBFFy"}`, `\uDBFF is half`},
+		{`{"a":"\ud800\u0041"}`, `\ud800 is half`},
+		{`{"a":"\udc00\ud800"}`, `\udc00 is half`},
+		{`{"z":["\ude00"]}`, `\ude00 is half`},
+		{`{"\ud800":1}`, `\ud800 is half`},
 		{`{"a":1,"a":1}`, `duplicate key "a"`},
 		{`{"a":1,"\u0061":2}`, `duplicate key "a"`},
 		{`{"z":1,"y":{},"z":{}}`, `duplicate key "z"`},
@@ -380,6 +386,29 @@ func TestEncoderFields_decodeObject_rejects(t *testing.T) {
 				t.Errorf("%s(%.40q) = %v, want an invalid-event error containing %q", d.name, tc.payload, err, tc.err)
 			}
 		}
+	}
+}
+
+func TestEncoderFields_loneSurrogate(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{`"plain"`, ""},
+		{`"\ud83d\ude00"`, ""}, // a pair: 😀
+		{`"\\ud800"`, ""},      // a backslash, then text
+		{`"\\\ud800"`, `\ud800`},
+		{`"\u00e9\n\ud800"`, `\ud800`},
+		{`"\ud83d\ude00\ude00"`, `\ude00`},
+		{`"\ud800\\udc00"`, `\ud800`},
+		{`"\ud800`, `\ud800`}, // cut short
+		{`"\u12`, ""},
+		{`"\ufffd"`, ""},
+	} {
+		if got := loneSurrogate([]byte(tc.in)); got != tc.want {
+			t.Errorf("loneSurrogate(%s) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	var vals [1]jsonValue
+	if err := decodeObject([]byte(`{"a":"\ud83d\ude00"}`), []string{"a"}, vals[:]); err != nil || vals[0].text != "😀" {
+		t.Errorf("decodeObject(a surrogate pair) = %+v, %v", vals[0], err)
 	}
 }
 
@@ -409,6 +438,9 @@ func TestEncoderFields_decodeObject_depth(t *testing.T) {
 func referenceDecodeObject(payload []byte, names []string, vals []jsonValue) error {
 	if json.Valid(payload) && !utf8.Valid(payload) {
 		return plugins.Invalid("payload: not valid UTF-8 (JSON text must be UTF-8)")
+	}
+	if esc := loneSurrogate(payload); json.Valid(payload) && esc != "" {
+		return plugins.Invalid("payload: %s is half a UTF-16 surrogate pair, not a character", esc)
 	}
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber()
