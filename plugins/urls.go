@@ -1,9 +1,13 @@
 package plugins
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // SafeURL returns raw without userinfo, query or fragment, for logs and
@@ -53,3 +57,33 @@ func NotURIChar(raw string) int {
 
 // notInURI marks the printable ASCII bytes that a URI may not hold as such.
 var notInURI = [128]bool{'"': true, '<': true, '>': true, '\\': true, '^': true, '`': true, '{': true, '|': true, '}': true}
+
+// ParseHTTPURL parses s as an absolute http or https URI with a host and,
+// when given, a port from 1 to 65535: the rules of callback and webhook URLs
+// (settings) and of a report's file_url. Its errors never repeat s, which
+// may carry credentials.
+func ParseHTTPURL(s string) (*url.URL, error) {
+	if i := NotURIChar(s); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(s[i:])
+		return nil, fmt.Errorf("must be a URI: %q at byte %d must be percent-encoded", r, i)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, errors.New("is not a valid URL")
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, errors.New("must be an absolute http or https URL")
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return nil, errors.New("must have a host")
+	}
+	if strings.HasSuffix(u.Host, ":") {
+		return nil, errors.New("must not have an empty port")
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("port %s is not a port (1 to 65535)", p)
+		}
+	}
+	return u, nil
+}

@@ -12,9 +12,7 @@ import (
 	"io"
 	"net/url"
 	"reflect"
-	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/callbackd/callbackd/plugins"
 	"github.com/callbackd/callbackd/subjects"
@@ -106,27 +104,9 @@ func ValidateURL(s string) error {
 	if len(s) > MaxURLLen {
 		return fmt.Errorf("must be at most %d bytes", MaxURLLen)
 	}
-	if i := plugins.NotURIChar(s); i >= 0 {
-		r, _ := utf8.DecodeRuneInString(s[i:])
-		return fmt.Errorf("must be a URI: %q at byte %d must be percent-encoded", r, i)
-	}
-	u, err := url.Parse(s)
+	u, err := plugins.ParseHTTPURL(s)
 	if err != nil {
-		return errors.New("is not a valid URL")
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return errors.New("must be an absolute http or https URL")
-	}
-	if u.Host == "" || u.Hostname() == "" {
-		return errors.New("must have a host")
-	}
-	if strings.HasSuffix(u.Host, ":") {
-		return errors.New("must not have an empty port")
-	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return fmt.Errorf("port %s is not a port (1 to 65535)", p)
-		}
+		return err
 	}
 	if u.Fragment != "" {
 		return errors.New("must not have a fragment")

@@ -645,13 +645,11 @@ func parseFileURL(v jsonValue) (string, error) {
 	if v.kind != jsonString {
 		return "", plugins.Invalid("file_url: must be an absolute http or https URL, got %s", v.describe())
 	}
-	// url.Parse's own errors repeat the whole URL, so they are not wrapped.
-	u, err := url.Parse(v.text)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
-		return "", plugins.Invalid("file_url: must be an absolute http or https URL, got %s", quoteURL(v.text))
-	}
-	if u.Hostname() == "" {
-		return "", plugins.Invalid("file_url: must have a host, got %s", quoteURL(v.text))
+	if _, err := plugins.ParseHTTPURL(v.text); err != nil {
+		if _, perr := url.Parse(v.text); perr != nil {
+			return "", plugins.Invalid("file_url: %v", err) // nothing to show of it
+		}
+		return "", plugins.Invalid("file_url: %v, got %s", err, quoteURL(v.text))
 	}
 	return v.text, nil
 }
