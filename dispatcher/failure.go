@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -54,7 +55,7 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 						d.attrs(j, slog.Int("index", i), slog.String("err", clipText(err.Error())))...)
 					continue
 				}
-				if !d.queueNotify(ctx, j, i, ob) {
+				if !d.queueNotify(ctx, j, i, ob, sameDestination(ob.Destination, f.SSOWebhook)) {
 					return false
 				}
 			}
@@ -127,8 +128,8 @@ func clipText(s string) string { return plugins.Clip(s, maxLogText) }
 // queueNotify publishes one callback-failed notification to
 // callbacks.notify.<account>.<project>, with a Nats-Msg-Id derived from the
 // failed message, so a crash before the ack gives a de-duplicated copy.
-func (d *Dispatcher) queueNotify(ctx context.Context, j *job, i int, ob plugins.Outbound) bool {
-	data, err := encodeNotify(notifyMsg{Destination: ob.Destination, Notification: ob.Notification})
+func (d *Dispatcher) queueNotify(ctx context.Context, j *job, i int, ob plugins.Outbound, toSSOWebhook bool) bool {
+	data, err := encodeNotify(notifyMsg{Destination: ob.Destination, Notification: ob.Notification, SSOWebhook: toSSOWebhook})
 	if err != nil {
 		d.infraError(ctx, j, "encode notification", err)
 		return false
@@ -145,6 +146,14 @@ func (d *Dispatcher) queueNotify(ctx context.Context, j *job, i int, ob plugins.
 	}
 	d.log.Info("callback-failed notification queued", d.attrs(j, slog.String("to", plugins.SafeURL(ob.Destination.URL)))...)
 	return true
+}
+
+// sameDestination reports whether a failure plugin addressed a notification
+// to the account's SSO client webhook as it was given (sso, nil when the
+// account has none): then every attempt looks the webhook up again. A
+// destination of the plugin's own making is kept as it is.
+func sameDestination(d plugins.Destination, sso *plugins.Destination) bool {
+	return sso != nil && d.URL == sso.URL && slices.Equal(d.Headers, sso.Headers)
 }
 
 // idFieldsFor returns the encoder's resource ID fields, asked once per type.

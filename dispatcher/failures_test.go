@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -255,7 +256,7 @@ func TestDispatcher_failed_callback_failed_is_dead_lettered_and_never_reported(t
 	customer.Respond(codes(500))
 	sso.Respond(codes(500))
 	h.setProject("2", customer.URL)
-	h.setSSO("1", sso.URL)
+	h.setSSO("1", sso.URL+"/hook?sig=q-s3cret", settings.Header{Key: "X-Sso-Key", Value: "h-s3cret"})
 	h.waitDestination("1", "2", customer.URL)
 
 	subj := eventSubject("crawl_status", "1", "2")
@@ -263,6 +264,11 @@ func TestDispatcher_failed_callback_failed_is_dead_lettered_and_never_reported(t
 	got := testutil.WaitStreamMsgs(t, h.js, subjects.DeadStream, 2, waitLong, nil)
 	reasons := map[string]string{}
 	for _, m := range got {
+		// The notice refers to the SSO client's webhook; no secret of its
+		// settings is kept in CALLBACKS or CALLBACKS_DEAD.
+		if strings.Contains(string(m.Data), "s3cret") {
+			t.Errorf("dead letter %s holds a secret of the settings: %s", m.Subject, m.Data)
+		}
 		reasons[m.Header.Get(subjects.HeaderReason)] = m.Subject
 		if id := m.Header.Get(subjects.HeaderDeliveryID); id != idFromMsgID("loop-1") {
 			t.Errorf("dead letter %s with delivery id %q", m.Subject, id)
@@ -281,6 +287,68 @@ func TestDispatcher_failed_callback_failed_is_dead_lettered_and_never_reported(t
 	if n := len(h.dead()); n != 2 {
 		t.Errorf("%d dead letters, want 2", n)
 	}
+}
+
+// A callback-failed notice goes to the account's SSO client webhook as it
+// is at each attempt (SPEC §4: a change is in effect within 1 s): a fixed
+// URL or a rotated credential applies to the notice's retries, and a
+// client removed meanwhile ends it as no_destination.
+func TestDispatcher_callback_failed_notice_follows_the_SSO_client_settings(t *testing.T) {
+	t.Run("changed", func(t *testing.T) {
+		h := newHarness(t, harnessOptions{MaxAttempts: 20, Backoff: []time.Duration{100 * time.Millisecond}, Failure: true})
+		customer, oldSSO, newSSO := testutil.NewSink(t), testutil.NewSink(t), testutil.NewSink(t)
+		customer.Respond(codes(404))
+		oldSSO.Respond(codes(503))
+		h.setProject("2", customer.URL)
+		h.setSSO("1", oldSSO.URL, settings.Header{Key: "X-Key", Value: "old"})
+		h.waitDestination("1", "2", customer.URL)
+
+		h.publish(eventSubject("crawl_status", "1", "2"), crawl(4), "rotate-1")
+		oldSSO.WaitFor(t, 1, waitLong)
+		h.setSSO("1", newSSO.URL, settings.Header{Key: "X-Key", Value: "new"})
+		r := newSSO.WaitFor(t, 1, waitLong)[0]
+		if got := r.Header.Values("X-Key"); !slices.Equal(got, []string{"new"}) {
+			t.Errorf("notice sent with X-Key %q, want the client's current [new]", got)
+		}
+		if !strings.Contains(r.Body, "delivery_id="+idFromMsgID("rotate-1")) {
+			t.Errorf("notice body %s", r.Body)
+		}
+		h.waitEventsEmpty()
+		testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
+		if dl := h.dead(); len(dl) != 1 || dl[0].Header.Get(subjects.HeaderReason) != dispatcher.ReasonDeliveryFailed {
+			t.Errorf("dead letters %d, want only the event's", len(dl))
+		}
+	})
+	t.Run("removed", func(t *testing.T) {
+		h := newHarness(t, harnessOptions{MaxAttempts: 20, Backoff: []time.Duration{100 * time.Millisecond}, Failure: true})
+		customer, sso := testutil.NewSink(t), testutil.NewSink(t)
+		customer.Respond(codes(404))
+		sso.Respond(codes(503))
+		h.setProject("2", customer.URL)
+		h.setSSO("1", sso.URL)
+		h.waitDestination("1", "2", customer.URL)
+
+		h.publish(eventSubject("crawl_status", "1", "2"), crawl(5), "removed-1")
+		sso.WaitFor(t, 1, waitLong)
+		if _, err := h.store.UpdateAccount(h.ctx, "1", func(a *settings.Account) error { a.SSOClientID = nil; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		testutil.CheckFor(t, waitLong, 10*time.Millisecond, func() error {
+			if h.view.SSOWebhook("1") != nil {
+				return errString("SSO client still in the view")
+			}
+			return nil
+		})
+		h.waitEventsEmpty()
+		testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
+		if dl := h.dead(); len(dl) != 1 || dl[0].Header.Get(subjects.HeaderReason) != dispatcher.ReasonDeliveryFailed {
+			t.Errorf("dead letters %d, want only the event's (the notice ends as no_destination)", len(dl))
+		}
+		n := len(sso.Requests())
+		if n >= 20 {
+			t.Errorf("SSO webhook got %d requests: the notice kept its old destination", n)
+		}
+	})
 }
 
 func TestDispatcher_refused_destination_is_final(t *testing.T) {

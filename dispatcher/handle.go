@@ -163,6 +163,17 @@ func (d *Dispatcher) prepare(ctx context.Context, j *job) bool {
 			return false
 		}
 		j.notification, j.dest = n.Notification, n.Destination
+		if n.SSOWebhook {
+			sso := d.view.SSOWebhook(j.key.AccountID)
+			if sso == nil {
+				d.log.Info("no SSO client webhook for the account any more; callback-failed notification not sent",
+					d.attrs(j, slog.String("outcome", deliverylog.OutcomeNoDestination))...)
+				d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeNoDestination})
+				d.ack(j)
+				return false
+			}
+			j.dest = *sso
+		}
 		return true
 	}
 	enc, ok := d.o.Encoders[j.key.Type]

@@ -14,12 +14,19 @@ import (
 type notifyMsg struct {
 	Destination  plugins.Destination
 	Notification plugins.Notification
+	// SSOWebhook means the destination is the account's SSO client
+	// webhook, looked up again at every attempt (a rotated credential or a
+	// fixed URL is in effect for retries and replays too); Destination
+	// then holds the URL for the record only, without userinfo, query or
+	// headers, so no secret of the settings sits in a stream.
+	SSOWebhook bool
 }
 
 type notifyWire struct {
-	URL     string       `json:"url"`
-	Headers []headerWire `json:"headers,omitempty"`
-	Fields  []fieldWire  `json:"fields"`
+	URL        string       `json:"url"`
+	SSOWebhook bool         `json:"sso_webhook,omitempty"`
+	Headers    []headerWire `json:"headers,omitempty"`
+	Fields     []fieldWire  `json:"fields"`
 }
 
 type headerWire struct {
@@ -39,8 +46,12 @@ var kindNames = map[plugins.Kind]string{
 
 func encodeNotify(n notifyMsg) ([]byte, error) {
 	w := notifyWire{URL: n.Destination.URL}
-	for _, h := range n.Destination.Headers {
-		w.Headers = append(w.Headers, headerWire(h))
+	if n.SSOWebhook {
+		w.URL, w.SSOWebhook = plugins.SafeURL(n.Destination.URL), true
+	} else {
+		for _, h := range n.Destination.Headers {
+			w.Headers = append(w.Headers, headerWire(h))
+		}
 	}
 	for _, f := range n.Notification.Fields {
 		k, ok := kindNames[f.Value.Kind]
@@ -60,7 +71,7 @@ func decodeNotify(data []byte) (notifyMsg, error) {
 	if w.URL == "" {
 		return notifyMsg{}, errors.New("notification: no url")
 	}
-	n := notifyMsg{Destination: plugins.Destination{URL: w.URL}}
+	n := notifyMsg{Destination: plugins.Destination{URL: w.URL}, SSOWebhook: w.SSOWebhook}
 	for _, h := range w.Headers {
 		n.Destination.Headers = append(n.Destination.Headers, plugins.Header(h))
 	}
