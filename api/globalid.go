@@ -40,7 +40,8 @@ func ParseID(typ, s string) (string, error) {
 		enc = base64.StdEncoding.Strict() // padded: the padding must be right
 	}
 	raw, err := enc.DecodeString(s)
-	if err != nil || !strings.HasPrefix(string(raw), globalIDPrefix) {
+	// The decoder skips CR and LF: one spelling per ID refuses them.
+	if err != nil || strings.ContainsAny(s, "\r\n") || !strings.HasPrefix(string(raw), globalIDPrefix) {
 		return "", fmt.Errorf("%w: %s is neither a global ID nor a plain number", ErrBadID, quoteShort(s))
 	}
 	rest := string(raw[len(globalIDPrefix):])

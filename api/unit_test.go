@@ -34,6 +34,9 @@ func TestGlobalID(t *testing.T) {
 		{"Project", "TjAwNlByb2plY3QxMjM==", "", false},
 		{"Project", "%%%", "", false},
 		{"Project", "TjAwNlByb2plY3QxMj", "", false}, // "N006Project12" in non-canonical base64 (trailing bits set)
+		{"Project", "TjAwNlByb2plY3Qx\nMjM", "", false}, // base64 decoders skip CR and LF
+		{"Project", "TjAwNlByb2plY3QxMjM\r\n", "", false},
+		{"Project", "TjAwNlByb2plY3QxMjM=\n", "", false},
 	} {
 		got, err := api.ParseID(c.typ, c.in)
 		if c.ok != (err == nil) || got != c.want {

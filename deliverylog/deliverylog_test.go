@@ -295,7 +295,7 @@ func TestReader_rejects_bad_filters(t *testing.T) {
 	if p, err := r.Query(ctx, deliverylog.Filter{After: "0"}); err != nil || len(p.Records) != 0 || p.HasNext {
 		t.Errorf("After 0: %+v, %v", p, err)
 	}
-	for _, c := range []string{"x", "-1", "1.5"} {
+	for _, c := range []string{"x", "-1", "1.5", "05", "+5", " 5", "00"} {
 		if _, err := r.Query(ctx, deliverylog.Filter{After: c}); !errors.Is(err, deliverylog.ErrBadCursor) {
 			t.Errorf("After %q: %v, want ErrBadCursor", c, err)
 		}

@@ -124,7 +124,7 @@ func (f Filter) Validate() error {
 // position before the first record.
 func ParseCursor(c string) (uint64, error) {
 	seq, err := strconv.ParseUint(c, 10, 64)
-	if err != nil {
+	if err != nil || strconv.FormatUint(seq, 10) != c { // one spelling: no "05", no "+5"
 		return 0, fmt.Errorf("%w: %q", ErrBadCursor, c)
 	}
 	return seq, nil
