@@ -51,6 +51,78 @@ func TestGraphQL_request_limits(t *testing.T) {
 			t.Fatalf("HTTP %d %s", code, b)
 		}
 	})
+	t.Run("body of the wrong shape", func(t *testing.T) {
+		// gqlgen's own error repeats the body, header values included.
+		const q = `"mutation { updateProject(input: {projectId: \"1\", apiCallbackHeaders: [{key: \"X-Token\", value: \"s3cret\"}]}) { project { id } } }"`
+		for _, tc := range []struct{ body, want string }{
+			{`{"query":` + q + `,"variables":[]}`, `request body: "variables" must be a JSON object (or null), got an array`},
+			{`{"query":` + q + `,"extensions":"x"}`, `request body: "extensions" must be a JSON object (or null), got a string`},
+			{`{"query":` + q + `,"operationName":5}`, `request body: "operationName" must be a string, got a number`},
+			{`{"query":5,"x":` + q + `}`, `request body: "query" must be a string, got a number`},
+			{`[{"query":` + q + `}]`, `request body must be a JSON object with a "query", got an array`},
+			{q, `request body must be a JSON object with a "query", got a string`},
+			{`{"variables":{"v":` + q + `}}`, `request body has no "query"`},
+		} {
+			code, b := h.post("/graphql", "application/json", []byte(tc.body))
+			var r gqlResponse
+			if code != http.StatusBadRequest || json.Unmarshal(b, &r) != nil || len(r.Errors) != 1 ||
+				r.Errors[0].Message != tc.want || r.Errors[0].Extensions["code"] != "BAD_REQUEST" || strings.Contains(string(b), "s3cret") {
+				t.Errorf("%.60s: HTTP %d %s, want 400 %q", tc.body, code, b, tc.want)
+			}
+		}
+		if r := h.gql(`{ __typename }`, nil); len(r.Errors) != 0 {
+			t.Errorf("a plain query: %+v", r.Errors)
+		}
+		if code, b := h.post("/graphql", "application/json", []byte(`{"query":"{ __typename }","variables":null,"operationName":null,"extensions":null}`)); code != http.StatusOK {
+			t.Errorf("nulls: HTTP %d %s", code, b)
+		}
+	})
+	t.Run("too many tokens", func(t *testing.T) {
+		q := "{" + strings.Repeat(" a: __typename", api.DefaultTokenLimit/3+1) + "}"
+		r := h.gql(q, nil)
+		if len(r.Errors) != 1 || !strings.Contains(r.Errors[0].Message, fmt.Sprintf("exceeded token limit of %d", api.DefaultTokenLimit)) {
+			t.Fatalf("errors %+v", r.Errors)
+		}
+	})
+	t.Run("fragments that expand to millions of fields", func(t *testing.T) {
+		// 60 fragments, each spreading the next twice: 2^60 fields
+		// expanded, in 2 KB. Without the check the complexity walk
+		// would not end.
+		var sb strings.Builder
+		sb.WriteString("query { ...F0 } ")
+		for i := range 60 {
+			fmt.Fprintf(&sb, "fragment F%d on Query { ...F%d ...F%d } ", i, i+1, i+1)
+		}
+		sb.WriteString("fragment F60 on Query { __typename }")
+		r := h.gql(sb.String(), nil)
+		if len(r.Errors) != 1 || r.Errors[0].Extensions["code"] != "COMPLEXITY_LIMIT_EXCEEDED" ||
+			!strings.Contains(r.Errors[0].Message, "once its fragments are expanded") {
+			t.Fatalf("errors %+v", r.Errors)
+		}
+		// Twelve levels (4096 fields) stay within the limit.
+		sb.Reset()
+		sb.WriteString("query { ...F0 } ")
+		for i := range 12 {
+			fmt.Fprintf(&sb, "fragment F%d on Query { ...F%d ...F%d } ", i, i+1, i+1)
+		}
+		sb.WriteString("fragment F12 on Query { __typename }")
+		if r := h.gql(sb.String(), nil); len(r.Errors) != 0 {
+			t.Fatalf("errors %+v", r.Errors)
+		}
+	})
+	t.Run("too many test callbacks", func(t *testing.T) {
+		var sb strings.Builder
+		sb.WriteString("mutation { ")
+		for i := range api.MaxTestCallbacks - 1 {
+			fmt.Fprintf(&sb, `t%d: sendTestCallback(projectId: "1") { status } `, i)
+		}
+		sb.WriteString(`... on Mutation { a: sendTestCallback(projectId: "1") { status } } ...M } fragment M on Mutation { b: sendTestCallback(projectId: "1") { status } }`)
+		r := h.gql(sb.String(), nil)
+		want := fmt.Sprintf("operation selects sendTestCallback %d times, at most %d are allowed in one request", api.MaxTestCallbacks+1, api.MaxTestCallbacks)
+		if len(r.Errors) != 1 || r.Errors[0].Message != want || r.Errors[0].Extensions["code"] != "FIELD_LIMIT_EXCEEDED" {
+			t.Fatalf("errors %+v, want %q", r.Errors, want)
+		}
+	})
 	t.Run("syntax error", func(t *testing.T) {
 		if r := h.gql(`{ project(id: "1") { id `, nil); len(r.Errors) == 0 {
 			t.Fatal("no error")

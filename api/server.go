@@ -38,6 +38,23 @@ const (
 	// counts of a replay that ran out of time, always reaches the client
 	// (api/README.md, "Limits"); running the mutation again goes on.
 	DefaultReplayTimeout = 40 * time.Second
+	// DefaultTestCallbackDeadline is when, after the request's headers,
+	// the test callbacks of a request must be done: the admin server's
+	// default write timeout (60 s) less 5 s for the answer.
+	DefaultTestCallbackDeadline = 55 * time.Second
+	// DefaultTokenLimit caps the tokens of a GraphQL document (the
+	// introspection query has ~200). Checking a document costs up to the
+	// square of its fields and fragments, so this is what keeps one
+	// request's cost small: 20,000 aliases took ~30 s and 20,000 chained
+	// fragments 11 GB without it.
+	DefaultTokenLimit = 5000
+	// MaxTestCallbacks caps the sendTestCallback fields of one operation:
+	// each can take delivery.timeout.
+	MaxTestCallbacks = 5
+	// maxCachedQuery is the longest query text whose parsed document is
+	// cached (the admin API's are a few hundred bytes): the cache holds
+	// 1000 documents, and a megabyte each would be a gigabyte.
+	maxCachedQuery = 16 << 10
 )
 
 // Options configure a Server. Store and Token are required; every other
@@ -87,6 +104,15 @@ type Options struct {
 	// error. Keep it shorter than WriteTimeout, with room for the letter
 	// in hand and the answer.
 	ReplayTimeout time.Duration
+	// TestCallbackDeadline is when, after the request's headers, the
+	// request's test callbacks must be done (0 →
+	// DefaultTestCallbackDeadline): one running then is cut off, and later
+	// ones are not sent (TIME_LIMIT_EXCEEDED). Keep it shorter than the
+	// write timeout, with room for the answer.
+	TestCallbackDeadline time.Duration
+	// TokenLimit caps the tokens of a GraphQL document (0 →
+	// DefaultTokenLimit).
+	TokenLimit int
 }
 
 // Server is the admin API's http.Handler.
@@ -102,6 +128,7 @@ type Server struct {
 	log        *slog.Logger
 	maxBody    int64
 	replayTime time.Duration
+	testTime   time.Duration
 	token      [32]byte
 	mux        *http.ServeMux
 }
@@ -135,6 +162,12 @@ func New(o Options) (*Server, error) {
 	if o.ReplayTimeout <= 0 {
 		o.ReplayTimeout = DefaultReplayTimeout
 	}
+	if o.TestCallbackDeadline <= 0 {
+		o.TestCallbackDeadline = DefaultTestCallbackDeadline
+	}
+	if o.TokenLimit <= 0 {
+		o.TokenLimit = DefaultTokenLimit
+	}
 	s := &Server{
 		store:      o.Store,
 		guard:      o.Guard,
@@ -147,11 +180,12 @@ func New(o Options) (*Server, error) {
 		log:        o.Logger,
 		maxBody:    o.MaxBodyBytes,
 		replayTime: o.ReplayTimeout,
+		testTime:   o.TestCallbackDeadline,
 		token:      tokenDigest(o.Token),
 		mux:        http.NewServeMux(),
 	}
 
-	s.mux.Handle("/graphql", s.graphQLHandler(o.ComplexityLimit, o.MaxDepth))
+	s.mux.Handle("/graphql", s.graphQLHandler(o.ComplexityLimit, o.MaxDepth, o.TokenLimit))
 	s.mux.HandleFunc("/readyz", s.handleReadyz)
 	s.mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{
 		ErrorLog:      slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
@@ -183,9 +217,10 @@ func (s *Server) authorized(r *http.Request) bool {
 	return tokenMatches(s.token, strings.TrimSpace(tok))
 }
 
-// graphQLHandler is POST /graphql: a JSON body of at most maxBody bytes,
-// complexity- and depth-limited.
-func (s *Server) graphQLHandler(complexityLimit, maxDepth int) http.Handler {
+// graphQLHandler is POST /graphql: a JSON body of at most maxBody bytes
+// holding a GraphQL request, its document limited in tokens, complexity,
+// depth and test callbacks.
+func (s *Server) graphQLHandler(complexityLimit, maxDepth, tokenLimit int) http.Handler {
 	cfg := gql.Config{Resolvers: &resolver{s: s}}
 	cfg.Complexity.Query.Deliveries = func(child int, _, _ *string, _ *gql.DeliveryStatus, first *int, _ *string) int {
 		n := 50
@@ -196,10 +231,13 @@ func (s *Server) graphQLHandler(complexityLimit, maxDepth int) http.Handler {
 	}
 	h := handler.New(gql.NewExecutableSchema(cfg))
 	h.AddTransport(transport.POST{})
-	h.SetQueryCache(lru.New[*ast.QueryDocument](1000))
+	h.SetQueryCache(shortQueries{lru.New[*ast.QueryDocument](1000)})
+	h.SetParserTokenLimit(tokenLimit)
 	h.Use(extension.Introspection{})
+	h.Use(sizeLimit{max: complexityLimit}) // before the walks of the expanded operation
 	h.Use(extension.FixedComplexityLimit(complexityLimit))
 	h.Use(depthLimit{max: maxDepth})
+	h.Use(fieldLimit{field: "sendTestCallback", max: MaxTestCallbacks})
 	h.SetErrorPresenter(s.presentError)
 	h.SetRecoverFunc(func(_ context.Context, p any) error {
 		s.log.Error("api: resolver panicked", "panic", p)
@@ -226,10 +264,14 @@ func (s *Server) graphQLHandler(complexityLimit, maxDepth int) http.Handler {
 			http.Error(w, "Content-Type must be application/json", http.StatusUnsupportedMediaType)
 			return
 		}
+		// gqlgen's own errors would repeat the whole body, header values
+		// included: say what is wrong instead.
 		if !json.Valid(body) {
-			// gqlgen's own error would repeat the whole body, header
-			// values included: say where it breaks instead.
 			badJSON(w, body)
+			return
+		}
+		if msg := badParams(body); msg != "" {
+			badRequest(w, msg)
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
@@ -247,6 +289,58 @@ func badJSON(w http.ResponseWriter, body []byte) {
 	} else if len(bytes.TrimSpace(body)) == 0 {
 		msg = "request body is empty, want a GraphQL request in JSON"
 	}
+	badRequest(w, msg)
+}
+
+// badParams says what is wrong with a JSON body that is not a GraphQL
+// request (an object whose query and operationName are strings, and whose
+// variables and extensions are objects), "" when nothing is.
+func badParams(body []byte) string {
+	var p struct {
+		Query         *string        `json:"query"`
+		OperationName *string        `json:"operationName"`
+		Variables     map[string]any `json:"variables"`
+		Extensions    map[string]any `json:"extensions"`
+	}
+	err := json.Unmarshal(body, &p)
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &te) && te.Field == "":
+		return "request body must be a JSON object with a \"query\", got " + jsonKind(te.Value)
+	case errors.As(err, &te):
+		want := "a string"
+		if te.Field == "variables" || te.Field == "extensions" {
+			want = "a JSON object (or null)"
+		}
+		return fmt.Sprintf("request body: %q must be %s, got %s", te.Field, want, jsonKind(te.Value))
+	case err != nil:
+		return "request body is not a GraphQL request"
+	case p.Query == nil || *p.Query == "":
+		return "request body has no \"query\""
+	}
+	return ""
+}
+
+// jsonKind names the kind of JSON value json.UnmarshalTypeError.Value
+// describes.
+func jsonKind(v string) string {
+	switch {
+	case v == "number" || strings.HasPrefix(v, "number "):
+		return "a number"
+	case v == "string":
+		return "a string"
+	case v == "bool":
+		return "a boolean"
+	case v == "array":
+		return "an array"
+	case v == "object":
+		return "an object"
+	}
+	return v
+}
+
+// badRequest answers 400 with one GraphQL error of code BAD_REQUEST.
+func badRequest(w http.ResponseWriter, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusBadRequest)
 	_ = json.NewEncoder(w).Encode(map[string]any{
@@ -285,4 +379,15 @@ func requestStart(ctx context.Context) time.Time {
 func methodNotAllowed(w http.ResponseWriter, allow string) {
 	w.Header().Set("Allow", allow)
 	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+}
+
+// shortQueries caches the parsed documents of short queries only.
+type shortQueries struct {
+	graphql.Cache[*ast.QueryDocument]
+}
+
+func (c shortQueries) Add(ctx context.Context, query string, doc *ast.QueryDocument) {
+	if len(query) <= maxCachedQuery {
+		c.Cache.Add(ctx, query, doc)
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vektah/gqlparser/v2/gqlerror"
+
 	"github.com/callbackd/callbackd/api/internal/gql"
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/plugins"
@@ -67,7 +69,19 @@ func (m mutationResolver) SendTestCallback(ctx context.Context, projectID string
 		{Name: "account_id", Value: numberOrEmpty(aid)},
 		{Name: "sent_at", Value: plugins.String(rec.StartedAt.Format(time.RFC3339))},
 	}}
-	res, err := m.s.transport.Deliver(ctx, plugins.Delivery{DeliveryID: id, Destination: dest, Notification: n})
+	// The request's answer must go out before the server's write timeout,
+	// however many test callbacks it holds: each is cut off at the
+	// request's deadline.
+	deadline := requestStart(ctx).Add(m.s.testTime)
+	if time.Until(deadline) <= 0 {
+		return nil, timeLimit(fmt.Sprintf("test callback not sent: the request reached its time limit for test callbacks (%s); send it in a request of its own", m.s.testTime))
+	}
+	tctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	res, err := m.s.transport.Deliver(tctx, plugins.Delivery{DeliveryID: id, Destination: dest, Notification: n})
+	if err != nil && ctx.Err() == nil && tctx.Err() != nil {
+		return nil, timeLimit(fmt.Sprintf("test callback cut off at the request's time limit for test callbacks (%s); it may have reached the endpoint", m.s.testTime))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("send test callback: %w", err)
 	}
@@ -82,6 +96,12 @@ func (m mutationResolver) SendTestCallback(ctx context.Context, projectID string
 	rec.ResponseExcerpt = res.ResponseExcerpt
 	rec.At = time.Now().UTC()
 	return m.s.recordTest(ctx, rec), nil
+}
+
+// timeLimit is the error of a test callback that the request's deadline
+// stopped.
+func timeLimit(msg string) error {
+	return &gqlerror.Error{Message: msg, Extensions: map[string]any{"code": "TIME_LIMIT_EXCEEDED"}}
 }
 
 // recordTest stores a test callback's record in the delivery log, so that

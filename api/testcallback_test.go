@@ -2,9 +2,11 @@ package api_test
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,5 +139,41 @@ func TestSendTestCallback_bad_ids_and_no_transport(t *testing.T) {
 	r = h.gql(sendTest, map[string]any{"p": "1"})
 	if len(r.Errors) != 1 || r.Errors[0].Extensions["code"] != "UNAVAILABLE" {
 		t.Fatalf("errors %+v", r.Errors)
+	}
+}
+
+// A request's test callbacks end by its deadline, so the answer goes out
+// before the server's write timeout however many the request holds.
+func TestSendTestCallback_stops_at_the_request_deadline(t *testing.T) {
+	h := newHarness(t, func(o *api.Options) {
+		o.Guard = allowPrivateGuard()
+		o.TestCallbackDeadline = time.Second
+	})
+	release := make(chan struct{})
+	var hits atomic.Int64
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(release) })
+	h.ok(`mutation($in: UpdateProjectInput!) { updateProject(input: $in) { project { id } } }`, map[string]any{"in": map[string]any{
+		"projectId": "7", "apiCallbackUrl": slow.URL + "/slow",
+	}}, nil)
+
+	r := h.gql(`mutation { a: sendTestCallback(projectId: "7") { status } b: sendTestCallback(projectId: "7") { status } }`, nil)
+	if len(r.Errors) != 2 {
+		t.Fatalf("errors %+v, want one per test callback", r.Errors)
+	}
+	for i, want := range []string{"test callback cut off at the request's time limit for test callbacks (1s)", "test callback not sent: the request reached its time limit"} {
+		if e := r.Errors[i]; !strings.HasPrefix(e.Message, want) || e.Extensions["code"] != "TIME_LIMIT_EXCEEDED" {
+			t.Errorf("error %d: %+v, want %q", i, e, want)
+		}
+	}
+	if n := hits.Load(); n != 1 {
+		t.Errorf("endpoint got %d requests, want 1 (the second was not sent)", n)
 	}
 }

@@ -33,7 +33,7 @@ func TestGlobalID(t *testing.T) {
 		{"Project", api.GlobalID("Project", "12a"), "", false},
 		{"Project", "TjAwNlByb2plY3QxMjM==", "", false},
 		{"Project", "%%%", "", false},
-		{"Project", "TjAwNlByb2plY3QxMj", "", false}, // "N006Project12" in non-canonical base64 (trailing bits set)
+		{"Project", "TjAwNlByb2plY3QxMj", "", false},    // "N006Project12" in non-canonical base64 (trailing bits set)
 		{"Project", "TjAwNlByb2plY3Qx\nMjM", "", false}, // base64 decoders skip CR and LF
 		{"Project", "TjAwNlByb2plY3QxMjM\r\n", "", false},
 		{"Project", "TjAwNlByb2plY3QxMjM=\n", "", false},

@@ -42,6 +42,29 @@ type Header struct {
 	Value string `json:"value"`
 }
 
+// UnmarshalJSON reads a stored header: both "key" and "value" are strings
+// (encoding/json alone would take a missing or null value for "", which
+// the API refuses).
+func (h *Header) UnmarshalJSON(data []byte) error {
+	var w struct {
+		Key   *string `json:"key"`
+		Value *string `json:"value"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return err
+	}
+	switch {
+	case w.Key == nil:
+		return errors.New(`a header needs a "key" (a string)`)
+	case w.Value == nil:
+		return fmt.Errorf(`header %q needs a "value" (a string; null is not one)`, *w.Key)
+	}
+	h.Key, h.Value = *w.Key, *w.Value
+	return nil
+}
+
 // Project is a project's callback settings. A nil URL means "not set".
 type Project struct {
 	APICallbackURL     *string  `json:"apiCallbackUrl,omitempty"`

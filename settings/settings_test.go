@@ -87,6 +87,12 @@ func TestParseStrict(t *testing.T) {
 		{`{"apiCallbackUrl": "https://a.b/", "apiCallbackUrl": "https://c.d/"}`, `field "apiCallbackUrl" is given twice`},
 		{`{"apiCallbackHeaders": [{"key": "X-A", "value": "1", "value": "2"}]}`, `field "value" is given twice`},
 		{`{"key": "X-A"}`, `unknown field "key"`},
+		{`{"apiCallbackHeaders": [{"key": "X-A", "value": null}]}`, `header "X-A" needs a "value" (a string; null is not one)`},
+		{`{"apiCallbackHeaders": [{"key": "X-A"}]}`, `header "X-A" needs a "value"`},
+		{`{"apiCallbackHeaders": [{"value": "1"}]}`, `a header needs a "key"`},
+		{`{"apiCallbackHeaders": [{"key": null, "value": "1"}]}`, `a header needs a "key"`},
+		{`{"apiCallbackHeaders": [{"key": "X-A", "value": "1", "x": 1}]}`, `unknown field "x"`},
+		{`{"apiCallbackHeaders": [null]}`, `a header needs a "key"`},
 	} {
 		_, err := ParseProject([]byte(tc.in))
 		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {

@@ -181,6 +181,8 @@ func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps ap
 		Metrics:       deps.Metrics,
 		Logger:        log,
 		ReplayTimeout: limits.Replay,
+		// A request's test callbacks end in time for the answer.
+		TestCallbackDeadline: limits.Write - adminAnswerMargin,
 	})
 	if err != nil {
 		return nil, err
