@@ -34,6 +34,10 @@ func startNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*nats
 		err error
 	)
 	if cfg.NATS.Embedded {
+		if cfg.NATS.URL != "" {
+			log.Warn("nats.url is set but nats.embedded is true: serve runs its own NATS server and does not connect to nats.url; set nats.embedded: false to use it",
+				"url", redactURLs(cfg.NATS.URL))
+		}
 		srv, err = embedded.Start(ctx, embeddedOptions(cfg, log))
 		if err != nil {
 			return nil, nil, err

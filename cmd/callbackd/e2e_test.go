@@ -340,6 +340,33 @@ func TestServe_exits_zero_on_SIGTERM_while_waiting_for_NATS(t *testing.T) {
 	}
 }
 
+// An operator who sets nats.url but leaves nats.embedded on is told that
+// the URL is not used (serve runs its own server).
+func TestServe_warns_that_nats_url_is_unused_with_the_embedded_server(t *testing.T) {
+	skipShort(t)
+	bin := testutil.BuildBinary(t)
+	cfg := writeConfig(t, testutil.FreeAddr(t), testutil.FreeAddr(t), "")
+	p := testutil.StartBinary(t, bin, "serve", "--config", cfg, "--nats.url=nats://user:pw@nats.example:4222")
+	testutil.CheckFor(t, startWait, 50*time.Millisecond, func() error {
+		if p.Exited() {
+			t.Fatalf("serve exited with %d\n%s", p.ExitCode(), p.Stderr())
+		}
+		if !strings.Contains(p.Stderr(), "nats.url is set but nats.embedded is true") {
+			return fmt.Errorf("no warning yet")
+		}
+		return nil
+	})
+	if strings.Contains(p.Stderr(), "pw@") {
+		t.Errorf("the URL's password is logged:\n%s", p.Stderr())
+	}
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.Wait(t, startWait); code != 0 {
+		t.Fatalf("serve exited with %d after SIGTERM\n%s", code, p.Stderr())
+	}
+}
+
 // A start-up failure after the settings view has started (the admin port
 // in use) ends serve at once with one line that names the key, instead of
 // hanging until a signal.
