@@ -83,17 +83,48 @@ func newPuller(js jetstream.JetStream, c jetstream.Consumer, batch int, expires 
 // for four batches covers a server slow to see a request end.
 func pullRoom(batch int) int { return max(4*batch, 64) }
 
-// close unsubscribes and gives each message delivered but not handed
-// out to handBack, so that it need not wait for its ack wait.
+// closeWait bounds how long close waits for the server to confirm that it
+// has stopped sending to the puller's inbox.
+const closeWait = 2 * time.Second
+
+// close unsubscribes and gives each message delivered but not handed out
+// to handBack, so that it need not wait for its ack wait. A request may be
+// outstanding (a shutdown does not wait for it to end), and the server may
+// have sent it messages that have not arrived yet: a plain unsubscribe
+// would drop those, and each would hold a slot of the consumer's pending
+// limit until its ack wait. So the subscription is drained — the server
+// stops sending once it has the unsubscribe, and a flush round trip later
+// everything it sent before is in the channel — and only then closed.
 func (p *puller) close(handBack func(jetstream.Msg)) {
-	_ = p.sub.Unsubscribe()
 	p.timer.Stop()
+	give := func(m *nats.Msg) {
+		if status, _ := pullStatus(m); status == "" {
+			handBack(newPullMsg(p.nc, m))
+		}
+	}
+	closed := p.sub.StatusChanged(nats.SubscriptionClosed)
+	if err := p.sub.Drain(); err != nil {
+		_ = p.sub.Unsubscribe() // the connection is closed: nothing more will come
+	} else {
+		t := time.NewTimer(closeWait)
+	wait:
+		for {
+			select {
+			case m := <-p.msgs:
+				give(m)
+			case <-closed:
+				break wait
+			case <-t.C:
+				_ = p.sub.Unsubscribe()
+				break wait
+			}
+		}
+		t.Stop()
+	}
 	for {
 		select {
 		case m := <-p.msgs:
-			if status, _ := pullStatus(m); status == "" {
-				handBack(newPullMsg(p.nc, m))
-			}
+			give(m)
 		default:
 			return
 		}

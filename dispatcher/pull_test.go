@@ -315,6 +315,56 @@ func TestPuller_close_hands_back_what_was_delivered_but_not_handed_out(t *testin
 	}
 }
 
+// Messages the server sent a request that was still outstanding when the
+// puller closed (a shutdown) are handed back too, even those still on
+// their way: none is left pending until its ack wait.
+func TestPuller_close_leaves_nothing_pending(t *testing.T) {
+	js, c := pullFixture(t, 0, jetstream.ConsumerConfig{AckWait: time.Minute})
+	for round := range 5 {
+		p, err := newPuller(js.JS, c, 64, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// An outstanding request, and messages arriving for it while the
+		// puller closes.
+		if err := p.nc.PublishRequest(p.next, p.prefix+"0", p.req); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		const n = 20
+		for i := range n {
+			if _, err := js.JS.PublishAsync(fmt.Sprintf("p.%d.%d", round, i), []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		back := 0
+		p.close(func(m jetstream.Msg) { back++; _ = m.NakWithDelay(time.Millisecond) })
+		select {
+		case <-js.JS.PublishAsyncComplete():
+		case <-time.After(10 * time.Second):
+			t.Fatal("publishes not acknowledged")
+		}
+		// Every message can be had again well before its ack wait.
+		got := 0
+		deadline := time.Now().Add(5 * time.Second)
+		for got < n && time.Now().Before(deadline) {
+			b, err := c.Fetch(n, jetstream.FetchMaxWait(500*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for m := range b.Messages() {
+				got++
+				_ = m.Ack()
+			}
+		}
+		if got != n {
+			t.Fatalf("round %d: %d of %d messages available after close (%d handed back); the rest wait for the ack wait", round, got, n, back)
+		}
+	}
+}
+
 // A message of the stream that looks like a server status — no payload, a
 // Status header — is handed out like any other: only the server's own
 // status messages, which come without a reply subject, end a request.
