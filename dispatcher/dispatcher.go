@@ -19,6 +19,7 @@ import (
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/internal/gopool"
 	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/subjects"
 )
 
 // Resolver is what the dispatcher needs of the settings view.
@@ -78,6 +79,9 @@ type Options struct {
 	Observer Observer
 	// Recorder receives the delivery log; nil for none. It must not block.
 	Recorder Recorder
+	// StreamCheck is how often the dispatcher checks that callbackd's
+	// streams are there, to make a deleted one again (0 → 5 s).
+	StreamCheck time.Duration
 }
 
 // Recorder writes delivery-log records without blocking (deliverylog.Writer).
@@ -121,6 +125,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 1024
+	}
+	if o.StreamCheck <= 0 {
+		o.StreamCheck = 5 * time.Second
 	}
 }
 
@@ -238,6 +245,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	errs := make(chan error, 2)
 	go func() { errs <- d.consume(ctx, d.top.Dispatcher, "dispatcher") }()
 	go func() { errs <- d.consume(ctx, d.top.Retrier, "retrier") }()
+	d.wg.Go(func() { d.keepStreams(ctx) })
 	err := errors.Join(<-errs, <-errs)
 	return err
 }
@@ -410,15 +418,80 @@ func (d *Dispatcher) restoreIfGone(ctx context.Context, c jetstream.Consumer, na
 	case <-ctx.Done():
 		return false
 	}
-	top, err := d.top.again(ctx)
-	if err != nil {
+	if err := d.remake(ctx); err != nil {
 		d.log.Error("consumer is gone and could not be made again", "consumer", name, "stream", info.Stream, "err", err)
 		return false
 	}
-	d.eventsCreated.Store(top.EventsCreated.Unix())
 	d.log.Warn("consumer was gone (deleted from outside?); made it again, with any missing stream, as at start",
 		"consumer", name, "stream", info.Stream)
 	return true
+}
+
+// remake runs EnsureStreams again. Call it with restoreMu held.
+func (d *Dispatcher) remake(ctx context.Context) error {
+	top, err := d.top.again(ctx)
+	if err != nil {
+		return err
+	}
+	d.eventsCreated.Store(top.EventsCreated.Unix())
+	return nil
+}
+
+// keepStreams makes callbackd's streams again, as at start, when one has
+// been deleted from outside, checking every StreamCheck. The pull loops
+// find a missing CALLBACKS or CALLBACKS_RETRY themselves, but nothing
+// reads CALLBACKS_DEAD or CALLBACKS_LOG: dead letters could not be
+// published (their events handed back until dispatcher.max_deliveries)
+// and log records, published without an ack, would vanish for good.
+func (d *Dispatcher) keepStreams(ctx context.Context) {
+	if d.top.again == nil {
+		return
+	}
+	t := time.NewTicker(d.o.StreamCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if len(d.missingStreams(ctx)) == 0 {
+			continue
+		}
+		d.restoreMu.Lock()
+		// The grace of restoreIfGone, for the same reasons.
+		select {
+		case <-time.After(restoreGrace):
+		case <-ctx.Done():
+			d.restoreMu.Unlock()
+			return
+		}
+		if missing := d.missingStreams(ctx); len(missing) > 0 {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := d.remake(rctx); err != nil {
+				d.log.Error("stream is gone and could not be made again", "streams", missing, "err", err)
+			} else {
+				d.log.Warn("stream was gone (deleted from outside?); made it again, as at start", "streams", missing)
+			}
+			cancel()
+		}
+		d.restoreMu.Unlock()
+	}
+}
+
+// missingStreams returns callbackd's streams that the server says do not
+// exist (not those it could not answer for).
+func (d *Dispatcher) missingStreams(ctx context.Context) []string {
+	var missing []string
+	for _, name := range []string{subjects.Stream, subjects.RetryStream, subjects.DeadStream, subjects.LogStream} {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := d.js.Stream(sctx, name)
+		cancel()
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			missing = append(missing, name)
+		}
+	}
+	return missing
 }
 
 // workerSlot is a handler's slot of Dispatcher.workers, taken by the fetch

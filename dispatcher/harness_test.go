@@ -132,6 +132,9 @@ type harnessOptions struct {
 	Logger *slog.Logger
 	// Log writes the delivery log to CALLBACKS_LOG.
 	Log bool
+	// StreamCheck is how often the dispatcher looks for deleted streams
+	// (0 → its default).
+	StreamCheck time.Duration
 	// Manual leaves the settings view and the dispatcher unstarted: the
 	// test calls startView and startDispatcher itself.
 	Manual bool
@@ -238,6 +241,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		HostWindow:         o.HostWindow,
 		Observer:           o.Observer,
 		Logger:             cmp.Or(o.Logger, log),
+		StreamCheck:        o.StreamCheck,
 	})
 	if err != nil {
 		t.Fatalf("dispatcher.New: %v", err)

@@ -78,6 +78,39 @@ func TestDispatcher_a_deleted_consumer_or_stream_is_made_again(t *testing.T) {
 	}
 }
 
+// CALLBACKS_DEAD and CALLBACKS_LOG deleted from outside are made again:
+// nothing pulls from them, so only the dispatcher's check notices. Before,
+// log records vanished for good and dead letters could not be written.
+func TestDispatcher_a_deleted_dead_letter_or_log_stream_is_made_again(t *testing.T) {
+	sink := testutil.NewSink(t)
+	sink.Respond(func(testutil.Request) int { return 404 })
+	h := newHarness(t, harnessOptions{Log: true, StreamCheck: 100 * time.Millisecond})
+	h.setProject("1", sink.URL)
+	h.waitDestination("1", "1", sink.URL)
+
+	ctx, cancel := context.WithTimeout(h.ctx, waitLong)
+	defer cancel()
+	for _, name := range []string{subjects.DeadStream, subjects.LogStream} {
+		if err := h.js.DeleteStream(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		for _, name := range []string{subjects.DeadStream, subjects.LogStream} {
+			if _, err := h.js.Stream(ctx, name); err != nil {
+				return fmt.Errorf("stream %s: %w", name, err)
+			}
+		}
+		return nil
+	})
+	// A final failure: its dead letter and its log record land in the new
+	// streams.
+	h.publish(eventSubject("crawl_status", "1", "1"), crawl(1), "after-rm")
+	h.waitDeadFor(eventSubject("crawl_status", "1", "1"), crawl(1))
+	testutil.WaitStreamMsgs(t, h.js, subjects.LogStream, 1, waitLong, nil)
+	h.waitEventsEmpty()
+}
+
 // streamCreated is when the server says stream was created.
 func (h *harness) streamCreated(stream string) time.Time {
 	h.t.Helper()
