@@ -357,3 +357,24 @@ func TestQuery_bad_id_names_the_argument(t *testing.T) {
 		t.Fatalf("fields %q: %+v", got, r.Errors)
 	}
 }
+
+// A String input takes strings only (GraphQL's input coercion); gqlgen's
+// own turned a number or a boolean in the variables into its text.
+func TestVariables_strings_are_strings(t *testing.T) {
+	h := newHarness(t, nil)
+	const m = `mutation($in: UpdateProjectInput!) { updateProject(input: $in) { project { id } } }`
+	for _, in := range []map[string]any{
+		{"projectId": "43", "apiCallbackUrl": 5},
+		{"projectId": "43", "apiCallbackHeaders": []map[string]any{{"key": "X-A", "value": 5}}},
+		{"projectId": "43", "apiCallbackHeaders": []map[string]any{{"key": true, "value": "v"}}},
+	} {
+		r := h.gql(m, map[string]any{"in": in})
+		if len(r.Errors) != 1 || !strings.Contains(strings.ToLower(r.Errors[0].Message), "string") {
+			t.Errorf("%v: errors %+v, want one saying a string is needed", in, r.Errors)
+		}
+	}
+	if v, _ := h.kvValue("project.43"); v != "" {
+		t.Errorf("stored %s", v)
+	}
+	h.ok(m, map[string]any{"in": map[string]any{"projectId": "43", "apiCallbackUrl": "https://ok.example.com/"}}, nil)
+}
