@@ -41,4 +41,3 @@ func describe(v any) string {
 	}
 	return fmt.Sprintf("%T", v)
 }
-
