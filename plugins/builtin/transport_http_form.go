@@ -468,7 +468,9 @@ func connErrorText(err error) string {
 	switch msg := err.Error(); {
 	case strings.Contains(msg, "server response headers exceeded"):
 		return "response headers over 64 KiB"
-	case strings.Contains(msg, "malformed HTTP"), strings.Contains(msg, "malformed MIME header"):
+	case strings.Contains(msg, "malformed HTTP"), strings.Contains(msg, "malformed MIME header"),
+		strings.Contains(msg, "bad Content-Length"), strings.Contains(msg, "multiple Content-Length"),
+		strings.Contains(msg, "unsupported transfer encoding"), strings.Contains(msg, "transfer-encoding"):
 		return "malformed HTTP response"
 	}
 	// Drop "dial tcp 192.0.2.1:443: " and the like.

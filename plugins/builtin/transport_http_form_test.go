@@ -694,6 +694,10 @@ func TestHTTPForm_unreadable_response_is_retryable_with_a_short_reason(t *testin
 		{"headers over 64 KiB", "HTTP/1.1 200 OK\r\nX-Huge: " + strings.Repeat("h", 70<<10) + "\r\nContent-Length: 0\r\n\r\n", "response headers over 64 KiB"},
 		{"malformed status", "HTTP/1.1 HTTP OK\r\nContent-Length: 0\r\n\r\n", "malformed HTTP response"},
 		{"malformed header line", "HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 0\r\n\r\n", "malformed HTTP response"},
+		{"bad Content-Length", "HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nok", "malformed HTTP response"},
+		{"negative Content-Length", "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok", "malformed HTTP response"},
+		{"two Content-Lengths", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", "malformed HTTP response"},
+		{"unknown Transfer-Encoding", "HTTP/1.1 200 OK\r\nTransfer-Encoding: bogus\r\n\r\nok", "malformed HTTP response"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
