@@ -326,12 +326,30 @@ func closeNATS(nc *nats.Conn) {
 func redactURLs(list string) string {
 	parts := strings.Split(list, ",")
 	for i, p := range parts {
-		p = strings.TrimSpace(p)
-		if u, err := url.Parse(p); err == nil && u.User != nil {
-			u.User = nil
-			p = u.String()
-		}
-		parts[i] = p
+		parts[i] = redactURL(strings.TrimSpace(p))
 	}
 	return strings.Join(parts, ",")
+}
+
+// redactURL drops a server URL's userinfo, query and fragment. A URL
+// without a scheme ("user:pw@host:4222", which the NATS client takes for
+// nats://) is read as nats:// and printed without it; text that does not
+// parse keeps only what follows its last "@".
+func redactURL(p string) string {
+	raw, bare := p, !strings.Contains(p, "://")
+	if bare {
+		raw = "nats://" + p
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		if i := strings.LastIndex(p, "@"); i >= 0 {
+			return p[i+1:]
+		}
+		return p
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	if bare {
+		return strings.TrimPrefix(u.String(), "nats://")
+	}
+	return u.String()
 }

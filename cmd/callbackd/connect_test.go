@@ -22,6 +22,17 @@ func TestRedactURLs_drops_userinfo_of_every_server(t *testing.T) {
 	if want := "nats://a:4222,tls://b:4222,nats://c:4222"; got != want {
 		t.Fatalf("redactURLs = %q, want %q", got, want)
 	}
+	for in, want := range map[string]string{
+		"alice:SECRETPW@10.0.0.1:4222":      "10.0.0.1:4222", // no scheme: the client adds nats://
+		"nats://h:1?x=QSECRET#frag":         "nats://h:1",
+		"a:4222":                            "a:4222",
+		"nats://u:p%zz@h:4222":              "h:4222", // does not parse
+		"ws://u:SECRET@h:443/path?token=QS": "ws://h:443/path",
+	} {
+		if got := redactURLs(in); got != want {
+			t.Errorf("redactURLs(%q) = %q, want %q", in, got, want)
+		}
+	}
 }
 
 func TestDialableAddr_turns_wildcards_into_loopback(t *testing.T) {
