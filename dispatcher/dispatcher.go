@@ -284,9 +284,12 @@ func (d *Dispatcher) reportHeld(ctx context.Context) {
 
 // fetchWait bounds one pull request; fetchLoops pull requests per consumer
 // are outstanding at a time, so one is waiting at the server while the
-// other's messages are handed out.
+// other's messages are handed out. Under load a request ends with its
+// batch long before; idle, the loops ask again each second. At shutdown a
+// loop waits for its open request to end (puller.close), so this is also
+// what a stop can take beyond the attempts in flight.
 const (
-	fetchWait  = 5 * time.Second
+	fetchWait  = time.Second
 	fetchLoops = 2
 )
 

@@ -40,6 +40,12 @@ type puller struct {
 	req    []byte // {"batch":...,"expires":...}
 	batch  int
 	wait   time.Duration
+	// open is set while the last request (replying to reply) may still
+	// bring messages, until its status, its batch or its end (deadline).
+	open     bool
+	reply    string
+	deadline time.Time
+	left     int // of the open request's batch
 }
 
 // newPuller subscribes the puller's inbox for consumer c. batch is the most
@@ -102,6 +108,30 @@ func (p *puller) close(handBack func(jetstream.Msg)) {
 			handBack(newPullMsg(p.nc, m))
 		}
 	}
+	// The server queues a consumer's messages before it routes them, so
+	// a message queued for the open request as the unsubscribe arrives
+	// would still be lost: first let that request end (its status comes
+	// after its messages, and it ends with its batch or by its expiry at
+	// the latest).
+	if p.open {
+		t := time.NewTimer(time.Until(p.deadline))
+	end:
+		for p.left > 0 {
+			select {
+			case m := <-p.msgs:
+				if status, _ := pullStatus(m); status == "" {
+					p.left--
+					give(m)
+				} else if m.Subject == p.reply {
+					break end
+				}
+			case <-t.C:
+				break end
+			}
+		}
+		t.Stop()
+		p.open = false
+	}
 	closed := p.sub.StatusChanged(nats.SubscriptionClosed)
 	if err := p.sub.Drain(); err != nil {
 		_ = p.sub.Unsubscribe() // the connection is closed: nothing more will come
@@ -145,6 +175,7 @@ func (p *puller) pull(ctx context.Context, handle func(jetstream.Msg)) error {
 	if err := p.nc.PublishRequest(p.next, reply, p.req); err != nil {
 		return fmt.Errorf("send pull request: %w", err)
 	}
+	p.open, p.reply, p.deadline, p.left = true, reply, time.Now().Add(p.wait+time.Second), p.batch
 	p.timer.Reset(p.wait + time.Second)
 	defer p.timer.Stop()
 	for got := 0; got < p.batch; {
@@ -157,12 +188,14 @@ func (p *puller) pull(ctx context.Context, handle func(jetstream.Msg)) error {
 				// (a late one of an earlier request ends this one early,
 				// and the next request asks for the rest).
 				got++
+				p.left = p.batch - got
 				handle(newPullMsg(p.nc, m))
 				continue
 			}
 			if m.Subject != reply {
 				continue // the end of an earlier request
 			}
+			p.open = false
 			switch {
 			case status == "100": // a heartbeat: none is asked for
 			case status == "404", status == "408", status == "409" && desc == "Batch Completed":
@@ -171,11 +204,13 @@ func (p *puller) pull(ctx context.Context, handle func(jetstream.Msg)) error {
 				return fmt.Errorf("%w: %s %s", errPullStatus, status, desc)
 			}
 		case <-p.timer.C:
+			p.open = false
 			return nil
 		case <-ctx.Done():
-			return nil
+			return nil // the request stays open: close waits for its end
 		}
 	}
+	p.open = false // its batch is complete
 	return nil
 }
 

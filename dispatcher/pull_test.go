@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -361,6 +362,60 @@ func TestPuller_close_leaves_nothing_pending(t *testing.T) {
 		}
 		if got != n {
 			t.Fatalf("round %d: %d of %d messages available after close (%d handed back); the rest wait for the ack wait", round, got, n, back)
+		}
+	}
+}
+
+// A pull stopped mid-request (a shutdown) leaves its request open; close
+// waits for it to end, handing back what it still brings, so that nothing
+// the server queued for it is lost to the ack wait.
+func TestPuller_close_after_a_stopped_pull_leaves_nothing_pending(t *testing.T) {
+	js, c := pullFixture(t, 0, jetstream.ConsumerConfig{AckWait: time.Minute})
+	for round := range 10 {
+		p, err := newPuller(js.JS, c, 64, 500*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nakIt := func(m jetstream.Msg) { _ = m.NakWithDelay(time.Millisecond) }
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		done := make(chan error, 1)
+		go func() { done <- p.pull(ctx, nakIt) }()
+		const n = 20
+		for i := range n {
+			if _, err := js.JS.PublishAsync(fmt.Sprintf("p.%d.%d", round, i), []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if i == n/2 {
+				cancel() // the shutdown, while messages are on their way
+			}
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if !p.open {
+			t.Log("the request ended before the stop; this round shows less")
+		}
+		p.close(nakIt)
+		select {
+		case <-js.JS.PublishAsyncComplete():
+		case <-time.After(10 * time.Second):
+			t.Fatal("publishes not acknowledged")
+		}
+		got := 0
+		deadline := time.Now().Add(5 * time.Second)
+		for got < n && time.Now().Before(deadline) {
+			b, err := c.Fetch(n, jetstream.FetchMaxWait(500*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for m := range b.Messages() {
+				got++
+				_ = m.Ack()
+			}
+		}
+		if got != n {
+			t.Fatalf("round %d: %d of %d messages available after close; the rest wait for the ack wait", round, got, n)
 		}
 	}
 }
