@@ -452,12 +452,14 @@ func (d *Dispatcher) keepStreams(ctx context.Context) {
 	}
 	t := time.NewTicker(d.o.StreamCheck)
 	defer t.Stop()
+	retryFull := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		retryFull = d.checkRetryPending(ctx, retryFull)
 		if len(d.missingStreams(ctx)) == 0 {
 			continue
 		}
@@ -480,6 +482,32 @@ func (d *Dispatcher) keepStreams(ctx context.Context) {
 		}
 		d.restoreMu.Unlock()
 	}
+}
+
+// checkRetryPending says when the retrier consumer reaches its pending
+// limit (dispatcher.max_retry_pending) and when it is below it again. At
+// the limit the server hands out nothing more from CALLBACKS_RETRY until a
+// pending retry is settled, and the pending ones are mostly retries waiting
+// for their time: retries that are due wait behind them, late by up to the
+// longest backoff. It returns whether the limit is reached; full is what
+// the last check returned.
+func (d *Dispatcher) checkRetryPending(ctx context.Context, full bool) bool {
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	info, err := d.top.Retrier.Info(ictx)
+	cancel()
+	if err != nil {
+		return full
+	}
+	limit := info.Config.MaxAckPending
+	now := limit > 0 && info.NumAckPending >= limit
+	switch {
+	case now && !full:
+		d.log.Warn("retries waiting reached dispatcher.max_retry_pending: retries that are due wait behind those that are not, late by up to the longest backoff; raise the limit",
+			"pending", info.NumAckPending, "max_retry_pending", limit, "waiting_in_stream", info.NumPending)
+	case full && !now:
+		d.log.Info("retries waiting are below dispatcher.max_retry_pending again", "pending", info.NumAckPending, "max_retry_pending", limit)
+	}
+	return now
 }
 
 // missingStreams returns callbackd's streams that the server says do not

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -1002,4 +1003,36 @@ func TestDispatcher_a_failing_failure_plugin_does_not_repeat_the_attempt(t *test
 		}
 		return nil
 	})
+}
+
+// Retries waiting beyond dispatcher.max_retry_pending make due ones late
+// (the server hands out nothing more while the limit is reached): the
+// operator is told, once.
+func TestDispatcher_says_when_retries_reach_their_pending_limit(t *testing.T) {
+	var logs testutil.SyncBuffer
+	sink := testutil.NewSink(t)
+	sink.Respond(codes(500))
+	h := newHarness(t, harnessOptions{
+		MaxAttempts: 3, Backoff: []time.Duration{time.Hour}, MaxRetryPending: 4,
+		StreamCheck: 50 * time.Millisecond,
+		Logger:      slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	h.setProject("1", sink.URL)
+	h.waitDestination("1", "1", sink.URL)
+	for i := range 6 {
+		h.publish(eventSubject("crawl_status", "1", "1"), crawl(i+1), "")
+	}
+	sink.WaitFor(t, 6, waitLong)
+	const warning = "retries waiting reached dispatcher.max_retry_pending"
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if !strings.Contains(logs.String(), warning) {
+			return errString("no warning yet")
+		}
+		return nil
+	})
+	// Said once while the limit holds.
+	time.Sleep(200 * time.Millisecond) // a window of several checks, for a warning that must not come
+	if n := strings.Count(logs.String(), warning); n != 1 {
+		t.Errorf("warned %d times, want once", n)
+	}
 }

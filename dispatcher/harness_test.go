@@ -133,8 +133,10 @@ type harnessOptions struct {
 	// Log writes the delivery log to CALLBACKS_LOG.
 	Log bool
 	// StreamCheck is how often the dispatcher looks for deleted streams
-	// (0 → its default).
+	// and at the retrier's pending limit (0 → its default).
 	StreamCheck time.Duration
+	// MaxRetryPending is the retrier consumer's pending limit (0 → 100000).
+	MaxRetryPending int
 	// Manual leaves the settings view and the dispatcher unstarted: the
 	// test calls startView and startDispatcher itself.
 	Manual bool
@@ -178,7 +180,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	top, err := dispatcher.EnsureStreams(ctx, h.js, dispatcher.StreamOptions{
 		AckWait:         cmp.Or(o.AckWait, o.DeliveryTimeout+10*time.Second),
 		MaxAckPending:   256,
-		MaxRetryPending: 100000,
+		MaxRetryPending: cmp.Or(o.MaxRetryPending, 100000),
 		RetentionEvents: time.Hour,
 		RetentionDead:   time.Hour,
 		RetentionLog:    time.Hour,
