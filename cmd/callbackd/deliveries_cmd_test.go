@@ -264,7 +264,7 @@ func TestReplayCmd(t *testing.T) {
 	if got := strings.TrimSpace(out.String()); got != "matched 2, replayed 2" {
 		t.Errorf("summary %q", got)
 	}
-	if !strings.Contains(errOut.String(), "replaying") || !strings.Contains(errOut.String(), "2/2") {
+	if !strings.Contains(errOut.String(), "going through the dead letters") || !strings.Contains(errOut.String(), "2/2") {
 		t.Errorf("no progress bar on stderr: %q", errOut.String())
 	}
 	if streamCount(t, js, subjects.Stream) != 2 || streamCount(t, js, subjects.DeadStream) != 1 {
@@ -376,6 +376,23 @@ func TestDeliveriesCmd_sub_millisecond_attempt(t *testing.T) {
 			t.Errorf("attempt under 1 ms: %q, want <1ms", l)
 		case strings.Contains(l, "d-skip") && strings.Contains(l, "ms"):
 			t.Errorf("record without an attempt shows a duration: %q", l)
+		}
+	}
+}
+
+func TestReplaySummary_says_how_many_letters_were_gone(t *testing.T) {
+	for _, tc := range []struct {
+		res  deadletters.Result
+		err  error
+		want string
+	}{
+		{deadletters.Result{Matched: 5, Replayed: 5}, nil, "matched 5, replayed 5"},
+		{deadletters.Result{Matched: 2000, Replayed: 26}, nil, "matched 2000, replayed 26, 1974 gone before their turn (replayed by another run at the same time, or expired)"},
+		{deadletters.Result{Matched: 5, Replayed: 3, Skipped: 2}, nil, "matched 5, replayed 3, skipped 2 with no original subject to go back to"},
+		{deadletters.Result{Matched: 5, Replayed: 2}, errors.New("interrupted"), "matched 5, replayed 2"},
+	} {
+		if got := replaySummary(tc.res, tc.err); got != tc.want {
+			t.Errorf("replaySummary(%+v, %v) = %q, want %q", tc.res, tc.err, got, tc.want)
 		}
 	}
 }

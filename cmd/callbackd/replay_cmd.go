@@ -110,7 +110,7 @@ func replay(cmd *cobra.Command, js jetstream.JetStream, f deadletters.Filter, ye
 	}
 	bar := progressbar.NewOptions(res.Matched,
 		progressbar.OptionSetWriter(errOut),
-		progressbar.OptionSetDescription("replaying"),
+		progressbar.OptionSetDescription("going through the dead letters"),
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionThrottle(100*time.Millisecond),
@@ -127,13 +127,25 @@ func replay(cmd *cobra.Command, js jetstream.JetStream, f deadletters.Filter, ye
 	} else {
 		fmt.Fprintln(errOut)
 	}
-	if _, perr := fmt.Fprintln(out, summary(res, false)); perr != nil && err == nil {
+	if _, perr := fmt.Fprintln(out, replaySummary(res, err)); perr != nil && err == nil {
 		err = perr
 	}
 	if err != nil {
 		return fmt.Errorf("replay stopped after %d of %d (run it again to go on): %w", res.Replayed, res.Matched, err)
 	}
 	return nil
+}
+
+// replaySummary is summary after a replay that ended with err: one that
+// went through every letter also says how many it found gone (another
+// replay took them, or they expired), since its progress bar counts
+// letters gone through, not replayed.
+func replaySummary(res deadletters.Result, err error) string {
+	line := summary(res, false)
+	if gone := res.Matched - res.Replayed - res.Skipped; err == nil && gone > 0 {
+		line += fmt.Sprintf(", %d gone before their turn (replayed by another run at the same time, or expired)", gone)
+	}
+	return line
 }
 
 func summary(res deadletters.Result, dryRun bool) string {
