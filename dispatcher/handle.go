@@ -111,7 +111,10 @@ func (d *Dispatcher) fromRetry(j *job) bool {
 	}
 	orig := h.Get(subjects.HeaderSubject)
 	if orig == "" {
-		orig, _ = subjects.OriginalFromRetry(j.subject)
+		var err error
+		if orig, err = subjects.OriginalFromRetry(j.subject); err != nil {
+			orig = j.subject // refused as it is, by its own name
+		}
 	}
 	j.subject = orig
 	if n, err := strconv.Atoi(h.Get(subjects.HeaderAttempt)); err == nil && n >= 1 {

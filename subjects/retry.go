@@ -23,8 +23,8 @@ func Retry(original string) (string, error) {
 // OriginalFromRetry returns the original subject of a CALLBACKS_RETRY subject.
 func OriginalFromRetry(retry string) (string, error) {
 	rest, ok := strings.CutPrefix(retry, retryPrefix)
-	if !ok || rest == "" {
-		return "", fmt.Errorf("%w: %q is not a retry subject", ErrBadSubject, clip(retry))
+	if !ok || !(strings.HasPrefix(rest, "event.") || strings.HasPrefix(rest, "notify.")) {
+		return "", fmt.Errorf("%w: %q is not callbacks.retry.event.… or callbacks.retry.notify.…", ErrBadSubject, clip(retry))
 	}
 	return "callbacks." + rest, nil
 }

@@ -19,6 +19,11 @@ func TestRetrySubjects(t *testing.T) {
 	if _, err := Retry("callbacks.dead.x.1.2"); err == nil {
 		t.Error("Retry accepted a dead-letter subject")
 	}
+	for _, bad := range []string{"callbacks.retry.crawl_status.1.2", "callbacks.retry.", "callbacks.event.x.1.2", "callbacks.retry.dead.x.1.2"} {
+		if got, err := OriginalFromRetry(bad); err == nil {
+			t.Errorf("OriginalFromRetry(%q) = %q, want an error", bad, got)
+		}
+	}
 	a, p, err := ParseNotify("callbacks.notify.12.34")
 	if err != nil || a != "12" || p != "34" {
 		t.Errorf("ParseNotify = %q %q %v", a, p, err)
