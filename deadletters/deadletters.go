@@ -299,7 +299,8 @@ func Replay(ctx context.Context, js jetstream.JetStream, f Filter, progress func
 }
 
 // replayOne republishes dead letter seq and deletes it. It reports false
-// when the letter was already gone (expired, or replayed by someone else).
+// when the letter was already gone (expired, or replayed by someone else,
+// whose deletion came first).
 func replayOne(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, seq uint64) (bool, error) {
 	dl, err := s.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -329,10 +330,14 @@ func replayOne(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, 
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := s.DeleteMsg(dctx, seq); err != nil {
-		// A concurrent replay may have deleted it first: gone is done.
+		// A concurrent replay deleted it first: gone is done, and that
+		// run counts it. Its republish and ours were one (the same
+		// Nats-Msg-Id within the de-duplication window), so a letter
+		// counts once, for the run whose deletion took it.
 		if _, gerr := s.GetMsg(dctx, seq); !errors.Is(gerr, jetstream.ErrMsgNotFound) {
 			return false, fmt.Errorf("delete replayed dead letter %d (it was published; replaying again removes it): %w", seq, err)
 		}
+		return false, nil
 	}
 	return true, nil
 }

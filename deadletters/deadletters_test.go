@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -288,6 +289,37 @@ func TestReplay_after_a_crash_between_publish_and_delete_does_not_duplicate(t *t
 	}
 	if n := len(msgs(t, js.JS, subjects.DeadStream)); n != 0 {
 		t.Errorf("CALLBACKS_DEAD still holds %d", n)
+	}
+}
+
+// Two replays of the same letters at once: each letter is stored once in
+// CALLBACKS and counted by exactly one of them (a black-box run had two
+// CLIs report 777 replayed for 500 letters).
+func TestReplay_two_at_once_count_each_letter_once(t *testing.T) {
+	js := setup(t)
+	const n = 200
+	for i := range n {
+		k := key("crawl_status", "1", strconv.Itoa(10+i%3))
+		deadLetter(t, js.JS, letter{name: "c" + strconv.Itoa(i), key: k, original: event(k), reason: "delivery_failed"})
+	}
+	var wg sync.WaitGroup
+	res := make([]deadletters.Result, 2)
+	errs := make([]error, 2)
+	for i := range res {
+		wg.Go(func() { res[i], errs[i] = deadletters.Replay(testutil.Context(t), js.JS, deadletters.Filter{}, nil) })
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatalf("replays: %v, %v", errs[0], errs[1])
+	}
+	if got := res[0].Replayed + res[1].Replayed; got != n {
+		t.Errorf("replayed %d + %d = %d, want %d (each letter once)", res[0].Replayed, res[1].Replayed, got, n)
+	}
+	if got := len(msgs(t, js.JS, subjects.Stream)); got != n {
+		t.Errorf("CALLBACKS holds %d events, want %d", got, n)
+	}
+	if got := len(msgs(t, js.JS, subjects.DeadStream)); got != 0 {
+		t.Errorf("CALLBACKS_DEAD still holds %d", got)
 	}
 }
 

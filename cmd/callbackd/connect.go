@@ -35,7 +35,7 @@ func startNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*nats
 	)
 	if cfg.NATS.Embedded {
 		if cfg.NATS.URL != "" {
-			log.Warn("nats.url is set but nats.embedded is true: serve runs its own NATS server and does not connect to nats.url; set nats.embedded: false to use it",
+			log.Warn("nats.url is set but nats.embedded is true: serve runs its own NATS server and does not connect to nats.url (CLI commands with this config do); set nats.embedded: false to use it",
 				"url", redactURLs(cfg.NATS.URL))
 		}
 		srv, err = embedded.Start(ctx, embeddedOptions(cfg, log))

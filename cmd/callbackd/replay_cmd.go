@@ -143,7 +143,7 @@ func replay(cmd *cobra.Command, js jetstream.JetStream, f deadletters.Filter, ye
 func replaySummary(res deadletters.Result, err error) string {
 	line := summary(res, false)
 	if gone := res.Matched - res.Replayed - res.Skipped; err == nil && gone > 0 {
-		line += fmt.Sprintf(", %d gone before their turn (replayed by another run at the same time, or expired)", gone)
+		line += fmt.Sprintf(", %d gone before their turn (replayed by another run, or expired)", gone)
 	}
 	return line
 }
