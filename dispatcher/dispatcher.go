@@ -266,7 +266,7 @@ func (d *Dispatcher) reportHeld(ctx context.Context) {
 		if err != nil || info.NumAckPending == 0 {
 			continue
 		}
-		msg := "messages handed out before this start are not acked yet; those of a run that died come back once their ack wait passes"
+		msg := "messages handed out before this start are not acked yet; those handed back at a clean stop come back within a second, those of a run that died once their ack wait passes"
 		if c.name == "retrier" {
 			// Retries waiting for their time are pending too (delayed
 			// NAKs), after a clean stop as well.
