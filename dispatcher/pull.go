@@ -94,13 +94,15 @@ func pullRoom(batch int) int { return max(4*batch, 64) }
 const closeWait = 2 * time.Second
 
 // close unsubscribes and gives each message delivered but not handed out
-// to handBack, so that it need not wait for its ack wait. A request may be
-// outstanding (a shutdown does not wait for it to end), and the server may
-// have sent it messages that have not arrived yet: a plain unsubscribe
+// to handBack, so that it need not wait for its ack wait. The last request
+// may still be open (pull returns at shutdown without waiting for it), and
+// the server may have messages for it on their way: a plain unsubscribe
 // would drop those, and each would hold a slot of the consumer's pending
-// limit until its ack wait. So the subscription is drained — the server
-// stops sending once it has the unsubscribe, and a flush round trip later
-// everything it sent before is in the channel — and only then closed.
+// limit until its ack wait. So close first lets the open request end, then
+// drains the subscription — the server stops sending once it has the
+// unsubscribe, and a flush round trip later everything it sent before is
+// in the channel (late messages of earlier requests included) — and only
+// then closes it.
 func (p *puller) close(handBack func(jetstream.Msg)) {
 	p.timer.Stop()
 	give := func(m *nats.Msg) {
@@ -195,12 +197,13 @@ func (p *puller) pull(ctx context.Context, handle func(jetstream.Msg)) error {
 			if m.Subject != reply {
 				continue // the end of an earlier request
 			}
-			p.open = false
 			switch {
 			case status == "100": // a heartbeat: none is asked for
 			case status == "404", status == "408", status == "409" && desc == "Batch Completed":
+				p.open = false
 				return nil
 			default:
+				p.open = false
 				return fmt.Errorf("%w: %s %s", errPullStatus, status, desc)
 			}
 		case <-p.timer.C:
