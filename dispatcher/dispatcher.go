@@ -80,7 +80,8 @@ type Options struct {
 	// Recorder receives the delivery log; nil for none. It must not block.
 	Recorder Recorder
 	// StreamCheck is how often the dispatcher checks that callbackd's
-	// streams are there, to make a deleted one again (0 → 5 s).
+	// streams are there, to make a deleted one again, and whether the
+	// retries waiting are at dispatcher.max_retry_pending (0 → 5 s).
 	StreamCheck time.Duration
 }
 
@@ -441,7 +442,8 @@ func (d *Dispatcher) remake(ctx context.Context) error {
 }
 
 // keepStreams makes callbackd's streams again, as at start, when one has
-// been deleted from outside, checking every StreamCheck. The pull loops
+// been deleted from outside, checking every StreamCheck (and says, as it
+// goes, when the retries waiting reach their limit: checkRetryPending). The pull loops
 // find a missing CALLBACKS or CALLBACKS_RETRY themselves, but nothing
 // reads CALLBACKS_DEAD or CALLBACKS_LOG: dead letters could not be
 // published (their events handed back until dispatcher.max_deliveries)
