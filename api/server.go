@@ -234,10 +234,11 @@ func (s *Server) graphQLHandler(complexityLimit, maxDepth, tokenLimit int) http.
 	h.SetQueryCache(shortQueries{lru.New[*ast.QueryDocument](1000)})
 	h.SetParserTokenLimit(tokenLimit)
 	h.Use(extension.Introspection{})
-	h.Use(sizeLimit{max: complexityLimit}) // before the walks of the expanded operation
+	h.Use(operationLimits{ // before the complexity walk of the expanded operation
+		maxFields: complexityLimit, maxDepth: maxDepth,
+		field: "sendTestCallback", maxField: MaxTestCallbacks,
+	})
 	h.Use(extension.FixedComplexityLimit(complexityLimit))
-	h.Use(depthLimit{max: maxDepth})
-	h.Use(fieldLimit{field: "sendTestCallback", max: MaxTestCallbacks})
 	h.SetErrorPresenter(s.presentError)
 	h.SetRecoverFunc(func(_ context.Context, p any) error {
 		s.log.Error("api: resolver panicked", "panic", p)

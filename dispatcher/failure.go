@@ -2,10 +2,8 @@ package dispatcher
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"slices"
 	"strconv"
 	"time"
@@ -72,12 +70,8 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 // settings would have to follow (SPEC §3, §4): an absolute http(s) URI,
 // header rules, a notification fit to send.
 func checkOutbound(ob plugins.Outbound) error {
-	u, err := url.Parse(ob.Destination.URL)
-	switch {
-	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "":
-		return errors.New("destination: not an absolute http or https URL")
-	case plugins.NotURIChar(ob.Destination.URL) >= 0:
-		return errors.New("destination: not a URI (a byte must be percent-encoded)")
+	if _, err := plugins.ParseHTTPURL(ob.Destination.URL); err != nil {
+		return fmt.Errorf("destination: %w", err)
 	}
 	if err := plugins.CheckHeaders(ob.Destination.Headers); err != nil {
 		return fmt.Errorf("destination headers: %w", err)

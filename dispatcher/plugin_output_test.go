@@ -37,8 +37,8 @@ func TestCheckOutbound(t *testing.T) {
 		err  string
 	}{
 		{"fine", plugins.Outbound{Destination: plugins.Destination{URL: "https://sso.example.com/hook", Headers: []plugins.Header{{Key: "X-Token", Value: "t"}}}, Notification: n}, ""},
-		{"relative URL", plugins.Outbound{Destination: plugins.Destination{URL: "/hook"}, Notification: n}, "not an absolute http or https URL"},
-		{"raw space", plugins.Outbound{Destination: plugins.Destination{URL: "https://e.com/?a b"}, Notification: n}, "not a URI"},
+		{"relative URL", plugins.Outbound{Destination: plugins.Destination{URL: "/hook"}, Notification: n}, "destination: must be an absolute http or https URL"},
+		{"raw space", plugins.Outbound{Destination: plugins.Destination{URL: "https://e.com/?a b"}, Notification: n}, "destination: must be a URI"},
 		{"reserved header", plugins.Outbound{Destination: plugins.Destination{URL: "https://e.com/", Headers: []plugins.Header{{Key: "Host", Value: "x"}}}, Notification: n}, "destination headers"},
 		{"CRLF in a header", plugins.Outbound{Destination: plugins.Destination{URL: "https://e.com/", Headers: []plugins.Header{{Key: "X-A", Value: "x\r\ny"}}}, Notification: n}, "destination headers"},
 		{"empty notification", plugins.Outbound{Destination: plugins.Destination{URL: "https://e.com/"}}, "notification: no fields"},

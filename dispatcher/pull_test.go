@@ -348,22 +348,30 @@ func TestPuller_close_leaves_nothing_pending(t *testing.T) {
 			t.Fatal("publishes not acknowledged")
 		}
 		// Every message can be had again well before its ack wait.
-		got := 0
-		deadline := time.Now().Add(5 * time.Second)
-		for got < n && time.Now().Before(deadline) {
-			b, err := c.Fetch(n, jetstream.FetchMaxWait(500*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
-			for m := range b.Messages() {
-				got++
-				_ = m.Ack()
-			}
-		}
+		got := fetchAll(t, c, n)
 		if got != n {
 			t.Fatalf("round %d: %d of %d messages available after close (%d handed back); the rest wait for the ack wait", round, got, n, back)
 		}
 	}
+}
+
+// fetchAll fetches and acks up to n messages of c, for 5 s at most (well
+// under the fixtures' ack wait), and returns how many it got.
+func fetchAll(t *testing.T, c jetstream.Consumer, n int) int {
+	t.Helper()
+	got := 0
+	deadline := time.Now().Add(5 * time.Second)
+	for got < n && time.Now().Before(deadline) {
+		b, err := c.Fetch(n, jetstream.FetchMaxWait(500*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range b.Messages() {
+			got++
+			_ = m.Ack()
+		}
+	}
+	return got
 }
 
 // A pull stopped mid-request (a shutdown) leaves its request open; close
@@ -402,18 +410,7 @@ func TestPuller_close_after_a_stopped_pull_leaves_nothing_pending(t *testing.T) 
 		case <-time.After(10 * time.Second):
 			t.Fatal("publishes not acknowledged")
 		}
-		got := 0
-		deadline := time.Now().Add(5 * time.Second)
-		for got < n && time.Now().Before(deadline) {
-			b, err := c.Fetch(n, jetstream.FetchMaxWait(500*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
-			for m := range b.Messages() {
-				got++
-				_ = m.Ack()
-			}
-		}
+		got := fetchAll(t, c, n)
 		if got != n {
 			t.Fatalf("round %d: %d of %d messages available after close; the rest wait for the ack wait", round, got, n)
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/callbackd/callbackd/config"
 	"github.com/callbackd/callbackd/embedded"
+	"github.com/callbackd/callbackd/plugins"
 )
 
 // natsReadyTimeout bounds serve's wait for JetStream at start: a cluster
@@ -340,16 +341,15 @@ func redactURL(p string) string {
 	if bare {
 		raw = "nats://" + p
 	}
-	u, err := url.Parse(raw)
-	if err != nil {
+	if _, err := url.Parse(raw); err != nil {
 		if i := strings.LastIndex(p, "@"); i >= 0 {
 			return p[i+1:]
 		}
 		return p
 	}
-	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	s := plugins.SafeURL(raw)
 	if bare {
-		return strings.TrimPrefix(u.String(), "nats://")
+		return strings.TrimPrefix(s, "nats://")
 	}
-	return u.String()
+	return s
 }

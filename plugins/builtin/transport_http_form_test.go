@@ -169,14 +169,22 @@ func TestHTTPForm_body_escapes_values_and_renders_null_empty(t *testing.T) {
 	}
 }
 
-// TestHTTPForm_wire_headers reads the raw request, to check that custom keys
-// keep their spelling and that nothing but the documented headers is sent.
-func TestHTTPForm_wire_headers(t *testing.T) {
+// listenLocal listens on a free loopback port until the test ends, for
+// endpoints that answer with raw bytes.
+func listenLocal(t *testing.T) net.Listener {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ln.Close() })
+	return ln
+}
+
+// TestHTTPForm_wire_headers reads the raw request, to check that custom keys
+// keep their spelling and that nothing but the documented headers is sent.
+func TestHTTPForm_wire_headers(t *testing.T) {
+	ln := listenLocal(t)
 	raw := make(chan string, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -448,11 +456,7 @@ func TestHTTPForm_connection_refused_is_retryable(t *testing.T) {
 }
 
 func TestHTTPForm_closed_without_response_is_retryable(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
+	ln := listenLocal(t)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -700,11 +704,7 @@ func TestHTTPForm_unreadable_response_is_retryable_with_a_short_reason(t *testin
 		{"unknown Transfer-Encoding", "HTTP/1.1 200 OK\r\nTransfer-Encoding: bogus\r\n\r\nok", "malformed HTTP response"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = ln.Close() })
+			ln := listenLocal(t)
 			go func() {
 				for {
 					c, err := ln.Accept()
@@ -974,11 +974,7 @@ func TestHTTPForm_per_host_cap_full_is_an_attempt_not_made(t *testing.T) {
 // an answer: the endpoint answers the first request of each connection
 // and hangs up on the second.
 func TestHTTPForm_one_request_per_attempt_with_an_idempotency_key(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
+	ln := listenLocal(t)
 	var requests atomic.Int64
 	go func() {
 		for {
@@ -1024,11 +1020,7 @@ func TestHTTPForm_one_request_per_attempt_with_an_idempotency_key(t *testing.T) 
 // A 101 Switching Protocols is a final failure at once: its body, the
 // switched connection, is not read until the timeout.
 func TestHTTPForm_switching_protocols_is_final_at_once(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
+	ln := listenLocal(t)
 	done := make(chan struct{})
 	t.Cleanup(func() { close(done) })
 	go func() {

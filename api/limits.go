@@ -9,29 +9,51 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 )
 
-// depthLimit refuses operations whose fields nest deeper than max. The
-// schema's deepest real query (deliveries → edges → node → field) is 4
-// levels; introspection fields are not counted, since the schema bounds
-// their answers.
-type depthLimit struct{ max int }
+// operationLimits refuses operations, before gqlgen's complexity walk
+// (which expands fragments), that
+//   - select more than maxFields fields once their fragments are expanded
+//     (counted once per fragment: a few hundred bytes of fragments that each
+//     spread the next twice expand to millions of fields);
+//   - nest fields deeper than maxDepth (the schema's deepest real query,
+//     deliveries → edges → node → field, is 4 levels; introspection fields
+//     are not counted, since the schema bounds their answers);
+//   - select field at their top level more than maxField times (aliases and
+//     fragments counted): a mutation runs its fields one after the other,
+//     and some take long.
+type operationLimits struct {
+	maxFields, maxDepth int
+	field               string
+	maxField            int
+}
 
 var _ interface {
 	graphql.HandlerExtension
 	graphql.OperationContextMutator
-} = depthLimit{}
+} = operationLimits{}
 
-func (depthLimit) ExtensionName() string                   { return "DepthLimit" }
-func (depthLimit) Validate(graphql.ExecutableSchema) error { return nil }
+func (operationLimits) ExtensionName() string                   { return "OperationLimits" }
+func (operationLimits) Validate(graphql.ExecutableSchema) error { return nil }
 
-func (d depthLimit) MutateOperationContext(_ context.Context, oc *graphql.OperationContext) *gqlerror.Error {
+func (l operationLimits) MutateOperationContext(_ context.Context, oc *graphql.OperationContext) *gqlerror.Error {
 	op := oc.Doc.Operations.ForName(oc.OperationName)
 	if op == nil {
 		return nil
 	}
-	if depth := selectionDepth(op.SelectionSet, oc.Doc.Fragments, 0, d.max); depth > d.max {
-		err := gqlerror.Errorf("operation nests fields more than %d deep", d.max)
-		err.Extensions = map[string]any{"code": "DEPTH_LIMIT_EXCEEDED"}
+	limitErr := func(code, format string, args ...any) *gqlerror.Error {
+		err := gqlerror.Errorf(format, args...)
+		err.Extensions = map[string]any{"code": code}
 		return err
+	}
+	// The size first: the other two walk the expanded operation.
+	e := expander{frags: oc.Doc.Fragments, max: l.maxFields, size: map[string]int{}}
+	if n := e.count(op.SelectionSet); n > l.maxFields {
+		return limitErr("COMPLEXITY_LIMIT_EXCEEDED", "operation selects more than %d fields once its fragments are expanded", l.maxFields)
+	}
+	if depth := selectionDepth(op.SelectionSet, oc.Doc.Fragments, 0, l.maxDepth); depth > l.maxDepth {
+		return limitErr("DEPTH_LIMIT_EXCEEDED", "operation nests fields more than %d deep", l.maxDepth)
+	}
+	if n := countField(op.SelectionSet, oc.Doc.Fragments, l.field, map[string]bool{}); n > l.maxField {
+		return limitErr("FIELD_LIMIT_EXCEEDED", "operation selects %s %d times, at most %d are allowed in one request", l.field, n, l.maxField)
 	}
 	return nil
 }
@@ -69,35 +91,6 @@ func selectionDepth(set ast.SelectionSet, frags ast.FragmentDefinitionList, dept
 	return deepest
 }
 
-// fieldLimit refuses operations that select field at their top level more
-// than max times (aliases, fragments and inline fragments counted): a
-// mutation runs its fields one after the other, and some take long.
-type fieldLimit struct {
-	field string
-	max   int
-}
-
-var _ interface {
-	graphql.HandlerExtension
-	graphql.OperationContextMutator
-} = fieldLimit{}
-
-func (fieldLimit) ExtensionName() string                   { return "FieldLimit" }
-func (fieldLimit) Validate(graphql.ExecutableSchema) error { return nil }
-
-func (l fieldLimit) MutateOperationContext(_ context.Context, oc *graphql.OperationContext) *gqlerror.Error {
-	op := oc.Doc.Operations.ForName(oc.OperationName)
-	if op == nil {
-		return nil
-	}
-	if n := countField(op.SelectionSet, oc.Doc.Fragments, l.field, map[string]bool{}); n > l.max {
-		err := gqlerror.Errorf("operation selects %s %d times, at most %d are allowed in one request", l.field, n, l.max)
-		err.Extensions = map[string]any{"code": "FIELD_LIMIT_EXCEEDED"}
-		return err
-	}
-	return nil
-}
-
 // countField counts the fields named name in set, through fragments (each
 // fragment spread counts as often as it is spread; seen stops cycles, which
 // validation refuses anyway).
@@ -125,35 +118,6 @@ func countField(set ast.SelectionSet, frags ast.FragmentDefinitionList, name str
 		}
 	}
 	return n
-}
-
-// sizeLimit refuses operations that select more than max fields once their
-// fragments are expanded. It runs before the complexity and depth checks,
-// which walk the expanded operation: a few hundred bytes of fragments that
-// each spread the next twice expand to millions of fields. It counts each
-// fragment once (memoised), so its own cost is the document's size.
-type sizeLimit struct{ max int }
-
-var _ interface {
-	graphql.HandlerExtension
-	graphql.OperationContextMutator
-} = sizeLimit{}
-
-func (sizeLimit) ExtensionName() string                   { return "SizeLimit" }
-func (sizeLimit) Validate(graphql.ExecutableSchema) error { return nil }
-
-func (l sizeLimit) MutateOperationContext(_ context.Context, oc *graphql.OperationContext) *gqlerror.Error {
-	op := oc.Doc.Operations.ForName(oc.OperationName)
-	if op == nil {
-		return nil
-	}
-	e := expander{frags: oc.Doc.Fragments, max: l.max, size: map[string]int{}}
-	if n := e.count(op.SelectionSet); n > l.max {
-		err := gqlerror.Errorf("operation selects more than %d fields once its fragments are expanded", l.max)
-		err.Extensions = map[string]any{"code": "COMPLEXITY_LIMIT_EXCEEDED"}
-		return err
-	}
-	return nil
 }
 
 // expander counts the fields of a selection set with its fragments
