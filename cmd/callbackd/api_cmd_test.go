@@ -254,6 +254,40 @@ func TestSettingsCLI_through_the_API(t *testing.T) {
 	if _, err := e.settingsCLI(t, "project", "set", "123"); !errors.As(err, &ue) {
 		t.Errorf("nothing to change: %v", err)
 	}
+	// Bytes that are not UTF-8 are refused, not stored as U+FFFD.
+	if _, err := e.settingsCLI(t, "project", "set", "123", "--header", "X-Lat: caf\xe9"); !errors.As(err, &ue) || !strings.Contains(err.Error(), `"X-Lat: caf\xe9": not valid UTF-8`) {
+		t.Errorf("header not UTF-8: %v", err)
+	}
+	if out, err := e.settingsCLI(t, "project", "get", "123", "--show-secrets"); err != nil || !strings.Contains(out, "apiCallbackHeaders: (none)") {
+		t.Errorf("after a refused header: %v\n%s", err, out)
+	}
+}
+
+func TestParseHeaderFlag(t *testing.T) {
+	for _, tc := range []struct {
+		in, key, value, err string
+	}{
+		{in: "Authorization: Bearer t", key: "Authorization", value: "Bearer t"},
+		{in: " X-A :\t1 \t", key: "X-A", value: "1"},
+		{in: "X-A:", key: "X-A", value: ""},
+		{in: "X-Url: https://a.example/x?y=1", key: "X-Url", value: "https://a.example/x?y=1"},
+		// Only spaces and tabs are dropped: a no-break space is the value's.
+		{in: "X-A: \u00a0v\u00a0", key: "X-A", value: "\u00a0v\u00a0"},
+		{in: "X-A", err: `--header "X-A": want 'Key: Value'`},
+		{in: "X-A: caf\xe9", err: `--header "X-A: caf\xe9": not valid UTF-8`},
+		{in: "X-\xff: v", err: `--header "X-\xff: v": not valid UTF-8`},
+	} {
+		key, value, err := parseHeaderFlag(tc.in)
+		if tc.err != "" {
+			if err == nil || err.Error() != tc.err {
+				t.Errorf("parseHeaderFlag(%q) = %q, %q, %v; want error %q", tc.in, key, value, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || key != tc.key || value != tc.value {
+			t.Errorf("parseHeaderFlag(%q) = %q, %q, %v; want %q, %q", tc.in, key, value, err, tc.key, tc.value)
+		}
+	}
 }
 
 func TestSettingsCLI_token_sources(t *testing.T) {

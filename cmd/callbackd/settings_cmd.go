@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -121,6 +122,9 @@ func newSettingsCmd(name string) *cobra.Command {
 			case f.Changed("url") && clearURL:
 				return usageError{errors.New("--url and --clear-url exclude each other")}
 			case f.Changed("url"):
+				if !utf8.ValidString(setURL) {
+					return usageError{errors.New("--url: not valid UTF-8")}
+				}
 				in[k.urlField] = setURL
 			case clearURL:
 				in[k.urlField] = nil
@@ -131,11 +135,11 @@ func newSettingsCmd(name string) *cobra.Command {
 			case f.Changed("header"):
 				hs := make([]map[string]string, 0, len(headers))
 				for _, h := range headers {
-					key, val, ok := strings.Cut(h, ":")
-					if !ok {
-						return usageError{fmt.Errorf("--header %q: want 'Key: Value'", strings.TrimSpace(key))}
+					key, val, err := parseHeaderFlag(h)
+					if err != nil {
+						return usageError{err}
 					}
-					hs = append(hs, map[string]string{"key": strings.TrimSpace(key), "value": strings.TrimSpace(val)})
+					hs = append(hs, map[string]string{"key": key, "value": val})
 				}
 				in[k.hdrField] = hs
 			case clearHeaders:
@@ -168,7 +172,7 @@ func newSettingsCmd(name string) *cobra.Command {
 	}
 	sf := set.Flags()
 	sf.StringVar(&setURL, "url", "", "the "+k.urlField)
-	sf.StringArrayVar(&headers, "header", nil, "a custom header 'Key: Value' (repeat; replaces all headers)")
+	sf.StringArrayVar(&headers, "header", nil, "a custom header 'Key: Value', spaces around both dropped (repeat; replaces all headers)")
 	sf.BoolVar(&clearURL, "clear-url", false, "clear the URL")
 	sf.BoolVar(&clearHeaders, "clear-headers", false, "remove every header")
 	sf.BoolVar(&asJSON, "json", false, "print JSON")
@@ -359,4 +363,21 @@ func apiHTTPClient(cfg *config.Config, log *slog.Logger) (*http.Client, error) {
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}, nil
+}
+
+// parseHeaderFlag reads a --header flag, 'Key: Value'. Like curl it drops
+// the spaces and tabs around the key and the value (a field value's optional
+// whitespace, RFC 9110), and nothing else; the API checks the rest. Bytes
+// that are not UTF-8 are refused here: JSON would carry them as U+FFFD, and
+// a value different from the one given would be stored.
+func parseHeaderFlag(h string) (key, value string, err error) {
+	key, value, ok := strings.Cut(h, ":")
+	key, value = strings.Trim(key, " \t"), strings.Trim(value, " \t")
+	switch {
+	case !ok:
+		return "", "", fmt.Errorf("--header %q: want 'Key: Value'", key)
+	case !utf8.ValidString(key) || !utf8.ValidString(value):
+		return "", "", fmt.Errorf("--header %q: not valid UTF-8", h)
+	}
+	return key, value, nil
 }
