@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
+
+	"github.com/callbackd/callbackd/plugins"
 )
 
 // maxResponseBytes bounds what Client reads of an answer.
@@ -58,8 +62,13 @@ func (c *Client) Do(ctx context.Context, query string, variables map[string]any,
 	if err != nil {
 		return fmt.Errorf("encode request: %w", err)
 	}
-	url := strings.TrimRight(c.BaseURL, "/") + "/graphql"
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	base, err := url.Parse(c.BaseURL)
+	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+		return fmt.Errorf("admin API URL %s: want http(s)://host:port", plugins.SafeURL(c.BaseURL))
+	}
+	// The printed URL drops userinfo and query (SPEC §7).
+	at := plugins.SafeURL(c.BaseURL)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base.JoinPath("graphql").String(), bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("admin API request: %w", err)
 	}
@@ -72,22 +81,27 @@ func (c *Client) Do(ctx context.Context, query string, variables map[string]any,
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("admin API at %s: %w", c.BaseURL, err)
+		// *url.Error repeats the request's URL, userinfo and query included.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("admin API at %s: %w", at, err)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 	if err != nil {
-		return fmt.Errorf("admin API at %s: read response: %w", c.BaseURL, err)
+		return fmt.Errorf("admin API at %s: read response: %w", at, err)
 	}
 	if resp.StatusCode == http.StatusUnauthorized {
-		return fmt.Errorf("admin API at %s: %w", c.BaseURL, ErrUnauthorized)
+		return fmt.Errorf("admin API at %s: %w", at, ErrUnauthorized)
 	}
 	var out struct {
 		Data   json.RawMessage `json:"data"`
 		Errors GraphQLErrors   `json:"errors"`
 	}
 	if err := json.Unmarshal(raw, &out); err != nil {
-		return fmt.Errorf("admin API at %s: HTTP %d: %s", c.BaseURL, resp.StatusCode, excerpt(raw))
+		return fmt.Errorf("admin API at %s: HTTP %d: %s", at, resp.StatusCode, excerpt(raw))
 	}
 	if len(out.Errors) > 0 {
 		if data != nil && len(out.Data) > 0 {
@@ -96,11 +110,11 @@ func (c *Client) Do(ctx context.Context, query string, variables map[string]any,
 		return out.Errors
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("admin API at %s: HTTP %d: %s", c.BaseURL, resp.StatusCode, excerpt(raw))
+		return fmt.Errorf("admin API at %s: HTTP %d: %s", at, resp.StatusCode, excerpt(raw))
 	}
 	if data != nil && len(out.Data) > 0 {
 		if err := json.Unmarshal(out.Data, data); err != nil {
-			return fmt.Errorf("admin API at %s: decode data: %w", c.BaseURL, err)
+			return fmt.Errorf("admin API at %s: decode data: %w", at, err)
 		}
 	}
 	return nil

@@ -146,7 +146,11 @@ func dialNATS(cfg *config.Config, log *slog.Logger) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(u, clientOptions(cfg, log.With("component", "nats"))...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w (is callbackd serve running?)", redactURLs(u), err)
+		hint := ""
+		if errors.Is(err, nats.ErrNoServers) {
+			hint = " (is callbackd serve running?)"
+		}
+		return nil, fmt.Errorf("connect to NATS at %s: %w%s", redactURLs(u), err, hint)
 	}
 	return nc, nil
 }

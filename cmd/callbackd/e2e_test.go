@@ -300,6 +300,9 @@ func TestServe_unknown_config_key_fails_naming_it(t *testing.T) {
 	}{
 		{"nested", "dispatcher:\n  wokers: 8\n", "dispatcher.wokers"},
 		{"top level", "colour: blue\n", "colour"},
+		// Several at once: each named, on one line (SPEC §7).
+		{"two", "colour: blue\nplugins:\n  call_timout: 3s\n", `config: unknown key "colour" in`},
+		{"two", "colour: blue\nplugins:\n  call_timout: 3s\n", `; config: unknown key "plugins.call_timout" in`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -310,6 +313,9 @@ func TestServe_unknown_config_key_fails_naming_it(t *testing.T) {
 			}
 			if !strings.Contains(stderr, tt.key) {
 				t.Errorf("stderr does not name %s:\n%s", tt.key, stderr)
+			}
+			if n := strings.Count(strings.TrimSpace(stderr), "\n"); n != 0 {
+				t.Errorf("stderr is %d lines, want one:\n%s", n+1, stderr)
 			}
 		})
 	}

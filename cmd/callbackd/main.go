@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -25,14 +27,23 @@ func main() {
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
 	if err != nil {
+		fmt.Fprintln(os.Stderr, "callbackd:", errorLine(err))
 		var ue usageError
 		if errors.As(err, &ue) {
-			fmt.Fprintln(os.Stderr, "callbackd:", err)
 			os.Exit(2)
 		}
-		fmt.Fprintln(os.Stderr, "callbackd:", err)
 		os.Exit(1)
 	}
+}
+
+// errorLine is err as one line: several problems at once (errors.Join, as
+// config reports each wrong key) are separated by "; ".
+func errorLine(err error) string {
+	lines := strings.Split(strings.TrimSpace(err.Error()), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimSpace(l)
+	}
+	return strings.Join(slices.DeleteFunc(lines, func(l string) bool { return l == "" }), "; ")
 }
 
 // usageError is an error in how callbackd was called (exit status 2).

@@ -110,6 +110,11 @@ func TestEmbeddedAuth_token_refuses_anonymous_clients_and_admits_the_CLI(t *test
 	}
 	sink.waitUnique(t, 1, 30*time.Second)
 	sink.check(t, 1, 2)
+	// A wrong token is refused as such, not taken for a server that is down.
+	_, errOut, code := publishCLI(t, in, 2, "--nats.auth.token", "wr0ng")
+	if code == 0 || !strings.Contains(errOut, "Authorization Violation") || strings.Contains(errOut, "is callbackd serve running") {
+		t.Errorf("publish with a wrong token: exit %d, %q; want the refusal without the not-running hint", code, errOut)
+	}
 }
 
 // An external NATS that requires a password and client certificates:

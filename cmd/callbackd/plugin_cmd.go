@@ -30,8 +30,13 @@ import (
 // serves every built-in plugin from this one process and returns only on
 // a usage error (plugins.Serve exits the process).
 func runPluginCommand(args []string, stderr io.Writer) int {
+	const usage = "usage: callbackd plugin builtin [flags] (started by callbackd serve, not by hand)"
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprintln(stderr, usage)
+		return 0
+	}
 	if len(args) == 0 || args[0] != "builtin" {
-		fmt.Fprintln(stderr, "callbackd: usage: callbackd plugin builtin [flags] (started by callbackd serve, not by hand)")
+		fmt.Fprintln(stderr, "callbackd: "+usage)
 		return 2
 	}
 	fs := flag.NewFlagSet("callbackd plugin builtin", flag.ContinueOnError)
@@ -50,6 +55,9 @@ func runPluginCommand(args []string, stderr io.Writer) int {
 		return nil
 	})
 	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	if os.Getenv(plugins.Handshake.MagicCookieKey) != plugins.Handshake.MagicCookieValue {

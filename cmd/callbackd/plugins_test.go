@@ -242,6 +242,13 @@ func TestPluginCommand_is_not_for_people(t *testing.T) {
 	if code != 2 || !strings.Contains(stderr, "usage") {
 		t.Errorf("plugin nope: exit %d, stderr %q", code, stderr)
 	}
+	// Asking for help is not an error.
+	for _, args := range [][]string{{"plugin", "--help"}, {"plugin", "builtin", "--help"}} {
+		_, stderr, code = testutil.RunBinary(t, time.Minute, bin, args...)
+		if code != 0 || !strings.Contains(stderr, "builtin") {
+			t.Errorf("%v: exit %d, stderr %q; want 0 and the usage", args, code, stderr)
+		}
+	}
 }
 
 func TestPluginsList(t *testing.T) {
