@@ -26,9 +26,9 @@ func TestClient_base_URL(t *testing.T) {
 	ctx := context.Background()
 
 	for base, want := range map[string]string{
-		hs.URL:                                     "/graphql",
-		hs.URL + "/":                               "/graphql",
-		hs.URL + "/admin/":                         "/admin/graphql",
+		hs.URL:             "/graphql",
+		hs.URL + "/":       "/graphql",
+		hs.URL + "/admin/": "/admin/graphql",
 		"http://admin:hunter2@" + host + "/?sig=S": "/graphql?sig=S",
 	} {
 		c := &api.Client{BaseURL: base, Token: "t"}
