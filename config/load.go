@@ -120,6 +120,9 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 		if err := unknownKeys(k.Raw(), path); err != nil {
 			return nil, nil, err
 		}
+		if err := nullValues(k.Raw(), path); err != nil {
+			return nil, nil, err
+		}
 	}
 
 	var warnings []string
@@ -179,7 +182,7 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 	if err != nil {
 		return nil, warnings, keyErrors(err)
 	}
-	if deriveAckPending && cfg.Dispatcher.Workers > 0 {
+	if deriveAckPending && 0 < cfg.Dispatcher.Workers && cfg.Dispatcher.Workers <= maxWorkers {
 		// (A bad workers is reported as such, not again as a derived
 		// max_ack_pending the user never set.)
 		cfg.Dispatcher.MaxAckPending = 4 * cfg.Dispatcher.Workers
@@ -295,6 +298,40 @@ func unknownKeys(raw map[string]any, path string) error {
 	return errors.Join(errs...)
 }
 
+// nullValues returns a KeyError per key of the file whose value, or one of
+// whose list entries, is null (`timeout:` with nothing after it, or `[1s,
+// null]`). Decoding would keep the default there, a value nobody wrote; a
+// section with nothing under it is fine.
+func nullValues(raw map[string]any, path string) error {
+	var errs []error
+	bad := func(key string) {
+		errs = append(errs, &KeyError{Key: key, Err: fmt.Errorf("no value (null) in %s: give one, or leave the key out for its default", path)})
+	}
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			key, v := prefix+k, m[k]
+			t, _ := keyType(key)
+			switch v := v.(type) {
+			case nil:
+				if t == nil || t == pluginEntryType || (t.Kind() != reflect.Struct && t.Kind() != reflect.Map) {
+					bad(key)
+				}
+			case map[string]any:
+				walk(key+".", v)
+			case []any:
+				for i, e := range v {
+					if e == nil {
+						bad(fmt.Sprintf("%s[%d]", key, i))
+					}
+				}
+			}
+		}
+	}
+	walk("", raw)
+	return errors.Join(errs...)
+}
+
 // envKey maps CALLBACKD_NATS__URL to nats.url.
 func envKey(name string) string {
 	key := strings.ToLower(strings.TrimPrefix(name, EnvPrefix))
@@ -373,15 +410,33 @@ func oneLine(err error) error {
 // integerHook refuses a number with a fraction for an integer key, which
 // mapstructure would truncate (`workers: 8.5` → 8): a whole float, as YAML
 // may give 8 or 8.0, is taken.
+//
+// It also refuses a number too large for the key, which mapstructure would
+// wrap around (`workers: 99999999999999999999` → a negative count).
 func integerHook(from, to reflect.Type, data any) (any, error) {
-	if from.Kind() != reflect.Float32 && from.Kind() != reflect.Float64 {
+	switch to.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+	default:
 		return data, nil
 	}
-	switch to.Kind() {
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		if f := reflect.ValueOf(data).Float(); f != math.Trunc(f) || math.IsInf(f, 0) {
+	v := reflect.ValueOf(data)
+	switch from.Kind() {
+	case reflect.Float32, reflect.Float64:
+		f := v.Float()
+		if f != math.Trunc(f) || math.IsInf(f, 0) {
 			return nil, fmt.Errorf("want a whole number, got %v", data)
+		}
+		// 2^63 itself is out of range: float64 holds it exactly.
+		if f >= math.MaxInt64 || f < math.MinInt64 || reflect.Zero(to).OverflowInt(int64(f)) {
+			return nil, fmt.Errorf("too large: %v", data)
+		}
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		if u := v.Uint(); u > math.MaxInt64 || reflect.Zero(to).OverflowInt(int64(u)) {
+			return nil, fmt.Errorf("too large: %v", data)
+		}
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		if reflect.Zero(to).OverflowInt(v.Int()) {
+			return nil, fmt.Errorf("too large: %v", data)
 		}
 	}
 	return data, nil

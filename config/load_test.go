@@ -291,6 +291,24 @@ func TestLoad_errors_name_the_key(t *testing.T) {
 			wantMsg:  "want a whole number, got 3.9",
 		},
 		{
+			name:     "a number too large for the key wraps no more",
+			yaml:     "dispatcher: {workers: 99999999999999999999, max_payload: 99999999999999999999}\nretention: {log_bytes: 18446744073709551615}\n",
+			wantKeys: []string{"dispatcher.workers", "dispatcher.max_payload", "retention.log_bytes"},
+			wantMsg:  "too large: 18446744073709551615",
+		},
+		{
+			name:     "2^63 is too large",
+			yaml:     "dispatcher: {max_retry_pending: 9223372036854775808}\n",
+			wantKeys: []string{"dispatcher.max_retry_pending"},
+			wantMsg:  "too large",
+		},
+		{
+			name:     "null in a list, and a key with no value",
+			yaml:     "delivery: {backoff: [1s, null, 2s], allow_cidrs: [null]}\nlog:\n  level:\napi:\nplugins: {encoders: {crawl_status: null}}\n",
+			wantKeys: []string{"delivery.allow_cidrs[0]", "delivery.backoff[1]", "log.level", "plugins.encoders.crawl_status"},
+			wantMsg:  "config: delivery.backoff[1]: no value (null) in ",
+		},
+		{
 			name:     "unknown key in the file",
 			yaml:     "dispatcher:\n  wokers: 3\n",
 			wantKeys: []string{"dispatcher.wokers"},
@@ -528,9 +546,11 @@ func TestLoad_bad_yaml_is_an_error(t *testing.T) {
 // A bad dispatcher.workers is one error: max_ack_pending, derived from it
 // when not set, is not reported as well.
 func TestLoad_bad_workers_is_one_error(t *testing.T) {
-	_, _, err := load(t, "dispatcher: {workers: 0}\n", nil)
-	if err == nil || !strings.Contains(err.Error(), "dispatcher.workers") || strings.Contains(err.Error(), "max_ack_pending") {
-		t.Fatalf("Load = %v, want one error naming dispatcher.workers", err)
+	for _, workers := range []string{"0", "4611686018427387904"} {
+		_, _, err := load(t, "dispatcher: {workers: "+workers+"}\n", nil)
+		if err == nil || !strings.Contains(err.Error(), "dispatcher.workers") || strings.Contains(err.Error(), "max_ack_pending") {
+			t.Errorf("workers %s: Load = %v, want one error naming dispatcher.workers", workers, err)
+		}
 	}
 }
 

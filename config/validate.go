@@ -21,6 +21,14 @@ import (
 // minimum, api.New).
 const MinAPITokenLen = 16
 
+// maxWorkers caps dispatcher.workers, of which max_ack_pending's default is
+// four times.
+const maxWorkers = 1 << 20
+
+// maxDeliveryTimeout caps delivery.timeout: the consumers' ack wait is
+// 10 s more, and an attempt that may take longer than an hour is a hang.
+const maxDeliveryTimeout = time.Hour
+
 // maxPayloadLimit caps dispatcher.max_payload: NATS' own default max_payload
 // is 1MiB and its hard ceiling 64MiB; 8MiB keeps one event well below it.
 const maxPayloadLimit = 8 * MiB
@@ -66,6 +74,9 @@ func (c *Config) Validate() error {
 	if n.Cluster.TLS.Cert != "" && n.Cluster.TLS.CA == "" {
 		p.add("nats.cluster.tls.ca", "must be set with nats.cluster.tls.cert: routes are verified both ways")
 	}
+	// nats-server refuses these with white space, naming neither key.
+	p.check(!strings.ContainsAny(n.ServerName, " \t\r\n"), "nats.server_name", "must not contain white space, got %q", n.ServerName)
+	p.check(!strings.ContainsAny(n.Cluster.Name, " \t\r\n"), "nats.cluster.name", "must not contain white space, got %q", n.Cluster.Name)
 	p.check(1 <= n.Replicas && n.Replicas <= 5, "nats.replicas", "must be 1 to 5, got %d", n.Replicas)
 	if n.Embedded && n.Cluster.Listen == "" && 1 < n.Replicas && n.Replicas <= 5 {
 		p.add("nats.replicas", "must be 1 for a lone embedded server (more replicas need nats.cluster), got %d", n.Replicas)
@@ -74,6 +85,7 @@ func (c *Config) Validate() error {
 
 	d := &c.Dispatcher
 	p.atLeast1("dispatcher.workers", d.Workers)
+	p.check(d.Workers <= maxWorkers, "dispatcher.workers", "must be at most %d, got %d", maxWorkers, d.Workers)
 	p.atLeast1("dispatcher.per_host_concurrency", d.PerHostConcurrency)
 	p.atLeast1("dispatcher.max_ack_pending", d.MaxAckPending)
 	p.atLeast1("dispatcher.max_retry_pending", d.MaxRetryPending)
@@ -83,11 +95,18 @@ func (c *Config) Validate() error {
 
 	dl := &c.Delivery
 	p.positive("delivery.timeout", dl.Timeout)
+	p.check(dl.Timeout <= maxDeliveryTimeout, "delivery.timeout", "must be at most %s, got %s", maxDeliveryTimeout, dl.Timeout)
 	p.atLeast1("delivery.max_in_flight", dl.MaxInFlight)
 	p.atLeast1("delivery.max_attempts", dl.MaxAttempts)
 	p.check(len(dl.Backoff) > 0, "delivery.backoff", "must not be empty")
 	for i, b := range dl.Backoff {
-		p.positive(fmt.Sprintf("delivery.backoff[%d]", i), b)
+		key := fmt.Sprintf("delivery.backoff[%d]", i)
+		p.positive(key, b)
+		// A retry waits in CALLBACKS_RETRY, whose max age is
+		// retention.events: a longer wait would expire it unsent.
+		if c.Retention.Events > 0 {
+			p.check(b < c.Retention.Events, key, "must be shorter than retention.events (%s), how long a waiting retry is kept, got %s", c.Retention.Events, b)
+		}
 	}
 	for i, s := range dl.AllowCIDRs {
 		if _, err := netip.ParsePrefix(s); err != nil {

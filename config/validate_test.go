@@ -29,9 +29,24 @@ func TestValidate_names_the_key(t *testing.T) {
 		{"nats.url unparsable", func(c *Config) { c.NATS.Embedded = false; c.NATS.URL = "ht!tp://bad url" }, "nats.url"},
 		{"nats.url empty list entry", func(c *Config) { c.NATS.Embedded = false; c.NATS.URL = "nats://a:4222," }, "nats.url"},
 		{"nats.url checked when embedded too", func(c *Config) { c.NATS.URL = "ftp://x" }, "nats.url"},
-		{"retention.events under the de-duplication window", func(c *Config) { c.Retention.Events = 15 * time.Second }, "retention.events"},
+		{"retention.events under the de-duplication window", func(c *Config) {
+			c.Retention.Events, c.Delivery.Backoff = 15*time.Second, []time.Duration{time.Second}
+		}, "retention.events"},
 		{"retention.dead under the de-duplication window", func(c *Config) { c.Retention.Dead = time.Minute }, "retention.dead"},
-		{"short retention with a shorter window", func(c *Config) { c.Retention.Events, c.NATS.Duplicates = 15*time.Second, 5*time.Second }, ""},
+		{"short retention with a shorter window", func(c *Config) {
+			c.Retention.Events, c.NATS.Duplicates, c.Delivery.Backoff = 15*time.Second, 5*time.Second, []time.Duration{time.Second, 14 * time.Second}
+		}, ""},
+		{"a backoff as long as retention.events", func(c *Config) {
+			c.Retention.Events, c.NATS.Duplicates, c.Delivery.Backoff = time.Hour, time.Minute, []time.Duration{time.Second, time.Hour}
+		}, "delivery.backoff[1]"},
+		{"delivery.timeout 1h", func(c *Config) { c.Delivery.Timeout = time.Hour }, ""},
+		{"delivery.timeout over 1h", func(c *Config) { c.Delivery.Timeout = time.Hour + time.Second }, "delivery.timeout"},
+		{"workers at the cap", func(c *Config) { c.Dispatcher.Workers = 1 << 20 }, ""},
+		{"workers over the cap", func(c *Config) { c.Dispatcher.Workers = 1<<20 + 1 }, "dispatcher.workers"},
+		{"nats.server_name with a space", func(c *Config) { c.NATS.ServerName = "a b" }, "nats.server_name"},
+		{"nats.cluster.name with a tab", func(c *Config) {
+			c.NATS.Cluster = Cluster{Name: "a\tb", Listen: "0.0.0.0:6222", Routes: []string{"nats://a:6222"}}
+		}, "nats.cluster.name"},
 		{"replicas without a cluster", func(c *Config) { c.NATS.Replicas = 3 }, "nats.replicas"},
 		{"replicas on an external server", func(c *Config) { c.NATS.Replicas, c.NATS.Embedded, c.NATS.URL = 3, false, "nats://n:4222" }, ""},
 		{"api.token too short", func(c *Config) { c.API.Token = "tok123" }, "api.token"},

@@ -138,9 +138,13 @@ func stableName(dataDir string) (string, error) {
 	path := filepath.Join(dataDir, "server_name")
 	b, err := os.ReadFile(path)
 	if err == nil {
-		if name := strings.TrimSpace(string(b)); name != "" {
-			return name, nil
+		// Kept, not replaced: a new name would make this node a stranger
+		// to its cluster's JetStream peers.
+		name := strings.TrimSpace(string(b))
+		if err := checkName(name); err != nil {
+			return "", fmt.Errorf("embedded nats: server name in %s: %w (set nats.server_name, or remove the file on a node that never joined a cluster)", path, err)
 		}
+		return name, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("embedded nats: read server name: %w", err)
 	}
@@ -149,10 +153,27 @@ func stableName(dataDir string) (string, error) {
 		return "", fmt.Errorf("embedded nats: generate server name: %w", err)
 	}
 	name := "callbackd-" + hex.EncodeToString(r[:])
-	if err := os.WriteFile(path, []byte(name+"\n"), 0o600); err != nil {
+	// Written whole or not at all, so that a crash cannot leave an empty
+	// file behind.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(name+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("embedded nats: write server name: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
 		return "", fmt.Errorf("embedded nats: write server name: %w", err)
 	}
 	return name, nil
+}
+
+// checkName applies nats-server's rules for a server or cluster name.
+func checkName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty")
+	case strings.ContainsAny(name, " \t\r\n"):
+		return fmt.Errorf("%q contains white space", name)
+	}
+	return nil
 }
 
 // checkPorts tries the client and cluster listeners before the server

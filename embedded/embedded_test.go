@@ -2,7 +2,11 @@ package embedded_test
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -65,6 +69,35 @@ func TestStart_keeps_a_stable_server_name(t *testing.T) {
 	}
 	if again := start(t, embedded.Options{DataDir: dir}).Name(); again != name {
 		t.Fatalf("name changed across restarts: %q then %q", name, again)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "server_name.tmp")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("server_name.tmp left behind: %v", err)
+	}
+}
+
+// A server_name file that is empty or not a name stops start-up naming the
+// file: a new name would make the node a stranger to its cluster.
+func TestStart_refuses_a_bad_server_name_file(t *testing.T) {
+	for _, content := range []string{"", "\n", "bad name\n"} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "server_name")
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		s, err := embedded.Start(ctx, embedded.Options{DataDir: dir, Logger: testutil.Logger(t)})
+		cancel()
+		if err == nil {
+			s.Shutdown()
+			t.Errorf("server_name %q: started as %q, want an error", content, s.Name())
+			continue
+		}
+		if !strings.Contains(err.Error(), path) {
+			t.Errorf("server_name %q: error %q does not name %s", content, err, path)
+		}
+		if b, _ := os.ReadFile(path); string(b) != content {
+			t.Errorf("server_name %q: file now %q, want it left as it was", content, b)
+		}
 	}
 }
 

@@ -265,7 +265,11 @@ func TestReplayCmd(t *testing.T) {
 		t.Errorf("summary %q", got)
 	}
 	if !strings.Contains(errOut.String(), "going through the dead letters") || !strings.Contains(errOut.String(), "2/2") {
-		t.Errorf("no progress bar on stderr: %q", errOut.String())
+		t.Errorf("no progress on stderr: %q", errOut.String())
+	}
+	// stderr is not a terminal: lines, not a bar redrawn with \r.
+	if strings.Contains(errOut.String(), "\r") {
+		t.Errorf("progress redrawn on a stderr that is not a terminal: %q", errOut.String())
 	}
 	if streamCount(t, js, subjects.Stream) != 2 || streamCount(t, js, subjects.DeadStream) != 1 {
 		t.Errorf("after replay: CALLBACKS %d, CALLBACKS_DEAD %d", streamCount(t, js, subjects.Stream), streamCount(t, js, subjects.DeadStream))
@@ -394,5 +398,31 @@ func TestReplaySummary_says_how_many_letters_were_gone(t *testing.T) {
 		if got := replaySummary(tc.res, tc.err); got != tc.want {
 			t.Errorf("replaySummary(%+v, %v) = %q, want %q", tc.res, tc.err, got, tc.want)
 		}
+	}
+}
+
+// publish reads the event from stdin when --data is not given, and refuses
+// more than any max_payload allows with a line that says so.
+func TestPublishCmd_reads_stdin(t *testing.T) {
+	js := cliJetStream(t)
+	ctx := testutil.Context(t)
+	args := []string{"publish", "crawl_status", "--account", "5", "--project", "1"}
+
+	var out, errOut testutil.SyncBuffer
+	if err := runCLI(ctx, t, js, `{"crawl_id":1}`, &out, &errOut, args...); err != nil {
+		t.Fatalf("publish from stdin: %v", err)
+	}
+	if n := streamCount(t, js, subjects.Stream); n != 1 {
+		t.Errorf("CALLBACKS holds %d events, want 1", n)
+	}
+
+	big := `{"crawl_id":1,"pad":"` + strings.Repeat("x", maxStdinEvent) + `"}`
+	err := runCLI(ctx, t, js, big, &out, &errOut, args...)
+	var ue usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "over 8 MiB") {
+		t.Errorf("publish of %d bytes: %v; want a usage error saying it is over 8 MiB", len(big), err)
+	}
+	if n := streamCount(t, js, subjects.Stream); n != 1 {
+		t.Errorf("CALLBACKS holds %d events after the refusal, want 1", n)
 	}
 }

@@ -6,13 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/callbackd/callbackd/subjects"
 )
+
+// maxStdinEvent bounds what publish reads from stdin: the largest
+// dispatcher.max_payload.
+const maxStdinEvent = 8 << 20
 
 func newPublishCmd() *cobra.Command {
 	var account, project, data, msgID string
@@ -30,8 +33,11 @@ func newPublishCmd() *cobra.Command {
 			}
 			body := []byte(data)
 			if !cmd.Flags().Changed("data") {
-				if body, err = io.ReadAll(io.LimitReader(os.Stdin, 8<<20)); err != nil {
+				if body, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), maxStdinEvent+1)); err != nil {
 					return fmt.Errorf("read event from stdin: %w", err)
+				}
+				if len(body) > maxStdinEvent {
+					return usageError{fmt.Errorf("the event on stdin is over %d MiB, more than any dispatcher.max_payload", maxStdinEvent>>20)}
 				}
 			}
 			if len(body) == 0 {

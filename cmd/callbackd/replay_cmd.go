@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/callbackd/callbackd/deadletters"
 	"github.com/callbackd/callbackd/subjects"
@@ -103,30 +105,18 @@ func replay(cmd *cobra.Command, js jetstream.JetStream, f deadletters.Filter, ye
 		return err
 	}
 	if !yes {
-		fmt.Fprintf(errOut, "replay %d dead letters to their original subjects? [y/N] ", res.Matched)
+		letters := "dead letters"
+		if res.Matched == 1 {
+			letters = "dead letter"
+		}
+		fmt.Fprintf(errOut, "replay %d %s to their original subjects? [y/N] ", res.Matched, letters)
 		if !confirmed(cmd.InOrStdin()) {
 			return errors.New("replay not confirmed; nothing changed (--yes skips the question)")
 		}
 	}
-	bar := progressbar.NewOptions(res.Matched,
-		progressbar.OptionSetWriter(errOut),
-		progressbar.OptionSetDescription("going through the dead letters"),
-		progressbar.OptionShowCount(),
-		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionOnCompletion(func() { fmt.Fprintln(errOut) }),
-	)
-	res, err = deadletters.Replay(ctx, js, f, func(done, total int) {
-		if total != bar.GetMax() {
-			bar.ChangeMax(total)
-		}
-		_ = bar.Set(done)
-	})
-	if err == nil {
-		_ = bar.Finish()
-	} else {
-		fmt.Fprintln(errOut)
-	}
+	p := newProgress(errOut, res.Matched)
+	res, err = deadletters.Replay(ctx, js, f, p.set)
+	p.end(err == nil)
 	if _, perr := fmt.Fprintln(out, replaySummary(res, err)); perr != nil && err == nil {
 		err = perr
 	}
@@ -166,4 +156,62 @@ func confirmed(in io.Reader) bool {
 		return true
 	}
 	return false
+}
+
+// progressLabel says what a replay's progress counts.
+const progressLabel = "going through the dead letters"
+
+// progress shows how far a replay has gone: a bar redrawn in place on a
+// terminal, else a line every progressEvery (a log or a pipe keeps no
+// redraws).
+type progress struct {
+	bar  *progressbar.ProgressBar // nil when w is not a terminal
+	w    io.Writer
+	last time.Time
+	done int
+	max  int
+}
+
+const progressEvery = 2 * time.Second
+
+func newProgress(w io.Writer, total int) *progress {
+	p := &progress{w: w, max: total, last: time.Now()}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.bar = progressbar.NewOptions(total,
+			progressbar.OptionSetWriter(w),
+			progressbar.OptionSetDescription(progressLabel),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
+		)
+	}
+	return p
+}
+
+func (p *progress) set(done, total int) {
+	p.done, p.max = done, total
+	if p.bar != nil {
+		if total != p.bar.GetMax() {
+			p.bar.ChangeMax(total)
+		}
+		_ = p.bar.Set(done)
+		return
+	}
+	if now := time.Now(); now.Sub(p.last) >= progressEvery {
+		p.last = now
+		fmt.Fprintf(p.w, "%s: %d/%d\n", progressLabel, done, total)
+	}
+}
+
+// end finishes the bar, or prints the last count.
+func (p *progress) end(ok bool) {
+	switch {
+	case p.bar != nil && ok:
+		_ = p.bar.Finish()
+	case p.bar != nil:
+		fmt.Fprintln(p.w)
+	default:
+		fmt.Fprintf(p.w, "%s: %d/%d\n", progressLabel, p.done, p.max)
+	}
 }

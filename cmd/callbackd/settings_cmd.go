@@ -111,8 +111,12 @@ func newSettingsCmd(name string) *cobra.Command {
 		clearURL, clearHeaders bool
 		clearSSO               bool
 	)
+	use := "set <id> [--url URL | --clear-url] [--header 'Key: Value']... [--clear-headers]"
+	if name == "account" {
+		use += " [--sso-client ID | --clear-sso-client]"
+	}
 	set := &cobra.Command{
-		Use:   "set <id> [--url URL | --clear-url] [--header 'Key: Value']... [--clear-headers]",
+		Use:   use,
 		Short: "Change " + k.article + " " + k.label + "'s settings; what is not given is unchanged",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -319,7 +323,7 @@ func cliToken(flag, env string, cfg *config.Config) (string, error) {
 	}
 	t, err := api.ReadToken(cfg.DataDir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("no admin token: pass --token, set %s, or run where callbackd serve keeps its data (%s not found; data_dir is %s)",
+		return "", fmt.Errorf("no admin token: pass --token, set %s or api.token, or run where callbackd serve keeps its data (%s not found; data_dir is %s)",
 			tokenEnv, api.TokenPath(cfg.DataDir), cfg.DataDir)
 	}
 	return t, err
