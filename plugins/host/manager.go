@@ -290,6 +290,11 @@ type proc struct {
 	pipelines map[string]plugins.EncodeDeliverer
 }
 
+// killGrace is how long a process gets to exit when asked to. go-plugin asks
+// over gRPC with no deadline of its own, and a frozen process (SIGSTOP, a
+// deadlock) never answers: after killGrace it is killed outright.
+const killGrace = 2 * time.Second
+
 func (pr *proc) kill() {
 	if pr.encConn != nil {
 		pr.encConn.Close()
@@ -300,7 +305,25 @@ func (pr *proc) kill() {
 	if pr.tr != nil {
 		pr.tr.Close()
 	}
-	pr.client.Kill()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pr.client.Kill()
+	}()
+	t := time.NewTimer(killGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return
+	case <-t.C:
+	}
+	// Still ours: the process has not been reaped, so its pid is not reused.
+	if !pr.client.Exited() {
+		if proc, err := os.FindProcess(pr.pid); err == nil {
+			_ = proc.Kill()
+		}
+	}
+	<-done
 }
 
 // Name returns the plugin's name (Spec.Name).

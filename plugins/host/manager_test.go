@@ -424,6 +424,48 @@ func TestCrash_mid_load_restarts(t *testing.T) {
 	t.Logf("ok %d, infrastructure errors %d", ok.Load(), failed.Load())
 }
 
+// A frozen process (SIGSTOP) answers neither health checks nor go-plugin's
+// request to shut down: it is killed and restarted, and Close does not wait
+// on a frozen one for ever either.
+func TestFrozen_process_is_killed_and_restarted(t *testing.T) {
+	m := newManager(t, Options{CallTimeout: time.Second})
+	p, err := m.Launch(context.Background(), selfSpec(t, "encoder", plugins.PluginEncoder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, _, _ := p.Encoder("test_event")
+	frozen := p.PID()
+	if err := syscall.Kill(frozen, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(frozen, syscall.SIGKILL) })
+	waitFor(t, 60*time.Second, func() bool { return p.Running() && p.PID() != frozen })
+	waitFor(t, 30*time.Second, func() bool { return processGone(frozen) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := encodeN(ctx, enc, 1, ""); err != nil {
+		t.Errorf("encode after the restart: %v", err)
+	}
+
+	frozen = p.PID()
+	if err := syscall.Kill(frozen, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		m.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(60 * time.Second):
+		t.Fatal("Close still waiting on a frozen process after 60 s")
+	}
+	if !processGone(frozen) {
+		t.Errorf("frozen process %d survived Close", frozen)
+	}
+}
+
 func TestClose_stops_every_process(t *testing.T) {
 	m := newManager(t, Options{})
 	p1, err := m.Launch(context.Background(), selfSpec(t, "encoder", plugins.PluginEncoder))
