@@ -28,6 +28,28 @@ import (
 // maxBatch caps the items of one stream message.
 const maxBatch = 64
 
+// maxBatchBytes caps the size of one host-to-plugin message of several
+// items: gRPC servers refuse messages over 4 MiB by default (plugins.Serve
+// accepts up to MaxMessageBytes), and a message they refuse breaks the
+// stream with every item on it. An item larger than this goes alone.
+const maxBatchBytes = 1 << 20
+
+// MaxMessageBytes is the largest message a plugin served by Serve accepts
+// from its host: one item, an event of the largest dispatcher.max_payload
+// or a notification of MaxNotificationBytes, fits with room to spare.
+const MaxMessageBytes = 64 << 20
+
+// sized is an outgoing item that knows its size on the wire.
+type sized interface{ wireSize() int }
+
+// wireSizeOf is the size on the wire of an item that knows it, else 0.
+func wireSizeOf[Out any](item *Out) int {
+	if s, ok := any(item).(sized); ok {
+		return s.wireSize()
+	}
+	return 0
+}
+
 // batchStream is one bidirectional stream of batches, seen from one side:
 // send writes items (and the ids of items to cancel, host side only),
 // recv reads the next batch from the peer.
@@ -71,22 +93,30 @@ func (b *batcher[Out]) push(item *Out, cancel uint64) bool {
 	return true
 }
 
-// take returns up to maxBatch queued items and every queued cancellation;
-// ok is false when there is nothing queued.
+// take returns up to maxBatch queued items, no more than maxBatchBytes of
+// them unless the first alone is larger, and every queued cancellation; ok
+// is false when there is nothing queued.
 func (b *batcher[Out]) take() (items []*Out, cancel []uint64, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.queue) == 0 && len(b.cancel) == 0 {
 		return nil, nil, false
 	}
-	if len(b.queue) <= maxBatch {
+	n, size := min(len(b.queue), maxBatch), 0
+	for i, it := range b.queue[:n] {
+		if size += wireSizeOf(it); size > maxBatchBytes && i > 0 {
+			n = i
+			break
+		}
+	}
+	if n == len(b.queue) {
 		items, b.queue, b.spare = b.queue, b.spare, nil
 	} else {
-		items = make([]*Out, maxBatch)
+		items = make([]*Out, n)
 		copy(items, b.queue)
-		n := copy(b.queue, b.queue[maxBatch:])
-		clear(b.queue[n:])
-		b.queue = b.queue[:n]
+		rest := copy(b.queue, b.queue[n:])
+		clear(b.queue[rest:])
+		b.queue = b.queue[:rest]
 	}
 	cancel, b.cancel = b.cancel, nil
 	return items, cancel, true

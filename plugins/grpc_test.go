@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -621,10 +622,47 @@ func TestNotification_Check(t *testing.T) {
 		{"empty number", Notification{Fields: []Field{{Name: "n", Value: Number("")}}}, "is not a JSON number"},
 		{"bad bool", Notification{Fields: []Field{{Name: "b", Value: Value{Kind: KindBool, Text: "yes"}}}}, "a bool is true or false"},
 		{"unknown kind", Notification{Fields: []Field{{Name: "k", Value: Value{Kind: 9}}}}, "unknown kind kind(9)"},
+		{"16 MiB", Notification{Fields: []Field{{Name: "p", Value: String(strings.Repeat("x", MaxNotificationBytes-1))}}}, ""},
+		{"over 16 MiB", Notification{Fields: []Field{{Name: "p", Value: String(strings.Repeat("x", MaxNotificationBytes))}}}, "16777217 bytes of names and values, over 16 MiB"},
 	} {
 		err := tc.n.Check()
 		if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
 			t.Errorf("%s: Check() = %v, want %q", tc.name, err, tc.err)
 		}
+	}
+}
+
+// A batch holds at most maxBatch items and maxBatchBytes of them, unless
+// its first item alone is larger; what is left waits for the next.
+func TestBatcher_take_caps_items_and_bytes(t *testing.T) {
+	item := func(size int) *encodeItem {
+		return &encodeItem{ev: Event{Payload: make([]byte, size)}}
+	}
+	b := newBatcher[encodeItem]()
+	for _, size := range []int{400 << 10, 400 << 10, 400 << 10, 3 << 20, 10, 10} {
+		b.push(item(size), 0)
+	}
+	for range 100 {
+		b.push(item(1), 0)
+	}
+	var got []int
+	for {
+		items, _, ok := b.take()
+		if !ok {
+			break
+		}
+		got = append(got, len(items))
+		size := 0
+		for _, it := range items {
+			size += it.wireSize()
+		}
+		if len(items) > 1 && size > maxBatchBytes {
+			t.Errorf("a batch of %d items holds %d bytes, over %d", len(items), size, maxBatchBytes)
+		}
+	}
+	// 2 × 400 KiB; the third alone (with the 3 MiB it would be over);
+	// 3 MiB alone; then 64 of the 102 small ones, and the 38 left.
+	if want := []int{2, 1, 1, 64, 38}; !slices.Equal(got, want) {
+		t.Errorf("batches of %v items, want %v", got, want)
 	}
 }

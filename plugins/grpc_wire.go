@@ -75,7 +75,7 @@ type encodeBatch struct {
 func (b *encodeBatch) appendWire(dst []byte) []byte {
 	n := batchOverhead(len(b.cancel))
 	for _, it := range b.items {
-		n += itemOverhead + len(it.encoder) + eventSize(it.ev)
+		n += it.wireSize()
 	}
 	dst = slices.Grow(dst, n)
 	item, ev := make([]byte, 0, scratchSize), make([]byte, 0, scratchSize)
@@ -108,7 +108,7 @@ type deliverBatch struct {
 func (b *deliverBatch) appendWire(dst []byte) []byte {
 	n := batchOverhead(len(b.cancel))
 	for _, it := range b.items {
-		n += itemOverhead + len(it.d.DeliveryID) + destinationSize(it.d.Destination) + notificationSize(it.d.Notification)
+		n += it.wireSize()
 	}
 	dst = slices.Grow(dst, n)
 	item, sub := make([]byte, 0, scratchSize), make([]byte, 0, scratchSize)
@@ -140,6 +140,13 @@ const (
 )
 
 func batchOverhead(cancels int) int { return 16 + 10*cancels }
+
+// wireSize is an estimate of the item's size on the wire, never below it.
+func (it *encodeItem) wireSize() int { return itemOverhead + len(it.encoder) + eventSize(it.ev) }
+
+func (it *deliverItem) wireSize() int {
+	return itemOverhead + len(it.d.DeliveryID) + destinationSize(it.d.Destination) + notificationSize(it.d.Notification)
+}
 
 func eventSize(ev Event) int {
 	return 5*fieldOverhead + len(ev.Type) + len(ev.AccountID) + len(ev.ProjectID) + len(ev.DeliveryID) + len(ev.Payload)

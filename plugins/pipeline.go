@@ -256,13 +256,18 @@ type pipelineBatch struct {
 	cancel []uint64
 }
 
+func (it *pipelineItem) wireSize() int {
+	n := 2*itemOverhead + len(it.encoder) + eventSize(it.ev)
+	if it.dest != nil {
+		n += destinationSize(*it.dest)
+	}
+	return n
+}
+
 func (b *pipelineBatch) appendWire(dst []byte) []byte {
 	n := batchOverhead(len(b.cancel))
 	for _, it := range b.items {
-		n += 2*itemOverhead + len(it.encoder) + eventSize(it.ev)
-		if it.dest != nil {
-			n += destinationSize(*it.dest)
-		}
+		n += it.wireSize()
 	}
 	dst = slices.Grow(dst, n)
 	item, sub := make([]byte, 0, scratchSize), make([]byte, 0, scratchSize)

@@ -113,7 +113,7 @@ func Serve(c ServeConfig) {
 		HandshakeConfig: Handshake,
 		Plugins:         c.PluginSet(),
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			return grpc.NewServer(append(opts, grpc.StatsHandler(watch))...)
+			return grpc.NewServer(append(opts, grpc.StatsHandler(watch), grpc.MaxRecvMsgSize(MaxMessageBytes))...)
 		},
 		Logger: hclog.New(&hclog.LoggerOptions{
 			Name:       "go-plugin",

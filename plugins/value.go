@@ -93,14 +93,26 @@ func (n Notification) Get(name string) (Value, bool) {
 	return Value{}, false
 }
 
+// MaxNotificationBytes caps a notification's names and values together,
+// for a plugin's: a form body is made of them, and one crossing to a
+// transport in a plugin process must fit in MaxMessageBytes.
+const MaxNotificationBytes = 16 << 20
+
 // Check reports what makes n unfit to send, nil when nothing does: no field
-// at all, a field name that is empty, not valid UTF-8 or given twice, a
+// at all, more than MaxNotificationBytes, a field name that is empty, not valid UTF-8 or given twice, a
 // value that is not valid UTF-8, a number that is not a JSON number, a
 // bool that is not true or false, or an unknown kind. The host checks what
 // an encoder in a plugin process returns.
 func (n Notification) Check() error {
 	if len(n.Fields) == 0 {
 		return errors.New("no fields")
+	}
+	size := 0
+	for _, f := range n.Fields {
+		size += len(f.Name) + len(f.Value.Text)
+	}
+	if size > MaxNotificationBytes {
+		return fmt.Errorf("%d bytes of names and values, over %d MiB", size, MaxNotificationBytes>>20)
 	}
 	for i, f := range n.Fields {
 		switch {

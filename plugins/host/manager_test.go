@@ -169,6 +169,53 @@ func TestLaunch_every_kind_round_trips(t *testing.T) {
 	}
 }
 
+// Items over gRPC's default 4 MiB message limit cross to a plugin process,
+// one alone and many at once, without breaking its stream: the host sends
+// at most 1 MiB of items a message (a larger item alone), and a plugin
+// served by plugins.Serve takes messages up to plugins.MaxMessageBytes.
+func TestLarge_items_cross_without_breaking_the_stream(t *testing.T) {
+	m := newManager(t, Options{})
+	p, err := m.Launch(context.Background(), selfSpec(t, "all", plugins.PluginTransport))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := p.Transport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deliver := func(size int) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		res, err := tr.Deliver(ctx, plugins.Delivery{
+			DeliveryID:   "big",
+			Destination:  plugins.Destination{URL: "200", Headers: []plugins.Header{{Key: "X-Token", Value: "t"}}},
+			Notification: plugins.Notification{Fields: []plugins.Field{{Name: "pad", Value: plugins.String(strings.Repeat("x", size))}}},
+		})
+		if err == nil && res.StatusCode != 200 {
+			err = fmt.Errorf("status %d", res.StatusCode)
+		}
+		return err
+	}
+	if err := deliver(8 << 20); err != nil {
+		t.Fatalf("one 8 MiB notification: %v", err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for range 32 {
+		wg.Go(func() { errs <- deliver(600 << 10) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("32 notifications of 600 KiB at once: %v", err)
+		}
+	}
+	if n := p.Restarts(); n != 0 {
+		t.Errorf("%d restarts, want the stream unbroken", n)
+	}
+}
+
 func TestEncoder_errors_cross_the_boundary(t *testing.T) {
 	m := newManager(t, Options{})
 	p, err := m.Launch(context.Background(), selfSpec(t, "encoder", plugins.PluginEncoder))
