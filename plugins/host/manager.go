@@ -708,7 +708,7 @@ func (p *Plugin) start(ctx context.Context) (*proc, error) {
 			time.Sleep(time.Duration(try+1) * 20 * time.Millisecond)
 			continue
 		}
-		return nil, p.startError(err, tail.String())
+		return nil, p.startError(err, tail.String(), cmd.ProcessState)
 	}
 
 	ok := false
@@ -800,8 +800,9 @@ func describeKinds(kinds []string) string {
 	return strings.Join(kinds, ", ")
 }
 
-// startError explains why a process did not get through the handshake.
-func (p *Plugin) startError(err error, stderr string) error {
+// startError explains why a process did not get through the handshake;
+// exited is the process's end when it has ended.
+func (p *Plugin) startError(err error, stderr string, exited *os.ProcessState) error {
 	msg := err.Error()
 	lastWords := strings.TrimSpace(stderr)
 	if i := strings.LastIndexByte(lastWords, '\n'); len(lastWords) > 600 && i > 0 {
@@ -813,6 +814,17 @@ func (p *Plugin) startError(err error, stderr string) error {
 			ErrIncompatible, p.spec.Name, plugins.ProtocolVersion, msg)
 	case strings.Contains(lastWords, "This binary is a plugin"):
 		return fmt.Errorf("%w: plugin %s rejected callbackd's handshake cookie: it is a go-plugin plugin for another program, or built with another callbackd SDK", ErrIncompatible, p.spec.Name)
+	case strings.Contains(msg, "Failed to read any lines from plugin's stdout"), strings.Contains(msg, "plugin exited before we could connect"):
+		// Its stdout closed with no handshake line: it ended (or closed
+		// stdout) at start, which says nothing about the handshake.
+		how := "exited"
+		if exited != nil {
+			how += " (" + exited.String() + ")"
+		}
+		if lastWords == "" {
+			return fmt.Errorf("plugin %s %s before its handshake, saying nothing on stderr", p.spec.Name, how)
+		}
+		return fmt.Errorf("plugin %s %s before its handshake; its stderr: %s", p.spec.Name, how, strings.Join(strings.Fields(lastWords), " "))
 	case strings.Contains(msg, "Unrecognized remote plugin message"):
 		return fmt.Errorf("%w: plugin %s does not speak go-plugin's handshake (is it a callbackd plugin?): %s", ErrIncompatible, p.spec.Name, firstLine(msg))
 	case strings.Contains(msg, "unsupported plugin protocol"):

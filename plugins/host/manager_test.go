@@ -396,6 +396,17 @@ func TestHandshake_other_cookie_is_refused(t *testing.T) {
 	}
 }
 
+// A plugin that exits at start is reported as such, with its exit status
+// and what it said on stderr, not as one that speaks another protocol.
+func TestLaunch_plugin_that_exits_at_start_says_why(t *testing.T) {
+	m := newManager(t, Options{})
+	_, err := m.Launch(context.Background(), selfSpec(t, "no-such-plugin", plugins.PluginEncoder))
+	want := `plugin test-no-such-plugin exited (exit status 2) before its handshake; its stderr: unknown test plugin "no-such-plugin"`
+	if err == nil || !strings.Contains(err.Error(), want) || errors.Is(err, ErrIncompatible) || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("err = %v, want one line with %q", err, want)
+	}
+}
+
 func TestLaunch_kind_not_served_is_refused(t *testing.T) {
 	m := newManager(t, Options{})
 	_, err := m.Launch(context.Background(), selfSpec(t, "encoder", plugins.PluginTransport))
