@@ -222,8 +222,12 @@ func servedPluginState(cmd *cobra.Command, af apiFlags) func(name string) string
 		return func(string) string { return "unknown (serve not reachable)" }
 	}
 	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusServiceUnavailable {
-		return unknown
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusServiceUnavailable:
+	case http.StatusUnauthorized:
+		return func(string) string { return "unknown (serve refused the admin token)" }
+	default:
+		return func(string) string { return fmt.Sprintf("unknown (serve answered HTTP %d)", resp.StatusCode) }
 	}
 	// One line per check: "ok plugins", or "fail plugins: … not running: a, b".
 	sc := bufio.NewScanner(io.LimitReader(resp.Body, 64<<10))

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -281,5 +283,13 @@ func TestPluginsList(t *testing.T) {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout)
 		}
+	}
+
+	// A serve that refuses the token is not taken for one that is down.
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusUnauthorized) }))
+	t.Cleanup(refusing.Close)
+	stdout, _, _ = testutil.RunBinary(t, 2*time.Minute, bin, "plugins", "list", "--config", cfgPath, "--api-url", refusing.URL)
+	if !strings.Contains(stdout, "unknown (serve refused the admin token)") {
+		t.Errorf("with a refused token, output lacks the reason:\n%s", stdout)
 	}
 }
