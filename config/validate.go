@@ -247,5 +247,9 @@ func (p *problems) plugin(key string, e PluginEntry) {
 		}
 		b, err := hex.DecodeString(e.SHA256)
 		p.check(err == nil && len(b) == 32, key+".sha256", "must be 64 hex characters, got %q", e.SHA256)
+		for _, name := range slices.Sorted(maps.Keys(e.Env)) {
+			p.check(name != "" && !strings.ContainsAny(name, "=\x00"), key+".env", "variable name %q: must not be empty or hold = or NUL", name)
+			p.check(!strings.ContainsRune(e.Env[name], 0), key+".env."+name, "must not hold NUL")
+		}
 	}
 }

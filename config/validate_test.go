@@ -142,6 +142,15 @@ func TestValidate_names_the_key(t *testing.T) {
 		{"absolute path", func(c *Config) {
 			c.Plugins.Failure = PluginEntry{Path: "/bin/sh", SHA256: testSHA}
 		}, "plugins.failure.path"},
+		{"env name with =", func(c *Config) {
+			c.Plugins.Transport = PluginEntry{Path: "t", SHA256: testSHA, Env: map[string]string{"A=B": "y"}}
+		}, "plugins.transport.env"},
+		{"env value with NUL", func(c *Config) {
+			c.Plugins.Transport = PluginEntry{Path: "t", SHA256: testSHA, Env: map[string]string{"A": "y\x00"}}
+		}, "plugins.transport.env.A"},
+		{"env fine", func(c *Config) {
+			c.Plugins.Transport = PluginEntry{Path: "t", SHA256: testSHA, Env: map[string]string{"API_KEY": "a=b c"}}
+		}, ""},
 		{"builtin with args", func(c *Config) {
 			c.Plugins.Transport = PluginEntry{Builtin: "http-form", Args: []string{"-v"}}
 		}, "plugins.transport"},

@@ -122,9 +122,14 @@ func checkBuiltin(u pluginUse) error {
 		names = []string{builtin.SSOWebhookName}
 	}
 	for _, n := range names {
-		if n == u.entry.Builtin {
-			return nil
+		if n != u.entry.Builtin {
+			continue
 		}
+		// A built-in encoder refuses every event of another type.
+		if u.kind == plugins.PluginEncoder && n != u.eventType {
+			return fmt.Errorf("%s: builtin:%s encodes %s events, not %s", u.key, n, n, u.eventType)
+		}
+		return nil
 	}
 	return fmt.Errorf("%s: no built-in %s %q (built-ins: %s)", u.key, u.kind, u.entry.Builtin, strings.Join(names, ", "))
 }

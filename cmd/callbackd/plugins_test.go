@@ -180,6 +180,10 @@ func TestStartPlugins_refusals_name_the_config_key(t *testing.T) {
 			entry: config.PluginEntry{Builtin: "crawl_failed"},
 			want:  []string{"plugins.encoders.crawl_failed", `no built-in encoder "crawl_failed"`},
 		},
+		"a built-in for another event type": {
+			entry: config.PluginEntry{Builtin: "crawl_status"},
+			want:  []string{"plugins.encoders.crawl_failed: builtin:crawl_status encodes crawl_status events, not crawl_failed"},
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg := pluginsConfig(t, "inprocess")

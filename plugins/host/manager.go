@@ -736,7 +736,11 @@ func (p *Plugin) start(ctx context.Context) (*proc, error) {
 	}
 	for _, k := range p.spec.Kinds {
 		if !desc.Serves(k) {
-			return nil, fmt.Errorf("%w: plugin %s is configured as a %s but serves %s", ErrIncompatible, p.spec.Name, k, describeKinds(desc.Kinds))
+			article := "a"
+			if strings.HasPrefix(k, "e") {
+				article = "an"
+			}
+			return nil, fmt.Errorf("%w: plugin %s is configured as %s %s but serves %s", ErrIncompatible, p.spec.Name, article, k, describeKinds(desc.Kinds))
 		}
 	}
 	pr.desc = desc
