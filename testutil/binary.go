@@ -24,7 +24,12 @@ var build struct {
 	err  error
 }
 
-// BuildBinary builds ./cmd/callbackd of this module once per test process,
+// mainPackage is callbackd's main package.
+const mainPackage = "github.com/callbackd/callbackd/cmd/callbackd"
+
+// BuildBinary builds callbackd (mainPackage, as the test's module resolves
+// it: this repository's, or the version a plugin's own module requires)
+// once per test process,
 // with main.version set to BinaryVersion, and returns the executable's path.
 // The binary goes beside the test binary, in the work directory that
 // `go test` removes when it is done (or in a fresh temporary directory when
@@ -62,10 +67,13 @@ func buildBinary() (string, error) {
 		}
 	}
 	bin := filepath.Join(dir, "callbackd")
-	cmd := exec.Command("go", "build", "-o", bin, "-ldflags", "-X main.version="+BinaryVersion, "./cmd/callbackd")
+	// By import path, not ./cmd/callbackd: a copy of a plugin example in a
+	// module of its own (requiring callbackd, or replacing it with a
+	// checkout) builds the callbackd it depends on.
+	cmd := exec.Command("go", "build", "-o", bin, "-ldflags", "-X main.version="+BinaryVersion, mainPackage)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/callbackd: %w\n%s", err, out)
+		return "", fmt.Errorf("go build %s: %w\n%s", mainPackage, err, out)
 	}
 	return bin, nil
 }
