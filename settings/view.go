@@ -42,6 +42,8 @@ func newSnapshot() *snapshot {
 	return &snapshot{projects: map[string]target{}, accounts: map[string]accountEntry{}, sso: map[string]target{}}
 }
 
+func (s *snapshot) size() int { return len(s.projects) + len(s.accounts) + len(s.sso) }
+
 // View is an in-memory copy of the settings bucket kept current by a KV
 // watch, so resolving an event's destination touches no network. Safe for
 // concurrent use.
@@ -63,6 +65,9 @@ type View struct {
 	// updates as they come.
 	live       atomic.Bool
 	checkEvery time.Duration
+	// emptied is set (under mu) while a re-watch finds the bucket empty
+	// where the view had settings; see reloadable.
+	emptied bool
 }
 
 // ViewOptions configure a View. The zero value checks no outbound policy.
@@ -287,7 +292,10 @@ func (v *View) watchOnce(ctx context.Context, kv jetstream.KeyValue) error {
 	defer func() { _ = w.Stop() }()
 
 	pending := newSnapshot()
-	var pendingRev uint64
+	var (
+		pendingRev uint64
+		newest     time.Time // when the newest initial value was written
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -298,6 +306,9 @@ func (v *View) watchOnce(ctx context.Context, kv jetstream.KeyValue) error {
 			}
 			if e == nil { // end of initial values
 				if pending != nil {
+					if err := v.reloadable(pending, newest); err != nil {
+						return err
+					}
 					v.mu.Lock()
 					v.cur = pending
 					v.brokenAt, v.brokeErr = time.Time{}, nil
@@ -314,6 +325,9 @@ func (v *View) watchOnce(ctx context.Context, kv jetstream.KeyValue) error {
 			if pending != nil {
 				v.apply(ctx, kv, pending, e, false)
 				pendingRev = max(pendingRev, e.Revision())
+				if e.Created().After(newest) {
+					newest = e.Created()
+				}
 				continue
 			}
 			v.mu.Lock()
@@ -322,6 +336,39 @@ func (v *View) watchOnce(ctx context.Context, kv jetstream.KeyValue) error {
 			v.advance(e.Revision())
 		}
 	}
+}
+
+// reloadable reports whether the initial values s of a watch made again
+// after a break may replace the view. Not when the bucket came back empty
+// where the view had settings — deleted and made again, or purged — for
+// every waiting event would then be acked as no_destination; the view is
+// kept, consuming stays paused, and each re-watch looks again. Once the
+// bucket holds settings again, they are taken after StaleAfter without a
+// write, so that settings being written back are not used half-way.
+func (v *View) reloadable(s *snapshot, newest time.Time) error {
+	select {
+	case <-v.ready:
+	default:
+		return nil // the first load: whatever the bucket holds
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch {
+	case s.size() == 0 && v.cur.size() > 0:
+		if !v.emptied {
+			v.emptied = true
+			v.log.Warn("settings bucket came back empty; keeping the last view and consuming paused until settings are written back (or callbackd is restarted)",
+				"settings", v.cur.size())
+		}
+		return fmt.Errorf("settings bucket came back empty where the view had %d settings: write them back, or restart callbackd to start from an empty bucket", v.cur.size())
+	case v.emptied && time.Since(newest) < StaleAfter:
+		return fmt.Errorf("settings bucket being written back after it came back empty: waiting for %s without a write", StaleAfter)
+	}
+	if v.emptied {
+		v.emptied = false
+		v.log.Info("settings written back; using them", "settings", s.size())
+	}
+	return nil
 }
 
 // advance raises the applied revision to rev (a re-watch after a break

@@ -541,4 +541,39 @@ func TestView_a_stalled_watch_is_made_again(t *testing.T) {
 	if d, _ := view.Destination("9", "5"); d.URL != "https://two.example.com/" {
 		t.Errorf("destination %q after the bucket went, want the last one kept", d.URL)
 	}
+
+	// The bucket made again, empty: not taken for "no settings", which
+	// would ack every waiting event as no_destination. The view is kept
+	// and stays stale.
+	store2, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if err := view.Err(); err == nil || !strings.Contains(err.Error(), "came back empty") {
+			return fmt.Errorf("view error %v, want the bucket's coming back empty", err)
+		}
+		return nil
+	})
+	if d, ok := view.Destination("9", "5"); !ok || d.URL != "https://two.example.com/" {
+		t.Errorf("destination %q, %v with the bucket empty, want the last one kept", d.URL, ok)
+	}
+	// Settings written back are taken once the bucket has been quiet for
+	// StaleAfter, not at the first write.
+	written := time.Now()
+	if _, err := store2.KV().Put(ctx, settings.ProjectKey("5"), []byte(`{"apiCallbackUrl":"https://three.example.com/"}`)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, settings.StaleAfter+10*time.Second, 50*time.Millisecond, func() error {
+		if err := view.Err(); err != nil {
+			return err
+		}
+		if d, _ := view.Destination("9", "5"); d.URL != "https://three.example.com/" {
+			return fmt.Errorf("destination %q, want the one written back", d.URL)
+		}
+		return nil
+	})
+	if took := time.Since(written); took < settings.StaleAfter {
+		t.Errorf("settings written back were taken after %v, before the bucket had been quiet for %v", took, settings.StaleAfter)
+	}
 }
