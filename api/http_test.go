@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -204,5 +206,47 @@ func TestMetrics_present_and_moving(t *testing.T) {
 		if got := metricValue(t, body2, sample); got != want {
 			t.Errorf("%s = %v, want %v", sample, got, want)
 		}
+	}
+}
+
+// A value not available is left out of the scrape, warned about once by
+// its metric's name, and said to be back when it is.
+func TestMetrics_value_not_available_is_warned_once(t *testing.T) {
+	var logs testutil.SyncBuffer
+	var down atomic.Bool
+	down.Store(true)
+	m := api.NewMetrics(api.MetricsOptions{
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		ConsumerLag: func(context.Context) (float64, error) {
+			if down.Load() {
+				return 0, errors.New("nats: connection closed")
+			}
+			return 5, nil
+		},
+	})
+	lag := func() (bool, error) {
+		mfs, err := m.Registry().Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "callbackd_consumer_lag" {
+				return true, err
+			}
+		}
+		return false, err
+	}
+	for range 3 {
+		if found, _ := lag(); found {
+			t.Fatal("a value not available was reported")
+		}
+	}
+	down.Store(false)
+	if found, err := lag(); !found || err != nil {
+		t.Fatalf("value back: found %v, %v", found, err)
+	}
+	out := logs.String()
+	if n := strings.Count(out, "metrics: value not available"); n != 1 || !strings.Contains(out, "metric=callbackd_consumer_lag") || strings.Contains(out, "Desc{") {
+		t.Errorf("%d warnings, want one naming the metric:\n%s", n, out)
+	}
+	if !strings.Contains(out, `msg="metrics: value available again" metric=callbackd_consumer_lag`) {
+		t.Errorf("no line when the value is back:\n%s", out)
 	}
 }

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -124,20 +125,20 @@ func NewMetrics(o MetricsOptions) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	if o.PendingRetries != nil {
-		m.reg.MustRegister(&funcCollector{log: log, fn: o.PendingRetries, typ: prometheus.GaugeValue,
-			desc: prometheus.NewDesc("callbackd_retries_pending", "Deliveries waiting in CALLBACKS_RETRY for a later attempt.", nil, nil)})
+		m.reg.MustRegister(newFuncCollector(log, "callbackd_retries_pending",
+			"Deliveries waiting in CALLBACKS_RETRY for a later attempt.", prometheus.GaugeValue, o.PendingRetries))
 	}
 	if o.ConsumerLag != nil {
-		m.reg.MustRegister(&funcCollector{log: log, fn: o.ConsumerLag, typ: prometheus.GaugeValue,
-			desc: prometheus.NewDesc("callbackd_consumer_lag", "Messages of CALLBACKS not yet delivered to the dispatcher consumer (num_pending).", nil, nil)})
+		m.reg.MustRegister(newFuncCollector(log, "callbackd_consumer_lag",
+			"Messages of CALLBACKS not yet delivered to the dispatcher consumer (num_pending).", prometheus.GaugeValue, o.ConsumerLag))
 	}
 	if o.PluginRestarts != nil {
-		m.reg.MustRegister(&funcCollector{log: log, fn: o.PluginRestarts, typ: prometheus.CounterValue,
-			desc: prometheus.NewDesc("callbackd_plugin_restarts_total", "Plugin process restarts since start.", nil, nil)})
+		m.reg.MustRegister(newFuncCollector(log, "callbackd_plugin_restarts_total",
+			"Plugin process restarts since start.", prometheus.CounterValue, o.PluginRestarts))
 	}
 	if o.SettingsRevision != nil {
-		m.reg.MustRegister(&funcCollector{log: log, fn: o.SettingsRevision, typ: prometheus.GaugeValue,
-			desc: prometheus.NewDesc("callbackd_settings_revision", "Revision of the settings bucket that the dispatcher's view has applied: a setting written at revision r is in use once this is at least r.", nil, nil)})
+		m.reg.MustRegister(newFuncCollector(log, "callbackd_settings_revision",
+			"Revision of the settings bucket that the dispatcher's view has applied: a setting written at revision r is in use once this is at least r.", prometheus.GaugeValue, o.SettingsRevision))
 	}
 	return m
 }
@@ -180,10 +181,18 @@ func (m *Metrics) Expired(stream string, n int) {
 
 // funcCollector reports the value of a ValueFunc at each scrape.
 type funcCollector struct {
+	name string
 	desc *prometheus.Desc
 	typ  prometheus.ValueType
 	fn   ValueFunc
 	log  *slog.Logger
+	// failing is set while the value is not available: warned once, then
+	// at debug level until it is again.
+	failing atomic.Bool
+}
+
+func newFuncCollector(log *slog.Logger, name, help string, typ prometheus.ValueType, fn ValueFunc) *funcCollector {
+	return &funcCollector{name: name, desc: prometheus.NewDesc(name, help, nil, nil), typ: typ, fn: fn, log: log}
 }
 
 func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
@@ -193,8 +202,15 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	v, err := c.fn(ctx)
 	if err != nil {
-		c.log.Warn("metrics: value not available", "metric", c.desc.String(), "err", err)
+		level := slog.LevelDebug
+		if !c.failing.Swap(true) {
+			level = slog.LevelWarn
+		}
+		c.log.Log(ctx, level, "metrics: value not available; left out of the scrape", "metric", c.name, "err", err)
 		return
+	}
+	if c.failing.Swap(false) {
+		c.log.Info("metrics: value available again", "metric", c.name)
 	}
 	ch <- prometheus.MustNewConstMetric(c.desc, c.typ, v)
 }

@@ -202,19 +202,54 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="callbackd"`)
-		http.Error(w, "unauthorized: send Authorization: Bearer <admin token>", http.StatusUnauthorized)
+		unauthorized(w)
 		return
 	}
 	s.mux.ServeHTTP(w, r)
 }
 
-func (s *Server) authorized(r *http.Request) bool {
+func (s *Server) authorized(r *http.Request) bool { return bearerMatches(r, s.token) }
+
+// bearerMatches reports whether r bears the token of digest.
+func bearerMatches(r *http.Request, digest [32]byte) bool {
 	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return false
 	}
-	return tokenMatches(s.token, strings.TrimSpace(tok))
+	return tokenMatches(digest, strings.TrimSpace(tok))
+}
+
+// unauthorized is the answer to a request without the token.
+func unauthorized(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="callbackd"`)
+	http.Error(w, "unauthorized: send Authorization: Bearer <admin token>", http.StatusUnauthorized)
+}
+
+// Starting is the admin API's handler while callbackd starts (NATS, the
+// streams, the settings bucket), before New's can be made: /healthz
+// answers 200 to anyone; with the token, /readyz answers 503 with what
+// start-up waits for (waiting()), and every other route 503.
+func Starting(token string, waiting func() string) http.Handler {
+	digest := tokenDigest(token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			handleHealthz(w, r)
+			return
+		}
+		if !bearerMatches(r, digest) {
+			unauthorized(w)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("Retry-After", "1")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		if r.URL.Path == "/readyz" {
+			_, _ = w.Write([]byte("fail starting: " + oneLine(waiting()) + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte("callbackd is starting: " + oneLine(waiting()) + "\n"))
+	})
 }
 
 // graphQLHandler is POST /graphql: a JSON body of at most maxBody bytes

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -325,9 +326,10 @@ func TestServe_unknown_config_key_fails_naming_it(t *testing.T) {
 func TestServe_exits_zero_on_SIGTERM_while_waiting_for_NATS(t *testing.T) {
 	skipShort(t)
 	bin := testutil.BuildBinary(t)
-	cfg := writeConfig(t, testutil.FreeAddr(t), testutil.FreeAddr(t), "")
+	apiAddr := testutil.FreeAddr(t)
+	cfg := writeConfig(t, testutil.FreeAddr(t), apiAddr, "")
 	// Nothing listens on the external URL: serve waits for it.
-	p := testutil.StartBinary(t, bin, "serve", "--config", cfg,
+	p := testutil.StartBinary(t, bin, "serve", "--config", cfg, "--api.token=test-token-0123456789",
 		"--nats.embedded=false", "--nats.url=nats://"+testutil.FreeAddr(t))
 	testutil.CheckFor(t, startWait, 50*time.Millisecond, func() error {
 		if p.Exited() {
@@ -338,6 +340,29 @@ func TestServe_exits_zero_on_SIGTERM_while_waiting_for_NATS(t *testing.T) {
 		}
 		return nil
 	})
+	// Meanwhile the admin API answers: alive, not ready, and why.
+	get := func(path, token string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+apiAddr+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s while waiting for NATS: %v", path, err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/healthz", ""); code != http.StatusOK {
+		t.Errorf("/healthz %d while waiting for NATS, want 200", code)
+	}
+	if code, body := get("/readyz", "test-token-0123456789"); code != http.StatusServiceUnavailable || !strings.Contains(body, "fail starting: connecting to NATS at nats://") {
+		t.Errorf("/readyz %d %q while waiting for NATS, want 503 saying so", code, body)
+	}
+	if code, _ := get("/readyz", ""); code != http.StatusUnauthorized {
+		t.Errorf("/readyz without the token %d while waiting for NATS, want 401", code)
+	}
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

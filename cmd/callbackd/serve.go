@@ -71,6 +71,19 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	defer ps.Close()
 	encoders, transport := ps.Encoders, ps.Transport
 
+	// The admin API listens from here on: /healthz answers, and /readyz
+	// says what start-up waits for, however long NATS takes.
+	adm, err := listenAPI(ctx, cfg, log, adminLimits{})
+	if err != nil {
+		return err
+	}
+	defer shutdownAPI(adm)
+
+	if cfg.NATS.Embedded {
+		adm.setPhase("starting the embedded NATS server")
+	} else {
+		adm.setPhase("connecting to NATS at " + redactURLs(cfg.NATS.URL))
+	}
 	nc, srv, err := startNATS(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -92,6 +105,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	// In a cluster that is still forming, creating replicated streams fails
 	// until enough nodes have joined: retried, bounded.
 	var top dispatcher.Topology
+	adm.setPhase("making the streams")
 	err = ensureJetStream(ctx, log, "streams", func(ctx context.Context) (err error) {
 		top, err = dispatcher.EnsureStreams(ctx, js, dispatcher.StreamOptions{
 			Replicas:        cfg.NATS.Replicas,
@@ -117,6 +131,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	guard := plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs())
 	view := settings.NewView(log.With("component", "settings"), settings.ViewOptions{Guard: guard})
 	var store *settings.Store
+	adm.setPhase("opening the settings bucket")
 	err = ensureJetStream(ctx, log, "settings bucket", func(ctx context.Context) (err error) {
 		store, err = settings.OpenStore(ctx, js, settings.StoreOptions{Replicas: cfg.NATS.Replicas, View: view})
 		return err
@@ -153,6 +168,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	// Its bucket, like the streams, under the retries for a forming
 	// cluster (once, under load, it took longer than one API call's
 	// timeout and serve exited).
+	adm.setPhase("starting the dispatcher")
 	err = ensureJetStream(ctx, log, "state bucket", func(ctx context.Context) error {
 		return expiry.EnsureState(ctx, js, cfg.NATS.Replicas)
 	})
@@ -191,17 +207,24 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	if err != nil {
 		return err
 	}
-	adm, err := startAPI(ctx, cfg, log, apiDeps{NC: nc, JS: js, Store: store, View: view, Transport: transport, Metrics: metrics, Plugins: pluginsReady})
-	if err != nil {
+	if err := adm.serveAPI(cfg, log, apiDeps{NC: nc, JS: js, Store: store, View: view, Transport: transport, Metrics: metrics, Plugins: pluginsReady}); err != nil {
 		return err
 	}
-	defer func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		_ = adm.Shutdown(sctx)
-	}()
 	log.Info("callbackd serving", "version", version)
+	stopping := context.AfterFunc(ctx, func() {
+		log.Info("stopping: finishing the deliveries in flight, handing back the rest")
+	})
+	defer stopping()
 	err = d.Run(ctx)
+	// Before NATS closes (the deferred calls run after this one).
+	shutdownAPI(adm)
 	log.Info("callbackd stopped")
 	return err
+}
+
+// shutdownAPI stops the admin API, giving requests in progress 5 s.
+func shutdownAPI(adm *adminAPI) {
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	_ = adm.Shutdown(sctx)
 }

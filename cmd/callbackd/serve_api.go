@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -91,13 +93,33 @@ func defaultAdminLimits(cfg *config.Config) adminLimits {
 	}
 }
 
-// adminAPI is a running admin API.
+// adminAPI is a running admin API: api.Starting's answers while serve
+// starts, then the API itself (serveAPI).
 type adminAPI struct {
 	// Addr is where it listens (the port chosen when api.listen ends in :0).
 	Addr net.Addr
-	// Shutdown stops accepting requests and waits for those in progress
-	// until ctx is done.
-	Shutdown func(ctx context.Context) error
+
+	hs      *http.Server
+	token   string
+	limits  adminLimits
+	handler atomic.Pointer[http.Handler]
+	phase   atomic.Pointer[string]
+	stop    sync.Once
+}
+
+func (a *adminAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	(*a.handler.Load()).ServeHTTP(w, r)
+}
+
+// setPhase says what start-up is waiting for (/readyz's reason meanwhile).
+func (a *adminAPI) setPhase(s string) { a.phase.Store(&s) }
+
+// Shutdown stops accepting requests and waits for those in progress until
+// ctx is done; calls after the first do nothing.
+func (a *adminAPI) Shutdown(ctx context.Context) error {
+	var err error
+	a.stop.Do(func() { err = a.hs.Shutdown(ctx) })
+	return err
 }
 
 // newMetrics makes the metrics that the dispatcher observes and /metrics
@@ -147,9 +169,25 @@ func pluginHealth(m *host.Manager) (check func(context.Context) error, restarts 
 }
 
 // startAPI serves the admin API on api.listen (TLS when api.tls is set)
-// until Shutdown. The token is api.token, else the one in
-// <data_dir>/admin.token, made on first start; it is never logged.
+// until Shutdown: listenAPI, then serveAPI.
 func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps apiDeps) (*adminAPI, error) {
+	a, err := listenAPI(ctx, cfg, log, deps.Limits)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.serveAPI(cfg, log, deps); err != nil {
+		_ = a.Shutdown(context.Background())
+		return nil, err
+	}
+	return a, nil
+}
+
+// listenAPI listens on api.listen (TLS when api.tls is set) and answers
+// with api.Starting until serveAPI: from the start, /healthz is up and
+// /readyz says what start-up waits for (SPEC §3: 503 until the settings
+// have loaded). The token is api.token, else the one in
+// <data_dir>/admin.token, made on first start; it is never logged.
+func listenAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, limits adminLimits) (*adminAPI, error) {
 	log = log.With("component", "api")
 	token := cfg.API.Token
 	if token == "" {
@@ -163,29 +201,8 @@ func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps ap
 			log.Info("admin API token generated", "file", api.TokenPath(cfg.DataDir))
 		}
 	}
-
-	limits := deps.Limits
 	if limits == (adminLimits{}) {
 		limits = defaultAdminLimits(cfg)
-	}
-	dlog := deliveryLog{r: deliverylog.NewReader(deps.JS), js: deps.JS}
-	srv, err := api.New(api.Options{
-		Store:         deps.Store,
-		Token:         token,
-		Guard:         plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs()),
-		Transport:     deps.Transport,
-		Deliveries:    dlog,
-		Recorder:      dlog,
-		Replayer:      replayer{deps.JS},
-		Checks:        readyChecks(deps),
-		Metrics:       deps.Metrics,
-		Logger:        log,
-		ReplayTimeout: limits.Replay,
-		// A request's test callbacks end in time for the answer.
-		TestCallbackDeadline: limits.Write - adminAnswerMargin,
-	})
-	if err != nil {
-		return nil, err
 	}
 
 	var tlsConfig *tls.Config
@@ -206,13 +223,17 @@ func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps ap
 			"addr", ln.Addr().String())
 	}
 
-	hs := newAdminServer(ctx, srv, tlsConfig, limits, log)
+	a := &adminAPI{Addr: ln.Addr(), token: token, limits: limits}
+	a.setPhase("starting")
+	starting := api.Starting(token, func() string { return *a.phase.Load() })
+	a.handler.Store(&starting)
+	a.hs = newAdminServer(ctx, a, tlsConfig, limits, log)
 	go func() {
 		var err error
 		if tlsConfig != nil {
-			err = hs.ServeTLS(ln, "", "")
+			err = a.hs.ServeTLS(ln, "", "")
 		} else {
-			err = hs.Serve(ln)
+			err = a.hs.Serve(ln)
 		}
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("admin API stopped", "err", err)
@@ -223,7 +244,33 @@ func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps ap
 		scheme = "https"
 	}
 	log.Info("admin API listening", "url", scheme+"://"+ln.Addr().String())
-	return &adminAPI{Addr: ln.Addr(), Shutdown: hs.Shutdown}, nil
+	return a, nil
+}
+
+// serveAPI puts the admin API in place of api.Starting's answers.
+func (a *adminAPI) serveAPI(cfg *config.Config, log *slog.Logger, deps apiDeps) error {
+	dlog := deliveryLog{r: deliverylog.NewReader(deps.JS), js: deps.JS}
+	srv, err := api.New(api.Options{
+		Store:         deps.Store,
+		Token:         a.token,
+		Guard:         plugins.NewGuard(cfg.Delivery.AllowPrivate, cfg.AllowCIDRs()),
+		Transport:     deps.Transport,
+		Deliveries:    dlog,
+		Recorder:      dlog,
+		Replayer:      replayer{deps.JS},
+		Checks:        readyChecks(deps),
+		Metrics:       deps.Metrics,
+		Logger:        log.With("component", "api"),
+		ReplayTimeout: a.limits.Replay,
+		// A request's test callbacks end in time for the answer.
+		TestCallbackDeadline: a.limits.Write - adminAnswerMargin,
+	})
+	if err != nil {
+		return err
+	}
+	h := http.Handler(srv)
+	a.handler.Store(&h)
+	return nil
 }
 
 // newAdminServer is the admin API's http.Server: h with limits' timeouts,
@@ -252,14 +299,21 @@ func isLoopback(addr net.Addr) bool {
 
 // readyChecks are /readyz's conditions (SPEC §3, §4).
 func readyChecks(deps apiDeps) []api.Check {
+	connected := func() error {
+		if s := deps.NC.Status(); s != nats.CONNECTED {
+			return fmt.Errorf("not connected to NATS (%s)", s)
+		}
+		return nil
+	}
+	// The checks that ask JetStream answer at once while NATS is away,
+	// rather than at the checks' time limit.
+	unknownOffline := func(err error) error { return fmt.Errorf("unknown: %w", err) }
 	checks := []api.Check{
-		{Name: "nats", Fn: func(context.Context) error {
-			if s := deps.NC.Status(); s != nats.CONNECTED {
-				return fmt.Errorf("not connected to NATS (%s)", s)
-			}
-			return nil
-		}},
+		{Name: "nats", Fn: func(context.Context) error { return connected() }},
 		{Name: "streams", Fn: func(ctx context.Context) error {
+			if err := connected(); err != nil {
+				return unknownOffline(err)
+			}
 			for _, name := range []string{subjects.Stream, subjects.RetryStream, subjects.DeadStream, subjects.LogStream, "KV_" + subjects.SettingsBucket} {
 				if _, err := deps.JS.Stream(ctx, name); err != nil {
 					return fmt.Errorf("stream %s: %w", name, err)
@@ -270,6 +324,9 @@ func readyChecks(deps apiDeps) []api.Check {
 		// A consumer deleted from outside is made again by the dispatcher
 		// at its next pull; one that stays missing means it cannot be.
 		{Name: "consumers", Fn: func(ctx context.Context) error {
+			if err := connected(); err != nil {
+				return unknownOffline(err)
+			}
 			for _, c := range [][2]string{{subjects.Stream, subjects.DispatcherConsumer}, {subjects.RetryStream, subjects.RetrierConsumer}} {
 				if _, err := deps.JS.Consumer(ctx, c[0], c[1]); err != nil {
 					return fmt.Errorf("consumer %s of %s: %w", c[1], c[0], err)
