@@ -237,6 +237,9 @@ func reconnectDelay(attempts int) time.Duration {
 	return d + rand.N(d/4+1)
 }
 
+// errNotConnected is waitJetStream's error while the connection is down.
+var errNotConnected = errors.New("not connected to NATS")
+
 // waitJetStream polls until the JetStream API answers (in a cluster: a meta
 // leader is elected), logging progress; it gives up after total.
 func waitJetStream(ctx context.Context, nc *nats.Conn, log *slog.Logger, total time.Duration) error {
@@ -250,7 +253,11 @@ func waitJetStream(ctx context.Context, nc *nats.Conn, log *slog.Logger, total t
 	return retryJetStream(ctx, log, total, 2*time.Second, "JetStream", func(ctx context.Context) error {
 		_, err := js.AccountInfo(ctx)
 		if err != nil && nc.Status() != nats.CONNECTED {
-			err = fmt.Errorf("%w (connection %s, last error: %v)", err, nc.Status(), nc.LastError())
+			why := ""
+			if le := nc.LastError(); le != nil {
+				why = ": " + le.Error()
+			}
+			err = fmt.Errorf("%w at %s (%s%s)", errNotConnected, redactURLs(strings.Join(nc.Servers(), ",")), strings.ToLower(nc.Status().String()), why)
 		}
 		if err == nil && time.Since(start) > time.Second {
 			log.Info("JetStream ready", "after", time.Since(start).Round(time.Millisecond))
@@ -285,6 +292,9 @@ func retryJetStream(ctx context.Context, log *slog.Logger, total, each time.Dura
 			return err
 		}
 		if time.Now().After(deadline) {
+			if errors.Is(err, errNotConnected) {
+				return fmt.Errorf("%s not ready after %s: %w", what, total, err)
+			}
 			return fmt.Errorf("%s not ready after %s: %w (a cluster needs a majority of its nodes up, and as many nodes as nats.replicas)", what, total, err)
 		}
 		if time.Since(lastLog) >= 5*time.Second {

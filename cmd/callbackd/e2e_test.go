@@ -335,8 +335,9 @@ func TestServe_exits_zero_on_SIGTERM_while_waiting_for_NATS(t *testing.T) {
 		if p.Exited() {
 			t.Fatalf("serve exited with %d instead of waiting\n%s", p.ExitCode(), p.Stderr())
 		}
-		if !strings.Contains(p.Stderr(), "waiting for") {
-			return fmt.Errorf("serve does not say it is waiting yet")
+		// It says what it waits for, and where.
+		if !strings.Contains(p.Stderr(), `msg="waiting for JetStream"`) || !strings.Contains(p.Stderr(), "not connected to NATS at nats://") {
+			return fmt.Errorf("serve does not say it is waiting for the NATS it names yet")
 		}
 		return nil
 	})
