@@ -178,6 +178,9 @@ type Dispatcher struct {
 	stopping <-chan struct{}
 	// pool runs the handlers on goroutines that keep their grown stacks.
 	pool *gopool.Pool
+	// handBackLog bounds the lines of events handed back after an
+	// infrastructure error: a restarting plugin hands back all it had.
+	handBackLog *logLimit
 }
 
 // poolIdle is how long a handler goroutine waits for the next message
@@ -203,14 +206,15 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 	}
 	d := &Dispatcher{
 		js: js, top: top, view: view, o: o, log: o.Logger, pipelines: pipelines,
-		workers:   make(chan struct{}, o.Workers),
-		inFlight:  make(chan struct{}, o.MaxInFlight),
-		hosts:     newHostLimiter(o.PerHostConcurrency, o.HostWindow),
-		ackWait:   ackWait,
-		hostWait:  ackWait / 4,
-		fastQueue: max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
-		idFields:  map[string][]string{},
-		stopping:  make(chan struct{}), // until Run
+		handBackLog: newLogLimit(time.Second, 10),
+		workers:     make(chan struct{}, o.Workers),
+		inFlight:    make(chan struct{}, o.MaxInFlight),
+		hosts:       newHostLimiter(o.PerHostConcurrency, o.HostWindow),
+		ackWait:     ackWait,
+		hostWait:    ackWait / 4,
+		fastQueue:   max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
+		idFields:    map[string][]string{},
+		stopping:    make(chan struct{}), // until Run
 	}
 	d.eventsCreated.Store(top.EventsCreated.Unix())
 	return d, nil

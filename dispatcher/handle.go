@@ -292,7 +292,7 @@ func (d *Dispatcher) infraError(ctx context.Context, j *job, op string, err erro
 	// with an event that crashes it every time.
 	delay := infraDelay(j.md.NumDelivered)
 	delay += rand.N(delay/2 + 1)
-	d.log.Warn("infrastructure error; message handed back", d.attrs(j, slog.String("op", op), slog.String("err", clipText(err.Error())), slog.Duration("retry_in", delay))...)
+	d.handBackLog.log(ctx, d.log, slog.LevelWarn, "infrastructure error; message handed back", d.attrs(j, slog.String("op", op), slog.String("err", clipText(err.Error())), slog.Duration("retry_in", delay))...)
 	d.nak(j.msg, delay)
 }
 
