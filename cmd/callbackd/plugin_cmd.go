@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -212,7 +213,11 @@ func servedPluginState(cmd *cobra.Command, af apiFlags) func(name string) string
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(client.BaseURL, "/")+"/readyz", nil)
+	base, err := url.Parse(client.BaseURL)
+	if err != nil {
+		return unknown
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base.JoinPath("readyz").String(), nil)
 	if err != nil {
 		return unknown
 	}

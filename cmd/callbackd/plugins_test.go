@@ -290,9 +290,16 @@ func TestPluginsList(t *testing.T) {
 	}
 
 	// A serve that refuses the token is not taken for one that is down.
-	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusUnauthorized) }))
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" {
+			http.NotFound(w, r)
+			return
+		}
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
 	t.Cleanup(refusing.Close)
-	stdout, _, _ = testutil.RunBinary(t, 2*time.Minute, bin, "plugins", "list", "--config", cfgPath, "--api-url", refusing.URL)
+	// A query on --api-url stays a query: the request still goes to /readyz.
+	stdout, _, _ = testutil.RunBinary(t, 2*time.Minute, bin, "plugins", "list", "--config", cfgPath, "--api-url", refusing.URL+"/?sig=S")
 	if !strings.Contains(stdout, "unknown (serve refused the admin token)") {
 		t.Errorf("with a refused token, output lacks the reason:\n%s", stdout)
 	}
