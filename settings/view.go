@@ -3,6 +3,7 @@ package settings
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -241,7 +242,7 @@ func (v *View) check(ctx context.Context, kv jetstream.KeyValue, stall func(erro
 			want, failed = 0, 0 // (re)loading, or broken and being made again
 			continue
 		}
-		last, err := lastRevision(ctx, kv, v.checkEvery)
+		last, values, err := lastRevision(ctx, kv, v.checkEvery)
 		if err != nil {
 			failed++
 		} else {
@@ -260,25 +261,38 @@ func (v *View) check(ctx context.Context, kv jetstream.KeyValue, stall func(erro
 		case want != 0 && v.rev.Load() < want:
 			stall(fmt.Errorf("settings watch stalled: the bucket is at revision %d, the view at %d since more than %s", want, v.rev.Load(), v.checkEvery))
 			want = 0
+		case values == 0 && v.size() > 0:
+			// Its stream purged from outside: the watch is told nothing.
+			// Made again, it finds the bucket empty (see reloadable).
+			stall(errors.New("settings bucket emptied from outside (its stream purged)"))
+			want = 0
 		default:
 			want = last
 		}
 	}
 }
 
-// lastRevision is the revision of the bucket's newest entry.
-func lastRevision(ctx context.Context, kv jetstream.KeyValue, timeout time.Duration) (uint64, error) {
+// lastRevision is the revision of the bucket's newest entry, and how many
+// entries it holds.
+func lastRevision(ctx context.Context, kv jetstream.KeyValue, timeout time.Duration) (last, values uint64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, max(timeout, time.Second))
 	defer cancel()
 	st, err := kv.Status(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	bs, ok := st.(*jetstream.KeyValueBucketStatus)
 	if !ok {
-		return 0, nil // cannot tell: never a stall
+		return 0, 1, nil // cannot tell: never a stall
 	}
-	return bs.StreamInfo().State.LastSeq, nil
+	return bs.StreamInfo().State.LastSeq, bs.Values(), nil
+}
+
+// size is how many settings the view holds.
+func (v *View) size() int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.cur.size()
 }
 
 // watchOnce runs one watch: it builds a fresh snapshot from the initial

@@ -576,4 +576,23 @@ func TestView_a_stalled_watch_is_made_again(t *testing.T) {
 	if took := time.Since(written); took < settings.StaleAfter {
 		t.Errorf("settings written back were taken after %v, before the bucket had been quiet for %v", took, settings.StaleAfter)
 	}
+
+	// Its stream purged from outside, which the watch is not told: the
+	// same as coming back empty.
+	stream, err = js.JS.Stream(ctx, "KV_"+subjects.SettingsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, settings.StaleAfter+10*time.Second, 50*time.Millisecond, func() error {
+		if err := view.Err(); err == nil || !strings.Contains(err.Error(), "came back empty") {
+			return fmt.Errorf("view error %v after a purge, want the bucket's coming back empty", err)
+		}
+		return nil
+	})
+	if d, ok := view.Destination("9", "5"); !ok || d.URL != "https://three.example.com/" {
+		t.Errorf("destination %q, %v after a purge, want the last one kept (paused)", d.URL, ok)
+	}
 }
