@@ -62,6 +62,8 @@ func TestGraphQL_request_limits(t *testing.T) {
 			{`[{"query":` + q + `}]`, `request body must be a JSON object with a "query", got an array`},
 			{q, `request body must be a JSON object with a "query", got a string`},
 			{`{"variables":{"v":` + q + `}}`, `request body has no "query"`},
+			// Bytes that are not UTF-8 would be stored as U+FFFD.
+			{`{"query":` + q + `,"variables":{"v":"caf` + "\xe9" + `"}}`, `request body is not valid UTF-8`},
 		} {
 			code, b := h.post("/graphql", "application/json", []byte(tc.body))
 			var r gqlResponse

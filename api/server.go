@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/99designs/gqlgen/graphql/handler"
@@ -304,6 +305,12 @@ func (s *Server) graphQLHandler(complexityLimit, maxDepth, tokenLimit int) http.
 		// included: say what is wrong instead.
 		if !json.Valid(body) {
 			badJSON(w, body)
+			return
+		}
+		// JSON text is UTF-8; Go's decoder would store U+FFFD for bytes
+		// that are not, a value nobody sent.
+		if !utf8.Valid(body) {
+			badRequest(w, "request body is not valid UTF-8")
 			return
 		}
 		if msg := badParams(body); msg != "" {
