@@ -277,14 +277,36 @@ func (d *Dispatcher) reportHeld(ctx context.Context) {
 			// NAKs), after a clean stop as well.
 			msg = "retries handed out before this start are pending: those waiting for their time come back when due, those of a run that died once their ack wait passes"
 		}
-		level := slog.LevelInfo
+		attrs := []any{"consumer", c.name, "pending", info.NumAckPending, "ack_wait", info.Config.AckWait, "max_ack_pending", info.Config.MaxAckPending}
+		d.log.Info(msg, attrs...)
 		if info.Config.MaxAckPending > 0 && info.NumAckPending >= info.Config.MaxAckPending {
-			msg += "; until then the consumer is at its pending limit and hands out nothing new"
-			level = slog.LevelWarn
+			// At the limit: a stall only if nothing is handed out in the
+			// next heldCheck (what a clean stop handed back comes back
+			// within a second, and keeps the consumer busy, not stuck).
+			d.wg.Go(func() { d.checkHeld(ctx, c.c, info.Delivered.Consumer, attrs) })
 		}
-		d.log.Log(ctx, level, msg, "consumer", c.name, "pending", info.NumAckPending,
-			"ack_wait", info.Config.AckWait, "max_ack_pending", info.Config.MaxAckPending)
 	}
+}
+
+// heldCheck is how long after start reportHeld looks again at a consumer
+// that was at its pending limit.
+const heldCheck = 3 * time.Second
+
+// checkHeld warns when a consumer that was at its pending limit at start
+// has handed out nothing since (its consumer sequence was delivered then).
+func (d *Dispatcher) checkHeld(ctx context.Context, c jetstream.Consumer, delivered uint64, attrs []any) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(heldCheck):
+	}
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	info, err := c.Info(ictx)
+	cancel()
+	if err != nil || info.Delivered.Consumer > delivered {
+		return
+	}
+	d.log.Warn("the consumer is at its pending limit with the unacked messages of a run that died, and hands out nothing new until their ack wait passes", attrs...)
 }
 
 // fetchWait bounds one pull request; fetchLoops pull requests per consumer

@@ -735,3 +735,37 @@ func TestDispatcher_start_reports_messages_held_by_an_earlier_run(t *testing.T) 
 		return nil
 	})
 }
+
+// A consumer at its pending limit at start is warned about only when it
+// hands out nothing new meanwhile: the dead run's messages hold it until
+// their ack wait passes.
+func TestDispatcher_start_warns_when_held_messages_fill_the_pending_limit(t *testing.T) {
+	var buf testutil.SyncBuffer
+	h := newHarness(t, harnessOptions{Manual: true, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	subject := eventSubject("crawl_status", "1", "1")
+	const limit = 256 // the harness's max_ack_pending
+	for i := range limit + 1 {
+		h.publish(subject, crawl(i+1), "")
+	}
+	cons, err := h.js.Consumer(h.ctx, subjects.Stream, subjects.DispatcherConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for got := 0; got < limit; {
+		b, err := cons.Fetch(limit-got, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range b.Messages() {
+			got++
+		}
+	}
+	h.startView()
+	h.startDispatcher()
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if s := buf.String(); !strings.Contains(s, "level=WARN") || !strings.Contains(s, "hands out nothing new until their ack wait passes") {
+			return fmt.Errorf("no warning yet:\n%s", s)
+		}
+		return nil
+	})
+}
