@@ -383,7 +383,14 @@ func (p *Plugin) Encoder(eventType string) (plugins.Encoder, plugins.EncoderInfo
 		}
 	}
 	if pick < 0 && len(p.desc.Encoders) == 1 {
+		// A plugin's only encoder takes the events it is configured for,
+		// whatever it is named; one that declares another event type is
+		// likely configured by mistake, so it is said.
 		pick = 0
+		if e := p.desc.Encoders[0]; e.Info.EventType != "" {
+			p.log.Warn("the plugin's only encoder declares another event type; it gets the events it is configured for",
+				"configured_for", eventType, "declares", e.Info.EventType)
+		}
 	}
 	if pick < 0 {
 		var names []string

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/testutil"
 )
 
 // newManager returns a Manager closed at the end of the test, with quick
@@ -213,6 +215,26 @@ func TestLarge_items_cross_without_breaking_the_stream(t *testing.T) {
 	}
 	if n := p.Restarts(); n != 0 {
 		t.Errorf("%d restarts, want the stream unbroken", n)
+	}
+}
+
+// A plugin's only encoder gets the events it is configured for even under
+// another name, and one that declares another event type is warned about.
+func TestEncoder_only_encoder_for_another_event_type_is_warned_about(t *testing.T) {
+	var logs testutil.SyncBuffer
+	m := newManager(t, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	p, err := m.Launch(context.Background(), selfSpec(t, "encoder", plugins.PluginEncoder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.Encoder("test_event"); err != nil || strings.Contains(logs.String(), "declares another event type") {
+		t.Fatalf("its own event type: %v, log:\n%s", err, logs.String())
+	}
+	if _, info, err := p.Encoder("crawl_failed"); err != nil || info.EventType != "test_event" {
+		t.Fatalf("another event type: %+v, %v; want the only encoder", info, err)
+	}
+	if out := logs.String(); !strings.Contains(out, "declares another event type") || !strings.Contains(out, "configured_for=crawl_failed declares=test_event") {
+		t.Errorf("no warning naming both event types:\n%s", out)
 	}
 }
 
