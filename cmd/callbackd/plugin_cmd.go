@@ -246,6 +246,8 @@ func servedPluginState(cmd *cobra.Command, af apiFlags) func(name string) string
 			if !found {
 				return unknown
 			}
+			names, _, _ = strings.Cut(names, " (") // the reasons that follow
+
 			down := map[string]bool{}
 			for _, n := range strings.Split(names, ", ") {
 				down[strings.TrimSpace(n)] = true

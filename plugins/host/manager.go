@@ -228,16 +228,25 @@ func (m *Manager) Plugins() []*Plugin {
 // Healthy returns nil when every plugin process is running, else an error
 // naming those that are not (for /readyz).
 func (m *Manager) Healthy() error {
-	var down []string
+	var down, why []string
 	for _, p := range m.Plugins() {
 		if !p.Running() {
 			down = append(down, p.spec.Name)
+			if e := p.LastError(); e != "" {
+				why = append(why, p.spec.Name+": "+plugins.Clip(e, 200))
+			}
 		}
 	}
-	if len(down) > 0 {
-		return fmt.Errorf("%w: not running: %s", plugins.ErrPluginUnavailable, strings.Join(down, ", "))
+	if len(down) == 0 {
+		return nil
 	}
-	return nil
+	// "not running: a, b (a: why; b: why)": callbackd plugins list reads
+	// the names before " (".
+	reasons := ""
+	if len(why) > 0 {
+		reasons = " (" + strings.Join(why, "; ") + ")"
+	}
+	return fmt.Errorf("%w: not running: %s%s", plugins.ErrPluginUnavailable, strings.Join(down, ", "), reasons)
 }
 
 // Close stops every plugin process and waits for them to exit. Calls made

@@ -310,6 +310,30 @@ func TestThirdParty_encoder_output_is_checked(t *testing.T) {
 	}
 }
 
+// A plugin whose file changed is not restarted after a crash, and
+// Healthy (/readyz) says which plugin is down and why.
+func TestThirdParty_changed_file_is_not_restarted_and_Healthy_says_why(t *testing.T) {
+	dir, spec := thirdPartySpec(t, "encoder", plugins.PluginEncoder)
+	m := newManager(t, Options{Dir: dir})
+	p, err := m.Launch(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "testplugin"), []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(p.PID(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() bool {
+		err := m.Healthy()
+		return err != nil && strings.Contains(err.Error(), "not running: testplugin (testplugin: ") && strings.Contains(err.Error(), "checksum mismatch")
+	})
+	if p.Running() {
+		t.Error("the plugin runs, from a file whose checksum changed")
+	}
+}
+
 func TestThirdParty_verified_and_run_with_a_clean_environment(t *testing.T) {
 	t.Setenv("CALLBACKD_API__TOKEN", "host-secret")
 	dir, spec := thirdPartySpec(t, "env", plugins.PluginTransport)
