@@ -216,6 +216,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 		if !contains(spec.Kinds, u.kind) {
 			spec.Kinds = append(spec.Kinds, u.kind)
 		}
+		spec.Keys = append(spec.Keys, u.key)
 	}
 
 	var builtinProc *host.Plugin

@@ -54,6 +54,10 @@ type Spec struct {
 	// PluginFailure) callbackd uses from this process; a process that does
 	// not serve one of them is refused.
 	Kinds []string
+	// Keys are the config keys served by this process ("plugins.encoders.
+	// crawl_failed"), added to its log lines: several entries may share one
+	// file.
+	Keys []string
 }
 
 // Options configure a Manager. Zero values get the defaults in brackets.
@@ -193,7 +197,7 @@ func (m *Manager) Launch(ctx context.Context, s Spec) (*Plugin, error) {
 	p := &Plugin{
 		m:     m,
 		spec:  s,
-		log:   m.o.Logger.With("plugin", s.Name),
+		log:   pluginLogger(m.o.Logger, s),
 		crash: make(chan struct{}, 1),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
@@ -333,6 +337,14 @@ func (pr *proc) kill() {
 		}
 	}
 	<-done
+}
+
+// pluginLogger is log with the plugin's name and config keys.
+func pluginLogger(log *slog.Logger, s Spec) *slog.Logger {
+	if len(s.Keys) == 0 {
+		return log.With("plugin", s.Name)
+	}
+	return log.With("plugin", s.Name, "keys", strings.Join(s.Keys, ","))
 }
 
 // Name returns the plugin's name (Spec.Name).

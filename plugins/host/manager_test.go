@@ -223,7 +223,9 @@ func TestLarge_items_cross_without_breaking_the_stream(t *testing.T) {
 func TestEncoder_only_encoder_for_another_event_type_is_warned_about(t *testing.T) {
 	var logs testutil.SyncBuffer
 	m := newManager(t, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	p, err := m.Launch(context.Background(), selfSpec(t, "encoder", plugins.PluginEncoder))
+	spec := selfSpec(t, "encoder", plugins.PluginEncoder)
+	spec.Keys = []string{"plugins.encoders.crawl_failed"}
+	p, err := m.Launch(context.Background(), spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,6 +237,10 @@ func TestEncoder_only_encoder_for_another_event_type_is_warned_about(t *testing.
 	}
 	if out := logs.String(); !strings.Contains(out, "declares another event type") || !strings.Contains(out, "configured_for=crawl_failed declares=test_event") {
 		t.Errorf("no warning naming both event types:\n%s", out)
+	}
+	// The plugin's lines name the config keys it serves.
+	if out := logs.String(); !strings.Contains(out, "plugin=test-encoder keys=plugins.encoders.crawl_failed") {
+		t.Errorf("log lines do not name the config key:\n%s", out)
 	}
 }
 
