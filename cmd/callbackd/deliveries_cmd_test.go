@@ -345,6 +345,9 @@ func TestCLI_usage_errors(t *testing.T) {
 		{[]string{"version", "x"}, true},
 		{[]string{"plugins", "bogus"}, true},
 		{[]string{"project"}, false},
+		{[]string{"help", "bogus"}, true},
+		{[]string{"help", "project", "set"}, false},
+		{[]string{"help"}, false},
 	} {
 		root := newRootCmd()
 		var out bytes.Buffer

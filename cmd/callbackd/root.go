@@ -31,6 +31,19 @@ func newRootCmd() *cobra.Command {
 		newPluginsCmd(), newPluginCmd(),
 		newVersionCmd(),
 	)
+	root.SetHelpCommand(&cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		RunE: func(c *cobra.Command, args []string) error {
+			// cobra's own help prints the root's help, exit 0, for a
+			// command that does not exist.
+			cmd, rest, err := c.Root().Find(args)
+			if err != nil || len(rest) > 0 {
+				return usageError{fmt.Errorf("help: unknown command %q", strings.Join(args, " "))}
+			}
+			return cmd.Help()
+		},
+	})
 	usageErrors(root)
 	return root
 }
