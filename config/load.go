@@ -107,6 +107,7 @@ func RegisterFlags(fs *pflag.FlagSet) {
 // returned even when err is not nil.
 func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 	k := koanf.New(".")
+	var unknown error // the file's unknown keys
 
 	path, err := configFile(fs)
 	if err != nil {
@@ -117,11 +118,10 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 			return nil, nil, fmt.Errorf("config: file %s: %w", path, oneLine(err))
 		}
 		// The file is the first layer, so k holds only its keys here.
-		if err := unknownKeys(k.Raw(), path); err != nil {
-			return nil, nil, err
-		}
+		// Unknown keys are reported with the bad values, all at once.
+		unknown = unknownKeys(k.Raw(), path)
 		if err := nullValues(k.Raw(), path); err != nil {
-			return nil, nil, err
+			return nil, nil, errors.Join(unknown, err)
 		}
 	}
 
@@ -176,18 +176,19 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 		),
 		// Not weakly typed: `data_dir: true` or `workers: "8"` in the file
 		// is an error, not a guess. envValue types environment strings.
-		ErrorUnused: true,
+		// (Unknown keys already found are not reported again.)
+		ErrorUnused: unknown == nil,
 		TagName:     "koanf",
 	}})
 	if err != nil {
-		return nil, warnings, keyErrors(err)
+		return nil, warnings, joinKeyErrors(unknown, keyErrors(err))
 	}
 	if deriveAckPending && 0 < cfg.Dispatcher.Workers && cfg.Dispatcher.Workers <= maxWorkers {
 		// (A bad workers is reported as such, not again as a derived
 		// max_ack_pending the user never set.)
 		cfg.Dispatcher.MaxAckPending = 4 * cfg.Dispatcher.Workers
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(unknown, cfg.Validate()); err != nil {
 		return nil, warnings, err
 	}
 	return cfg, warnings, nil
@@ -330,6 +331,39 @@ func nullValues(raw map[string]any, path string) error {
 	}
 	walk("", raw)
 	return errors.Join(errs...)
+}
+
+// joinKeyErrors joins first and then, leaving out the errors of then whose
+// key first already names (a plugin entry's decoder finds the unknown keys
+// of its map again).
+func joinKeyErrors(first, then error) error {
+	named := map[string]bool{}
+	for _, e := range flatten(first) {
+		var ke *KeyError
+		if errors.As(e, &ke) {
+			named[ke.Key] = true
+		}
+	}
+	errs := flatten(first)
+	for _, e := range flatten(then) {
+		var ke *KeyError
+		if errors.As(e, &ke) && named[ke.Key] {
+			continue
+		}
+		errs = append(errs, e)
+	}
+	return errors.Join(errs...)
+}
+
+// flatten lists the errors an errors.Join holds (err itself otherwise).
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // envKey maps CALLBACKD_NATS__URL to nats.url.

@@ -309,6 +309,17 @@ func TestLoad_errors_name_the_key(t *testing.T) {
 			wantMsg:  "config: delivery.backoff[1]: no value (null) in ",
 		},
 		{
+			name:     "unknown keys and bad values, all at once",
+			yaml:     "dispatcher:\n  wokers: 3\ndelivery:\n  timeout: 5x\n",
+			wantKeys: []string{"dispatcher.wokers", "delivery.timeout"},
+			wantMsg:  `config: unknown key "dispatcher.wokers" in `,
+		},
+		{
+			name:     "unknown keys and values wrong by the rules",
+			yaml:     "dispatcher:\n  wokers: 3\nlog:\n  level: verbose\n",
+			wantKeys: []string{"dispatcher.wokers", "log.level"},
+		},
+		{
 			name:     "unknown key in the file",
 			yaml:     "dispatcher:\n  wokers: 3\n",
 			wantKeys: []string{"dispatcher.wokers"},
