@@ -176,7 +176,7 @@ func TestEndToEnd_plugin_killed_mid_stream_loses_nothing(t *testing.T) {
 // ("plugin started" names the plugin and its pid).
 func pluginPID(t *testing.T, p *testutil.Process) int {
 	t.Helper()
-	re := regexp.MustCompile(`msg="plugin started".* plugin=crawl_failed pid=(\d+)`)
+	re := regexp.MustCompile(`msg="plugin started".* plugin=crawl_failed (?:keys=\S+ )?pid=(\d+)`)
 	var pid int
 	testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		m := re.FindAllStringSubmatch(p.Stderr(), -1)
