@@ -71,8 +71,10 @@ func RunCluster(t testing.TB, n int) *Cluster {
 			Cluster:    embedded.Cluster{Name: "callbackd-test", Listen: node.ClusterAddr, Routes: routes},
 			Logger:     Logger(t).With("node", node.Name),
 			// Three nodes under -race beside other packages' tests on 2
-			// cores: embedded's default 10 s was once not enough.
-			ReadyTimeout: 25 * time.Second,
+			// cores: embedded's default 10 s was once not enough, and
+			// 25 s once not for a node restarted with its streams on a
+			// box loaded from outside as well.
+			ReadyTimeout: time.Minute,
 		}
 		t.Cleanup(func() { c.stop(node) })
 	}
@@ -94,7 +96,7 @@ func RunCluster(t testing.TB, n int) *Cluster {
 }
 
 func (c *Cluster) start(node *ClusterNode) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), node.opts.ReadyTimeout+5*time.Second)
 	defer cancel()
 	s, err := embedded.Start(ctx, node.opts)
 	if err != nil {
