@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/callbackd/callbackd/subjects"
 )
@@ -75,8 +77,8 @@ func (c *Config) Validate() error {
 		p.add("nats.cluster.tls.ca", "must be set with nats.cluster.tls.cert: routes are verified both ways")
 	}
 	// nats-server refuses these with white space, naming neither key.
-	p.check(!strings.ContainsAny(n.ServerName, " \t\r\n"), "nats.server_name", "must not contain white space, got %q", n.ServerName)
-	p.check(!strings.ContainsAny(n.Cluster.Name, " \t\r\n"), "nats.cluster.name", "must not contain white space, got %q", n.Cluster.Name)
+	p.name("nats.server_name", n.ServerName)
+	p.name("nats.cluster.name", n.Cluster.Name)
 	p.check(1 <= n.Replicas && n.Replicas <= 5, "nats.replicas", "must be 1 to 5, got %d", n.Replicas)
 	if n.Embedded && n.Cluster.Listen == "" && 1 < n.Replicas && n.Replicas <= 5 {
 		p.add("nats.replicas", "must be 1 for a lone embedded server (more replicas need nats.cluster), got %d", n.Replicas)
@@ -179,6 +181,17 @@ func (p *problems) positive(key string, d time.Duration) {
 
 func (p *problems) oneOf(key, v string, allowed ...string) {
 	p.check(slices.Contains(allowed, v), key, "must be one of %q, got %q", allowed, v)
+}
+
+// name checks a server or cluster name: no white space (nats-server's
+// rule), no control characters, valid UTF-8.
+func (p *problems) name(key, v string) {
+	switch {
+	case strings.ContainsAny(v, " \t\r\n"):
+		p.add(key, "must not contain white space, got %q", v)
+	case !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl):
+		p.add(key, "must not hold control characters or bytes that are not UTF-8, got %q", v)
+	}
 }
 
 func (p *problems) hostPort(key, addr string) {

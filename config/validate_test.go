@@ -44,6 +44,9 @@ func TestValidate_names_the_key(t *testing.T) {
 		{"workers at the cap", func(c *Config) { c.Dispatcher.Workers = 1 << 20 }, ""},
 		{"workers over the cap", func(c *Config) { c.Dispatcher.Workers = 1<<20 + 1 }, "dispatcher.workers"},
 		{"nats.server_name with a space", func(c *Config) { c.NATS.ServerName = "a b" }, "nats.server_name"},
+		{"nats.server_name with a NUL", func(c *Config) { c.NATS.ServerName = "a\x00b" }, "nats.server_name"},
+		{"nats.server_name not UTF-8", func(c *Config) { c.NATS.ServerName = "a\xffb" }, "nats.server_name"},
+		{"nats.server_name in another script", func(c *Config) { c.NATS.ServerName = "nœud-1" }, ""},
 		{"nats.cluster.name with a tab", func(c *Config) {
 			c.NATS.Cluster = Cluster{Name: "a\tb", Listen: "0.0.0.0:6222", Routes: []string{"nats://a:6222"}}
 		}, "nats.cluster.name"},

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -165,13 +167,17 @@ func stableName(dataDir string) (string, error) {
 	return name, nil
 }
 
-// checkName applies nats-server's rules for a server or cluster name.
+// checkName applies nats-server's rules for a server or cluster name (no
+// white space), and refuses what no name should hold: control characters
+// and bytes that are not UTF-8.
 func checkName(name string) error {
 	switch {
 	case name == "":
 		return errors.New("empty")
 	case strings.ContainsAny(name, " \t\r\n"):
 		return fmt.Errorf("%q contains white space", name)
+	case !utf8.ValidString(name) || strings.ContainsFunc(name, unicode.IsControl):
+		return fmt.Errorf("%q holds control characters or bytes that are not UTF-8", name)
 	}
 	return nil
 }

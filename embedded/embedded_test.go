@@ -78,7 +78,7 @@ func TestStart_keeps_a_stable_server_name(t *testing.T) {
 // A server_name file that is empty or not a name stops start-up naming the
 // file: a new name would make the node a stranger to its cluster.
 func TestStart_refuses_a_bad_server_name_file(t *testing.T) {
-	for _, content := range []string{"", "\n", "bad name\n"} {
+	for _, content := range []string{"", "\n", "bad name\n", "bad\x00name\n", "bad\xffname\n"} {
 		dir := t.TempDir()
 		path := filepath.Join(dir, "server_name")
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
