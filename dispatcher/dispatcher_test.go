@@ -711,21 +711,7 @@ func TestDispatcher_start_reports_messages_held_by_an_earlier_run(t *testing.T) 
 	for i := range 3 {
 		h.publish(subject, crawl(i+1), "")
 	}
-	// An earlier run took them and died.
-	cons, err := h.js.Consumer(h.ctx, subjects.Stream, subjects.DispatcherConsumer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := 0
-	for got < 3 {
-		b, err := cons.Fetch(3-got, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for range b.Messages() {
-			got++
-		}
-	}
+	takenByADeadRun(t, h, 3)
 	h.startView()
 	h.startDispatcher()
 	testutil.CheckFor(t, waitLong, 10*time.Millisecond, func() error {
@@ -747,19 +733,7 @@ func TestDispatcher_start_warns_when_held_messages_fill_the_pending_limit(t *tes
 	for i := range limit + 1 {
 		h.publish(subject, crawl(i+1), "")
 	}
-	cons, err := h.js.Consumer(h.ctx, subjects.Stream, subjects.DispatcherConsumer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for got := 0; got < limit; {
-		b, err := cons.Fetch(limit-got, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for range b.Messages() {
-			got++
-		}
-	}
+	takenByADeadRun(t, h, limit)
 	h.startView()
 	h.startDispatcher()
 	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
@@ -768,4 +742,23 @@ func TestDispatcher_start_warns_when_held_messages_fill_the_pending_limit(t *tes
 		}
 		return nil
 	})
+}
+
+// takenByADeadRun pulls n messages from the dispatcher consumer and leaves
+// them unacked, as a run that took them and died would.
+func takenByADeadRun(t *testing.T, h *harness, n int) {
+	t.Helper()
+	cons, err := h.js.Consumer(h.ctx, subjects.Stream, subjects.DispatcherConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for got := 0; got < n; {
+		b, err := cons.Fetch(n-got, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range b.Messages() {
+			got++
+		}
+	}
 }

@@ -342,11 +342,7 @@ func TestPuller_close_leaves_nothing_pending(t *testing.T) {
 		}
 		back := 0
 		p.close(func(m jetstream.Msg) { back++; _ = m.NakWithDelay(time.Millisecond) })
-		select {
-		case <-js.JS.PublishAsyncComplete():
-		case <-time.After(10 * time.Second):
-			t.Fatal("publishes not acknowledged")
-		}
+		waitPublished(t, js)
 		// Every message can be had again well before its ack wait.
 		got := fetchAll(t, c, n)
 		if got != n {
@@ -405,11 +401,7 @@ func TestPuller_close_after_a_stopped_pull_leaves_nothing_pending(t *testing.T) 
 			t.Log("the request ended before the stop; this round shows less")
 		}
 		p.close(nakIt)
-		select {
-		case <-js.JS.PublishAsyncComplete():
-		case <-time.After(10 * time.Second):
-			t.Fatal("publishes not acknowledged")
-		}
+		waitPublished(t, js)
 		got := fetchAll(t, c, n)
 		if got != n {
 			t.Fatalf("round %d: %d of %d messages available after close; the rest wait for the ack wait", round, got, n)
@@ -449,5 +441,15 @@ func TestPuller_an_empty_message_with_a_Status_header_is_a_message(t *testing.T)
 	want := []string{"p.100", "p.404", "p.408", "p.409", "p.503"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("handed out (-want +got):\n%s", diff)
+	}
+}
+
+// waitPublished waits until js's asynchronous publishes are acknowledged.
+func waitPublished(t *testing.T, js *testutil.JetStream) {
+	t.Helper()
+	select {
+	case <-js.JS.PublishAsyncComplete():
+	case <-time.After(10 * time.Second):
+		t.Fatal("publishes not acknowledged")
 	}
 }

@@ -530,3 +530,17 @@ func TestStartAPI_test_callback_is_in_the_delivery_log(t *testing.T) {
 		}
 	}
 }
+
+// startAPI serves the admin API on api.listen (TLS when api.tls is set)
+// until Shutdown: listenAPI, then serveAPI, as serve does around its start.
+func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps apiDeps) (*adminAPI, error) {
+	a, err := listenAPI(ctx, cfg, log, deps.Limits)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.serveAPI(cfg, log, deps); err != nil {
+		_ = a.Shutdown(context.Background())
+		return nil, err
+	}
+	return a, nil
+}

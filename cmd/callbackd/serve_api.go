@@ -168,20 +168,6 @@ func pluginHealth(m *host.Manager) (check func(context.Context) error, restarts 
 	return check, restarts
 }
 
-// startAPI serves the admin API on api.listen (TLS when api.tls is set)
-// until Shutdown: listenAPI, then serveAPI.
-func startAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, deps apiDeps) (*adminAPI, error) {
-	a, err := listenAPI(ctx, cfg, log, deps.Limits)
-	if err != nil {
-		return nil, err
-	}
-	if err := a.serveAPI(cfg, log, deps); err != nil {
-		_ = a.Shutdown(context.Background())
-		return nil, err
-	}
-	return a, nil
-}
-
 // listenAPI listens on api.listen (TLS when api.tls is set) and answers
 // with api.Starting until serveAPI: from the start, /healthz is up and
 // /readyz says what start-up waits for (SPEC §3: 503 until the settings

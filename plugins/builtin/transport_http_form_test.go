@@ -181,6 +181,21 @@ func listenLocal(t *testing.T) net.Listener {
 	return ln
 }
 
+// answerEach serves ln's connections one after another until it closes:
+// answer has each, which is closed after.
+func answerEach(ln net.Listener, answer func(c net.Conn)) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			answer(c)
+			_ = c.Close()
+		}
+	}()
+}
+
 // TestHTTPForm_wire_headers reads the raw request, to check that custom keys
 // keep their spelling and that nothing but the documented headers is sent.
 func TestHTTPForm_wire_headers(t *testing.T) {
@@ -457,17 +472,10 @@ func TestHTTPForm_connection_refused_is_retryable(t *testing.T) {
 
 func TestHTTPForm_closed_without_response_is_retryable(t *testing.T) {
 	ln := listenLocal(t)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			// Read the request, then hang up without a word.
-			_, _ = bufio.NewReader(c).ReadString('\n')
-			_ = c.Close()
-		}
-	}()
+	answerEach(ln, func(c net.Conn) {
+		// Read the request, then hang up without a word.
+		_, _ = bufio.NewReader(c).ReadString('\n')
+	})
 	tr := newTestHTTPForm(t, 5*time.Second)
 	res := deliverOK(t, tr, httpFormDelivery("http://"+ln.Addr().String()+"/?token=s3cret"))
 	if res.Outcome != plugins.OutcomeRetryable || res.StatusCode != 0 {
@@ -705,18 +713,11 @@ func TestHTTPForm_unreadable_response_is_retryable_with_a_short_reason(t *testin
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln := listenLocal(t)
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-						_, _ = io.WriteString(c, tc.answer)
-					}
-					_ = c.Close()
+			answerEach(ln, func(c net.Conn) {
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+					_, _ = io.WriteString(c, tc.answer)
 				}
-			}()
+			})
 			tr := newTestHTTPForm(t, 5*time.Second)
 			res := deliverOK(t, tr, httpFormDelivery("http://"+ln.Addr().String()+"/"))
 			if res.Outcome != plugins.OutcomeRetryable || res.StatusCode != 0 || res.Error != tc.want {
