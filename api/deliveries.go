@@ -301,7 +301,9 @@ func parseTimeField(errs *fieldErrors, field string, v *string) time.Time {
 	if v == nil {
 		return time.Time{}
 	}
-	t, err := time.Parse(time.RFC3339, *v)
+	// RFC 3339 allows a lower-case "t" and "z" (section 5.6, NOTE); Go's
+	// layout does not.
+	t, err := time.Parse(time.RFC3339, strings.NewReplacer("t", "T", "z", "Z").Replace(*v))
 	if err != nil {
 		errs.add(field, "must be an RFC 3339 time such as 2026-01-02T15:04:05Z")
 	}

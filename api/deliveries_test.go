@@ -177,7 +177,20 @@ func TestReplayDeadLetters_passes_the_filter(t *testing.T) {
 		t.Fatalf("dry run: %+v %+v", got, out)
 	}
 
-	r := h.gql(`mutation($in: ReplayInput!) { replayDeadLetters(input: $in) { matched } }`, map[string]any{"in": map[string]any{
+	// RFC 3339 allows a lower-case t and z.
+	h.ok(`mutation { replayDeadLetters(input: {since: "2026-01-01t00:00:00z"}) { matched replayed } }`, nil, &out)
+	if !got.Since.Equal(want.Since) {
+		t.Fatalf("since %v, want %v", got.Since, want.Since)
+	}
+	// A Boolean is true or false: gqlgen's own took "yes" as false, a
+	// replay that was not dry.
+	got = api.ReplayFilter{}
+	r := h.gql(`mutation($in: ReplayInput!) { replayDeadLetters(input: $in) { matched } }`, map[string]any{"in": map[string]any{"dryRun": "yes"}})
+	if len(r.Errors) != 1 || r.Errors[0].Message != "must be a boolean (true or false)" || got != (api.ReplayFilter{}) {
+		t.Fatalf("dryRun \"yes\": errors %+v, replayer called with %+v", r.Errors, got)
+	}
+
+	r = h.gql(`mutation($in: ReplayInput!) { replayDeadLetters(input: $in) { matched } }`, map[string]any{"in": map[string]any{
 		"accountId": "x", "eventType": "Crawl-Status", "reason": "because", "since": "yesterday", "until": "2020-01-01T00:00:00Z",
 	}})
 	if got := fieldsOf(r); !slices.Equal(got, []string{"accountId", "eventType", "reason", "since"}) {

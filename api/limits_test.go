@@ -1,11 +1,14 @@
 package api_test
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/callbackd/callbackd/api"
 )
@@ -17,6 +20,25 @@ func TestGraphQL_request_limits(t *testing.T) {
 		body := []byte(`{"query":"{ project(id: \"1\") { id } }","variables":{"pad":"` + strings.Repeat("x", 1<<20) + `"}}`)
 		if code, b := h.post("/graphql", "application/json", body); code != http.StatusRequestEntityTooLarge {
 			t.Fatalf("HTTP %d: %.200s", code, b)
+		}
+	})
+	t.Run("Content-Length over 1 MiB", func(t *testing.T) {
+		// Refused at once, before the body: a client announcing 5 MB and
+		// sending a few bytes used to wait out the read timeout for a 400.
+		conn, err := net.Dial("tcp", strings.TrimPrefix(h.srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n{\"q", testToken)
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("no answer before the body: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("HTTP %d", resp.StatusCode)
 		}
 	})
 	t.Run("GET", func(t *testing.T) {
@@ -48,6 +70,26 @@ func TestGraphQL_request_limits(t *testing.T) {
 		var r gqlResponse
 		if code != http.StatusBadRequest || json.Unmarshal(b, &r) != nil || len(r.Errors) != 1 ||
 			!strings.Contains(r.Errors[0].Message, "not valid JSON (at byte") || strings.Contains(string(b), "s3cret") {
+			t.Fatalf("HTTP %d %s", code, b)
+		}
+	})
+	t.Run("JSON nested too deeply", func(t *testing.T) {
+		n := 20000
+		body := `{"query":"{ __typename }","variables":{"a":` + strings.Repeat("[", n) + strings.Repeat("]", n) + `}}`
+		code, b := h.post("/graphql", "application/json", []byte(body))
+		if code != http.StatusBadRequest || !strings.Contains(string(b), "request body nests JSON too deeply (at byte") {
+			t.Fatalf("HTTP %d %.200s", code, b)
+		}
+	})
+	t.Run("several operations, none named", func(t *testing.T) {
+		r := h.gql(`query A { __typename } query B { __typename }`, nil)
+		if len(r.Errors) != 1 || r.Errors[0].Message != "operationName is required: the document does not hold exactly one operation" ||
+			r.Errors[0].Extensions["code"] != "GRAPHQL_VALIDATION_FAILED" {
+			t.Fatalf("errors %+v", r.Errors)
+		}
+		body := []byte(`{"query":"query A { __typename } query B { __typename }","operationName":"C"}`)
+		code, b := h.post("/graphql", "application/json", body)
+		if code != http.StatusUnprocessableEntity || !strings.Contains(string(b), `the document holds no operation named \"C\"`) {
 			t.Fatalf("HTTP %d %s", code, b)
 		}
 	})

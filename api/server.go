@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -287,6 +288,12 @@ func (s *Server) graphQLHandler(complexityLimit, maxDepth, tokenLimit int) http.
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), requestStartKey{}, time.Now()))
+		if r.ContentLength > s.maxBody {
+			// Refused before a byte is read: the client may not send
+			// what it announced.
+			http.Error(w, fmt.Sprintf("request body over %d bytes", s.maxBody), http.StatusRequestEntityTooLarge)
+			return
+		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
 		if err != nil {
 			var tooBig *http.MaxBytesError
@@ -327,9 +334,13 @@ func (s *Server) graphQLHandler(complexityLimit, maxDepth, tokenLimit int) http.
 func badJSON(w http.ResponseWriter, body []byte) {
 	msg := "request body is not valid JSON"
 	var se *json.SyntaxError
-	if err := json.Unmarshal(body, new(json.RawMessage)); errors.As(err, &se) {
+	err := json.Unmarshal(body, new(json.RawMessage))
+	switch {
+	case errors.As(err, &se) && strings.Contains(se.Error(), "exceeded max depth"):
+		msg = fmt.Sprintf("request body nests JSON too deeply (at byte %d)", se.Offset)
+	case errors.As(err, &se):
 		msg += fmt.Sprintf(" (at byte %d)", se.Offset)
-	} else if len(bytes.TrimSpace(body)) == 0 {
+	case len(bytes.TrimSpace(body)) == 0:
 		msg = "request body is empty, want a GraphQL request in JSON"
 	}
 	badRequest(w, msg)
@@ -399,11 +410,55 @@ func badRequest(w http.ResponseWriter, msg string) {
 func (s *Server) presentError(ctx context.Context, err error) *gqlerror.Error {
 	var gerr *gqlerror.Error
 	if errors.As(err, &gerr) && gerr.Err == nil {
-		return graphql.DefaultErrorPresenter(ctx, err)
+		out := graphql.DefaultErrorPresenter(ctx, err)
+		out.Message = clearerMessage(out.Message, out.Path)
+		return out
 	}
 	s.log.Warn("api: request failed", "path", graphql.GetPath(ctx).String(), "err", err)
 	return graphql.DefaultErrorPresenter(ctx, err)
 }
+
+// clearerMessage rewrites the messages of gqlgen and gqlparser that say
+// little or something wrong: "operation  not found" for a document of
+// several operations and no operationName; "cannot use value 0 as Int"
+// for 2.5, "cannot use string as Boolean" for 1 (a number in the JSON
+// variables, decoded as a json.Number).
+func clearerMessage(msg string, path ast.Path) string {
+	if name, ok := strings.CutPrefix(msg, "operation "); ok && strings.HasSuffix(name, " not found") && len(path) == 0 {
+		if name = strings.TrimSuffix(name, " not found"); name == "" {
+			return "operationName is required: the document does not hold exactly one operation"
+		}
+		return fmt.Sprintf("the document holds no operation named %q", name)
+	}
+	if len(path) == 0 {
+		return msg
+	}
+	if first, ok := path[0].(ast.PathName); !ok || !strings.HasPrefix(string(first), "variable") {
+		return msg
+	}
+	m := variableTypeError.FindStringSubmatch(msg)
+	if m == nil {
+		return msg
+	}
+	switch m[1] {
+	case "Int":
+		return "must be an integer from -2147483648 to 2147483647"
+	case "Float":
+		return "must be a number"
+	case "String":
+		return "must be a string"
+	case "Boolean":
+		return "must be a boolean (true or false)"
+	case "ID":
+		return "must be a string or an integer"
+	}
+	return msg
+}
+
+// variableTypeError matches gqlparser's errors for a variable of the wrong
+// type ("cannot use bool as Int", "cannot use value 0 as Int", "cannot use
+// 1e+20 as ID: integers beyond 2^53-1 …").
+var variableTypeError = regexp.MustCompile(`^cannot use .* as (Int|Float|String|Boolean|ID)(:|$)`)
 
 // requestStartKey holds, in a GraphQL request's context, when its handler
 // started: when the HTTP server had read its headers and set its write

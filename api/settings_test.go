@@ -378,3 +378,46 @@ func TestVariables_strings_are_strings(t *testing.T) {
 	}
 	h.ok(m, map[string]any{"in": map[string]any{"projectId": "43", "apiCallbackUrl": "https://ok.example.com/"}}, nil)
 }
+
+// Int, Boolean and ID inputs as the GraphQL specification coerces them:
+// gqlgen's own took "2" as an Int, any string as a Boolean and true as the
+// ID "true". The errors name the kind of value, never the value.
+func TestVariables_ints_booleans_and_ids_as_the_spec_coerces(t *testing.T) {
+	h := newHarness(t, nil)
+	const deliveries = `query($f: Int) { deliveries(first: $f) { pageInfo { hasNextPage } } }`
+	const project = `query($id: ID!) { project(id: $id) { id } }`
+	for _, tc := range []struct {
+		query string
+		vars  map[string]any
+		want  string // "" for no error
+	}{
+		{deliveries, map[string]any{"f": 2}, "not available"}, // the harness has no delivery log: the argument passed
+		{deliveries, map[string]any{"f": 2.0}, "not available"},
+		{deliveries, map[string]any{"f": "2"}, "must be an integer, got a string"},
+		{deliveries, map[string]any{"f": 2.5}, "must be an integer from -2147483648 to 2147483647"},
+		{deliveries, map[string]any{"f": true}, "must be an integer from -2147483648 to 2147483647"},
+		{deliveries, map[string]any{"f": 2147483648}, "must be an integer from -2147483648 to 2147483647, got a number outside it"},
+		{`{ deliveries(first: 2147483648) { pageInfo { hasNextPage } } }`, nil, "must be an integer from -2147483648 to 2147483647, got a number outside it"},
+		{project, map[string]any{"id": "12"}, ""},
+		{project, map[string]any{"id": 12}, ""},
+		{project, map[string]any{"id": true}, "must be a string or an integer"},
+		{project, map[string]any{"id": 1.5}, "must be a string or an integer"},
+		{project, map[string]any{"id": map[string]any{"a": 1}}, "must be a string or an integer"},
+		{`mutation($in: ReplayInput!) { replayDeadLetters(input: $in) { matched } }`, map[string]any{"in": map[string]any{"dryRun": 1}}, "must be a boolean (true or false)"},
+	} {
+		r := h.gql(tc.query, tc.vars)
+		switch {
+		case tc.want == "" && len(r.Errors) != 0:
+			t.Errorf("%.40s %v: errors %+v", tc.query, tc.vars, r.Errors)
+		case tc.want != "" && (len(r.Errors) != 1 || !strings.Contains(r.Errors[0].Message, tc.want)):
+			t.Errorf("%.40s %v: errors %+v, want %q", tc.query, tc.vars, r.Errors, tc.want)
+		}
+	}
+	// A header value of the wrong type is named by its path, not repeated.
+	r := h.gql(`mutation($in: UpdateProjectInput!) { updateProject(input: $in) { project { id } } }`, map[string]any{"in": map[string]any{
+		"projectId": "44", "apiCallbackHeaders": []map[string]any{{"key": "X-Api-Key", "value": 31415926535897}},
+	}})
+	if len(r.Errors) != 1 || r.Errors[0].Message != "must be a string, got a number" {
+		t.Fatalf("errors %+v", r.Errors)
+	}
+}

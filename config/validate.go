@@ -149,6 +149,11 @@ func (c *Config) Validate() error {
 	p.hostPort("api.listen", c.API.Listen)
 	if t := c.API.Token; t != "" {
 		p.check(len(t) >= MinAPITokenLen, "api.token", "must be at least %d characters (or unset: serve then generates one)", MinAPITokenLen)
+		// It travels in an Authorization header, which cannot carry a
+		// space at either end, a control character or a byte over 0x7E:
+		// such a token would never match.
+		p.check(!strings.ContainsFunc(t, func(r rune) bool { return r < 0x21 || r > 0x7e }), "api.token",
+			"must be printable ASCII without spaces (it is sent as \"Authorization: Bearer <token>\")")
 	}
 	p.certKey("api.tls", c.API.TLS.Cert, c.API.TLS.Key)
 
