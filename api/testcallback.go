@@ -85,11 +85,11 @@ func (m mutationResolver) SendTestCallback(ctx context.Context, projectID string
 	if err != nil {
 		return nil, fmt.Errorf("send test callback: %w", err)
 	}
-	m.s.log.Info("api: test callback sent", "project_id", pid, "account_id", aid, "url", plugins.SafeURL(dest.URL),
-		"outcome", res.Outcome, "status", res.StatusCode)
 	rec.URL = plugins.SafeURL(dest.URL)
 	rec.Attempt = 1
 	rec.Outcome = testOutcome(res.Outcome)
+	m.s.log.Info("api: test callback sent", "project_id", pid, "account_id", aid, "url", rec.URL,
+		"outcome", rec.Outcome, "status", res.StatusCode) // the outcome the answer and the delivery log give
 	rec.StatusCode = res.StatusCode
 	rec.Error = res.Error
 	rec.DurationMs = res.Duration.Milliseconds()

@@ -89,7 +89,12 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 			return
 		}
 		rec.Outcome = deliverylog.OutcomeRetrying
-		d.log.Warn("attempt failed; retry scheduled", append(attrs(), slog.String("err", clipText(res.Error)), slog.Duration("retry_in", wait))...)
+		// One line per failed attempt would flood the log under an
+		// endpoint that is down (the delivery log has every attempt): the
+		// event's end is what is logged above debug.
+		if d.log.Enabled(ctx, slog.LevelDebug) {
+			d.log.Debug("attempt failed; retry scheduled", append(attrs(), slog.String("err", clipText(res.Error)), slog.Duration("retry_in", wait))...)
+		}
 		d.outcome(j, rec)
 		d.ack(j)
 	default:

@@ -47,7 +47,9 @@ func (d *Dispatcher) deadLetter(ctx context.Context, j *job, reason string, stat
 		return false
 	}
 	d.o.Observer.DeadLettered(reason)
-	d.log.Info("dead-lettered", d.attrs(j, slog.String("reason", reason), slog.String("err", clipText(errText)))...)
+	// The line that says why (invalid event, failed for good, giving up)
+	// is logged at warn by the caller.
+	d.log.Debug("dead-lettered", d.attrs(j, slog.String("reason", reason), slog.String("err", clipText(errText)))...)
 	return true
 }
 

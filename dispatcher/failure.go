@@ -58,7 +58,7 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 				}
 			}
 			if len(out) == 0 {
-				d.log.Info("no callback-failed notification sent: the failure plugin returned none (the built-in sso-webhook: the account has no SSO client webhook)", d.attrs(j)...)
+				d.log.Debug("no callback-failed notification sent: the failure plugin returned none (the built-in sso-webhook: the account has no SSO client webhook)", d.attrs(j)...)
 			}
 		}
 	}

@@ -536,8 +536,47 @@ func TestDispatcher_every_attempt_is_in_the_delivery_log(t *testing.T) {
 	if _, ok := byOutcome[deliverylog.OutcomeSkipped]; !ok {
 		t.Error("no skipped record")
 	}
-	if e, ok := byOutcome[deliverylog.OutcomeNoDestination]; !ok || e.ProjectID != "3" {
-		t.Errorf("no no_destination record for project 3: %+v", e)
+	if e, ok := byOutcome[deliverylog.OutcomeNoDestination]; !ok || e.ProjectID != "3" || e.Error != "no callback URL for the project or its account" {
+		t.Errorf("no no_destination record for project 3, with why: %+v", e)
+	}
+}
+
+// At the default level the log has one line per event that ends badly, the
+// warning that says why, and none for its failed attempts or for events
+// that end by rule: an endpoint that is down, or projects without a
+// callback, must not bury the rest (the delivery log has every attempt).
+func TestDispatcher_logs_an_event_that_fails_for_good_once(t *testing.T) {
+	var logs testutil.SyncBuffer
+	sink := testutil.NewSink(t)
+	sink.Respond(codes(500))
+	h := newHarness(t, harnessOptions{
+		MaxAttempts: 3, Backoff: []time.Duration{10 * time.Millisecond},
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)), // info and above
+	})
+	h.setProject("1", sink.URL)
+	h.waitDestination("1", "1", sink.URL)
+	const events = 5
+	for i := range events {
+		h.publish(eventSubject("crawl_status", "1", "1"), crawl(i+1), "")
+	}
+	h.publish(eventSubject("crawl_status", "1", "2"), crawl(10), "")                                                 // no destination
+	h.publish(eventSubject("crawl_status", "1", "1"), []byte(`{"crawl_id":11,"crawl_type":"test_suite_build"}`), "") // skipped
+	testutil.WaitStreamMsgs(t, h.js, subjects.DeadStream, events, waitLong, nil)
+	// Every event settled: the work-queue streams are empty once acked.
+	testutil.WaitStreamMsgs(t, h.js, subjects.Stream, 0, waitLong, nil)
+	testutil.WaitStreamMsgs(t, h.js, subjects.RetryStream, 0, waitLong, nil)
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if n := strings.Count(logs.String(), "delivery failed for good"); n != events {
+			return fmt.Errorf("%d failed-for-good lines, want %d", n, events)
+		}
+		return nil
+	})
+	if n := len(sink.Requests()); n != 3*events {
+		t.Errorf("%d attempts, want %d", n, 3*events)
+	}
+	// Every line about an event names its delivery id.
+	if n := strings.Count(logs.String(), "delivery_id="); n != events {
+		t.Errorf("%d lines about events, want %d:\n%s", n, events, logs.String())
 	}
 }
 

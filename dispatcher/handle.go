@@ -171,7 +171,7 @@ func (d *Dispatcher) prepare(ctx context.Context, j *job) bool {
 			if sso == nil {
 				d.log.Info("no SSO client webhook for the account any more; callback-failed notification not sent",
 					d.attrs(j, slog.String("outcome", deliverylog.OutcomeNoDestination))...)
-				d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeNoDestination})
+				d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeNoDestination, Error: "the account has no SSO client webhook any more"})
 				d.ack(j)
 				return false
 			}
@@ -194,11 +194,16 @@ func (d *Dispatcher) prepare(ctx context.Context, j *job) bool {
 	if !d.encoded(ctx, j, "encode", encoded, err) {
 		return false
 	}
-	d.log.Info("no callback URL for project or account", d.attrs(j, slog.String("outcome", deliverylog.OutcomeNoDestination))...)
-	d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeNoDestination})
+	// Most projects configure no callback: a line per event would bury
+	// the rest. The delivery log and the metrics count them.
+	d.log.Debug("no callback URL for project or account", d.attrs(j, slog.String("outcome", deliverylog.OutcomeNoDestination))...)
+	d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeNoDestination, Error: noDestinationError})
 	d.ack(j)
 	return false
 }
+
+// noDestinationError is the error of a no_destination record.
+const noDestinationError = "no callback URL for the project or its account"
 
 // event is the plugin view of j.
 func (d *Dispatcher) event(j *job) plugins.Event {
@@ -221,7 +226,7 @@ func (d *Dispatcher) encoded(ctx context.Context, j *job, op string, e plugins.E
 		d.infraError(ctx, j, op, err)
 		return false
 	case e.SkipReason != "":
-		d.log.Info("event skipped", d.attrs(j, slog.String("outcome", deliverylog.OutcomeSkipped), slog.String("reason", clipText(e.SkipReason)))...)
+		d.log.Debug("event skipped", d.attrs(j, slog.String("outcome", deliverylog.OutcomeSkipped), slog.String("reason", clipText(e.SkipReason)))...)
 		d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeSkipped, Error: e.SkipReason})
 		d.ack(j)
 		return false

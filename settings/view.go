@@ -497,7 +497,7 @@ func (s *snapshot) ssoOrNil() map[string]target {
 
 func (v *View) warnInvalid(key string, rev uint64, err error) {
 	// err names the field, never a header value.
-	v.log.Warn("settings: ignoring invalid value; the last valid one stays", "key", key, "revision", rev, "err", err)
+	v.log.Warn("settings: ignoring invalid value; the key keeps its last valid value, or none if it never had one", "key", key, "revision", rev, "err", err)
 }
 
 // warnRefused warns about a stored URL that the outbound policy refuses:

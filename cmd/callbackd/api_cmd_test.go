@@ -255,7 +255,7 @@ func TestSettingsCLI_through_the_API(t *testing.T) {
 		t.Errorf("nothing to change: %v", err)
 	}
 	// Bytes that are not UTF-8 are refused, not stored as U+FFFD.
-	if _, err := e.settingsCLI(t, "project", "set", "123", "--header", "X-Lat: caf\xe9"); !errors.As(err, &ue) || !strings.Contains(err.Error(), `"X-Lat: caf\xe9": not valid UTF-8`) {
+	if _, err := e.settingsCLI(t, "project", "set", "123", "--header", "X-Lat: caf\xe9"); !errors.As(err, &ue) || !strings.Contains(err.Error(), `"X-Lat": the value is not valid UTF-8`) {
 		t.Errorf("header not UTF-8: %v", err)
 	}
 	if out, err := e.settingsCLI(t, "project", "get", "123", "--show-secrets"); err != nil || !strings.Contains(out, "apiCallbackHeaders: (none)") {
@@ -273,9 +273,10 @@ func TestParseHeaderFlag(t *testing.T) {
 		{in: "X-Url: https://a.example/x?y=1", key: "X-Url", value: "https://a.example/x?y=1"},
 		// Only spaces and tabs are dropped: a no-break space is the value's.
 		{in: "X-A: \u00a0v\u00a0", key: "X-A", value: "\u00a0v\u00a0"},
-		{in: "X-A", err: `--header "X-A": want 'Key: Value'`},
-		{in: "X-A: caf\xe9", err: `--header "X-A: caf\xe9": not valid UTF-8`},
-		{in: "X-\xff: v", err: `--header "X-\xff: v": not valid UTF-8`},
+		{in: "Authorization Bearer s3cret", err: `--header: want 'Key: Value', found no ':' (the argument is not shown: it may hold a secret)`},
+		{in: "X-Api-Key=s3cret", err: `--header: want 'Key: Value', found no ':' (the argument is not shown: it may hold a secret)`},
+		{in: "X-A: caf\xe9", err: `--header "X-A": the value is not valid UTF-8`},
+		{in: "X-\xff: v", err: `--header: the key is not valid UTF-8`},
 	} {
 		key, value, err := parseHeaderFlag(tc.in)
 		if tc.err != "" {

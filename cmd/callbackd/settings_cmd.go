@@ -373,15 +373,19 @@ func apiHTTPClient(cfg *config.Config, log *slog.Logger) (*http.Client, error) {
 // the spaces and tabs around the key and the value (a field value's optional
 // whitespace, RFC 9110), and nothing else; the API checks the rest. Bytes
 // that are not UTF-8 are refused here: JSON would carry them as U+FFFD, and
-// a value different from the one given would be stored.
+// a value different from the one given would be stored. Errors never
+// repeat the value, nor an argument without its ':' (a slip such as
+// 'Authorization Bearer t' is all value).
 func parseHeaderFlag(h string) (key, value string, err error) {
 	key, value, ok := strings.Cut(h, ":")
 	key, value = strings.Trim(key, " \t"), strings.Trim(value, " \t")
 	switch {
 	case !ok:
-		return "", "", fmt.Errorf("--header %q: want 'Key: Value'", key)
-	case !utf8.ValidString(key) || !utf8.ValidString(value):
-		return "", "", fmt.Errorf("--header %q: not valid UTF-8", h)
+		return "", "", errors.New("--header: want 'Key: Value', found no ':' (the argument is not shown: it may hold a secret)")
+	case !utf8.ValidString(key):
+		return "", "", errors.New("--header: the key is not valid UTF-8")
+	case !utf8.ValidString(value):
+		return "", "", fmt.Errorf("--header %q: the value is not valid UTF-8", key)
 	}
 	return key, value, nil
 }

@@ -225,17 +225,21 @@ func syntaxError(payload []byte) error {
 }
 
 // malformedJSON wraps a decoder error. encoding/json's syntax errors quote at
-// most one input character, so they are safe to repeat.
+// most one input character, so they are safe to repeat, and whole: the
+// longest, "invalid character 'x' after object key:value pair", is 55
+// bytes (maxDecoderText bounds what a future one could add).
 func malformedJSON(err error) error {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return plugins.Invalid("payload: malformed JSON: unexpected end of input")
 	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
-		return plugins.Invalid("payload: malformed JSON at byte %d: %s", se.Offset, clipInput(se.Error()))
+		return plugins.Invalid("payload: malformed JSON at byte %d: %s", se.Offset, clipTo(se.Error(), maxDecoderText))
 	}
-	return plugins.Invalid("payload: malformed JSON: %s", clipInput(err.Error()))
+	return plugins.Invalid("payload: malformed JSON: %s", clipTo(err.Error(), maxDecoderText))
 }
+
+const maxDecoderText = 160
 
 // lexer walks JSON that json.Valid has accepted. Every step still checks its
 // bounds, so a mistake shows as errLexer rather than a panic.

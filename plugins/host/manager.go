@@ -301,6 +301,9 @@ type proc struct {
 	fh        *plugins.FailureClient
 	pipe      *plugins.PipelineClient
 	pipelines map[string]plugins.EncodeDeliverer
+	// streamEnd is why the first of its streams ended, for the
+	// supervisor's line: one line per crash, not one per stream.
+	streamEnd atomic.Pointer[string]
 }
 
 // killGrace is how long a process gets to exit when asked to. go-plugin asks
@@ -561,7 +564,11 @@ func (p *Plugin) supervise() {
 			}
 		}
 		if pr := p.cur.Swap(nil); pr != nil {
-			p.log.Error("plugin process died or stopped answering; restarting", "pid", pr.pid)
+			attrs := []any{"pid", pr.pid}
+			if why := pr.streamEnd.Load(); why != nil {
+				attrs = append(attrs, "stream_err", *why)
+			}
+			p.log.Error("plugin process died or stopped answering; restarting", attrs...)
 			p.setLastErr("process died or stopped answering health checks")
 			// A process that ran a good while was healthy: start the
 			// backoff over.
@@ -773,7 +780,9 @@ func (p *Plugin) start(ctx context.Context) (*proc, error) {
 	}
 	pr.desc = desc
 	onEnd := func(err error) {
-		p.log.Warn("plugin stream ended", "err", err)
+		why := err.Error()
+		pr.streamEnd.CompareAndSwap(nil, &why)
+		p.log.Debug("plugin stream ended", "err", err)
 		p.signalCrash(pr)
 	}
 	if desc.Serves(plugins.PluginEncoder) {
