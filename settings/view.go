@@ -447,13 +447,22 @@ func (v *View) apply(ctx context.Context, kv jetstream.KeyValue, s *snapshot, e 
 // old the live view's while initial values load (nil when live).
 func applyEntry[T, E any](ctx context.Context, v *View, kv jetstream.KeyValue, e jetstream.KeyValueEntry, id string,
 	m, old map[string]E, parse func([]byte) (T, error), entry func(T) E) {
+	// A change while running is logged (the key and its revision, never
+	// a value): the trail of who changed what, through the API or the
+	// bucket. The initial load is not.
 	if e.Operation() != jetstream.KeyValuePut {
 		delete(m, id)
+		if old == nil {
+			v.log.Info("settings: removed", "key", e.Key(), "revision", e.Revision())
+		}
 		return
 	}
 	val, err := parse(e.Value())
 	if err == nil {
 		m[id] = entry(val)
+		if old == nil {
+			v.log.Info("settings: changed", "key", e.Key(), "revision", e.Revision())
+		}
 		return
 	}
 	v.warnInvalid(e.Key(), e.Revision(), err)

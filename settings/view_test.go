@@ -596,3 +596,45 @@ func TestView_a_stalled_watch_is_made_again(t *testing.T) {
 		t.Errorf("destination %q, %v after a purge, want the last one kept (paused)", d.URL, ok)
 	}
 }
+
+// A change while running is logged by key and revision, never by value:
+// the trail of who changed what, through the API or the bucket itself.
+// The initial load is not logged key by key.
+func TestView_logs_changes_by_key_never_values(t *testing.T) {
+	js := testutil.RunJetStream(t)
+	ctx := testutil.Context(t)
+	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := store.KV()
+	if _, err := kv.Put(ctx, settings.ProjectKey("1"), []byte(`{"apiCallbackUrl":"https://one.example.com/"}`)); err != nil {
+		t.Fatal(err)
+	}
+	var logs testutil.SyncBuffer
+	view := watch(t, store, settings.NewView(slog.New(slog.NewTextHandler(&logs, nil)), settings.ViewOptions{}))
+	waitReady(t, view)
+
+	rev, err := kv.Put(ctx, settings.ProjectKey("2"), []byte(`{"apiCallbackUrl":"https://two.example.com/?sig=s3cret","apiCallbackHeaders":[{"key":"X-Token","value":"s3cret"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, settings.ProjectKey("1")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		s := logs.String()
+		if !strings.Contains(s, fmt.Sprintf(`msg="settings: changed" key=project.2 revision=%d`, rev)) ||
+			!strings.Contains(s, `msg="settings: removed" key=project.1`) {
+			return fmt.Errorf("log:\n%s", s)
+		}
+		return nil
+	})
+	s := logs.String()
+	if strings.Contains(s, "s3cret") || strings.Contains(s, "two.example.com") {
+		t.Errorf("a value in the log:\n%s", s)
+	}
+	if strings.Count(s, "settings: changed") != 1 {
+		t.Errorf("the initial load logged key by key:\n%s", s)
+	}
+}
