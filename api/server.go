@@ -430,6 +430,10 @@ func clearerMessage(msg string, path ast.Path) string {
 		}
 		return fmt.Sprintf("the document holds no operation named %q", name)
 	}
+	// gqlparser calls an integer literal beyond int64 "non-integer".
+	if v, ok := strings.CutPrefix(msg, "ID cannot represent a non-string and non-integer value: "); ok && v != "" && strings.Trim(v, "0123456789") == "" {
+		return fmt.Sprintf("ID cannot represent %s: IDs are at most 9223372036854775807", v)
+	}
 	if len(path) == 0 {
 		return msg
 	}

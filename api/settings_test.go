@@ -398,6 +398,7 @@ func TestVariables_ints_booleans_and_ids_as_the_spec_coerces(t *testing.T) {
 		{deliveries, map[string]any{"f": true}, "must be an integer from -2147483648 to 2147483647"},
 		{deliveries, map[string]any{"f": 2147483648}, "must be an integer from -2147483648 to 2147483647, got a number outside it"},
 		{`{ deliveries(first: 2147483648) { pageInfo { hasNextPage } } }`, nil, "must be an integer from -2147483648 to 2147483647, got a number outside it"},
+		{`{ project(id: 9300000000000000000) { id } }`, nil, "ID cannot represent 9300000000000000000: IDs are at most 9223372036854775807"},
 		{project, map[string]any{"id": "12"}, ""},
 		{project, map[string]any{"id": 12}, ""},
 		{project, map[string]any{"id": true}, "must be a string or an integer"},
