@@ -181,6 +181,8 @@ type Dispatcher struct {
 	// handBackLog bounds the lines of events handed back after an
 	// infrastructure error: a restarting plugin hands back all it had.
 	handBackLog *logLimit
+	// parkLog bounds the lines of events parked many times (parkWarnAt).
+	parkLog *logLimit
 }
 
 // poolIdle is how long a handler goroutine waits for the next message
@@ -207,6 +209,7 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 	d := &Dispatcher{
 		js: js, top: top, view: view, o: o, log: o.Logger, pipelines: pipelines,
 		handBackLog: newLogLimit(time.Second, 10),
+		parkLog:     newLogLimit(time.Second, 10),
 		workers:     make(chan struct{}, o.Workers),
 		inFlight:    make(chan struct{}, o.MaxInFlight),
 		hosts:       newHostLimiter(o.PerHostConcurrency, o.HostWindow),

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/callbackd/callbackd/deadletters"
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
@@ -1073,5 +1075,51 @@ func TestDispatcher_says_when_retries_reach_their_pending_limit(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // a window of several checks, for a warning that must not come
 	if n := strings.Count(logs.String(), warning); n != 1 {
 		t.Errorf("warned %d times, want once", n)
+	}
+}
+
+// alwaysBusy is a transport that finds every host busy, as a third-party
+// transport might.
+type alwaysBusy struct{ plugins.Transport }
+
+func (alwaysBusy) Deliver(context.Context, plugins.Delivery) (plugins.Result, error) {
+	return plugins.Result{}, fmt.Errorf("attempt not made: %w", plugins.ErrHostBusy)
+}
+
+// Parking costs no attempt, so work for a host that stays busy waits as
+// long as it does: an event parked 20 times in a row is warned about, not
+// only counted in the metrics.
+func TestDispatcher_warns_about_an_event_parked_again_and_again(t *testing.T) {
+	var logs testutil.SyncBuffer
+	h := newHarness(t, harnessOptions{
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		WrapTransport: func(tr plugins.Transport) plugins.Transport {
+			return alwaysBusy{tr}
+		},
+	})
+	h.setProject("10", "https://busy.example.com/hook")
+	h.waitDestination("1", "10", "https://busy.example.com/hook")
+	const warning = "event still waiting for its host"
+	// An event parked 19 times so far is parked once more: the 20th park
+	// warns (and the 21st is half a minute away).
+	orig := eventSubject("crawl_status", "1", "10")
+	retry, err := subjects.Retry(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(retry)
+	m.Data = crawl(1)
+	m.Header.Set(subjects.HeaderAttempt, "1")
+	m.Header.Set(subjects.HeaderSubject, orig)
+	m.Header.Set("Callbackd-Parked", "19")
+	h.publishMsg(m)
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if !strings.Contains(logs.String(), warning) {
+			return errString("no warning yet")
+		}
+		return nil
+	})
+	if s := logs.String(); strings.Count(s, warning) != 1 || !strings.Contains(s, "reason=host_busy parked=20 attempt=1") {
+		t.Errorf("log:\n%s", s)
 	}
 }

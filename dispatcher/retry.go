@@ -48,12 +48,28 @@ func (d *Dispatcher) park(ctx context.Context, j *job, reason string) {
 	// Jittered, so parked work does not come due in lock-step.
 	base := min(parkDelay<<min(j.parked, 7), maxParkDelay)
 	delay := base/2 + rand.N(base)
-	if d.publishRetry(ctx, j, j.attempt, j.parked+1, time.Now().Add(delay), "park:"+sourceRef(j), "park") {
+	parked := j.parked + 1
+	if d.publishRetry(ctx, j, j.attempt, parked, time.Now().Add(delay), "park:"+sourceRef(j), "park") {
 		d.log.Debug("parked over the host's concurrency cap", d.attrs(j, slog.String("reason", reason), slog.Int("attempt", j.attempt), slog.Duration("wait", delay))...)
+		if parked == parkWarnAt || parked > parkWarnAt && parked%parkWarnEvery == 0 {
+			d.parkLog.log(ctx, d.log, slog.LevelWarn, "event still waiting for its host: parked again and again without an attempt", d.attrs(j,
+				slog.String("reason", reason), slog.Int("parked", parked), slog.Int("attempt", j.attempt))...)
+		}
 		d.o.Observer.Parked(reason)
 		d.ack(j)
 	}
 }
+
+// Parking costs no attempt (SPEC §3), so work for a host that stays busy
+// waits for as long as it stays so, up to retention.events. An event
+// parked parkWarnAt times in a row (some minutes at maxParkDelay) is
+// warned about, and again every parkWarnEvery parks: a host that never
+// frees a slot, or a transport that reports every host busy, is seen in
+// the log and not only in callbackd_parked_total.
+const (
+	parkWarnAt    = 20
+	parkWarnEvery = 100
+)
 
 func (d *Dispatcher) publishRetry(ctx context.Context, j *job, attempt, parked int, notBefore time.Time, msgID, op string) bool {
 	subj, err := subjects.Retry(j.subject)
