@@ -19,6 +19,9 @@ const checkTimeout = 3 * time.Second
 type Check struct {
 	Name string
 	Fn   func(ctx context.Context) error
+	// Detail, when set, is said after the "ok" line's name ("ok plugins:
+	// running builtin, x"), "" for nothing.
+	Detail func() string
 }
 
 // handleHealthz answers 200 while the process can serve HTTP at all.
@@ -53,6 +56,8 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	for i, c := range s.checks {
 		if errs[i] != nil {
 			fails = append(fails, fmt.Sprintf("fail %s: %s", c.Name, oneLine(errs[i].Error())))
+		} else if d := detail(c); d != "" {
+			oks = append(oks, "ok "+c.Name+": "+oneLine(d))
 		} else {
 			oks = append(oks, "ok "+c.Name)
 		}
@@ -63,6 +68,13 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	_, _ = w.Write([]byte(strings.Join(append(fails, oks...), "\n") + "\n"))
+}
+
+func detail(c Check) string {
+	if c.Detail == nil {
+		return ""
+	}
+	return c.Detail()
 }
 
 // runCheck runs c, turning a panic or a missed deadline into a failure.

@@ -97,10 +97,12 @@ func TestReadyz_turns_503_when_NATS_is_gone(t *testing.T) {
 					return errors.New("settings view not loaded")
 				}
 			}},
+			{Name: "plugins", Fn: func(context.Context) error { return nil }, Detail: func() string { return "running builtin,\nx" }},
 		}
 	})
 	code, body := h.get("/readyz", testToken)
-	if code != 200 || !strings.Contains(string(body), "ok nats") || !strings.Contains(string(body), "ok streams") {
+	if code != 200 || !strings.Contains(string(body), "ok nats\n") || !strings.Contains(string(body), "ok streams\n") ||
+		!strings.Contains(string(body), "ok plugins: running builtin, x\n") {
 		t.Fatalf("ready: HTTP %d %q", code, body)
 	}
 	h.js.Server.Shutdown()

@@ -268,6 +268,14 @@ func (p *problems) plugin(key string, e PluginEntry) {
 		for _, name := range slices.Sorted(maps.Keys(e.Env)) {
 			p.check(name != "" && !strings.ContainsAny(name, "=\x00"), key+".env", "variable name %q: must not be empty or hold = or NUL", name)
 			p.check(!strings.ContainsRune(e.Env[name], 0), key+".env."+name, "must not hold NUL")
+			p.check(!slices.Contains(pluginProtocolEnv, name), key+".env", "variable name %q: set by the plugin protocol (go-plugin's handshake), which would override it", name)
 		}
 	}
+}
+
+// pluginProtocolEnv are the variables go-plugin sets for the handshake
+// whatever a plugin's env says: the magic cookie and its own settings.
+var pluginProtocolEnv = []string{
+	"CALLBACKD_PLUGIN", "PLUGIN_MIN_PORT", "PLUGIN_MAX_PORT", "PLUGIN_PROTOCOL_VERSIONS",
+	"PLUGIN_UNIX_SOCKET_DIR", "PLUGIN_UNIX_SOCKET_GROUP", "PLUGIN_MULTIPLEX_GRPC",
 }

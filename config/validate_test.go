@@ -155,6 +155,12 @@ func TestValidate_names_the_key(t *testing.T) {
 		{"env value with NUL", func(c *Config) {
 			c.Plugins.Transport = PluginEntry{Path: "t", SHA256: testSHA, Env: map[string]string{"A": "y\x00"}}
 		}, "plugins.transport.env.A"},
+		{"env name of go-plugin's handshake", func(c *Config) {
+			c.Plugins.Transport = PluginEntry{Path: "t", SHA256: testSHA, Env: map[string]string{"CALLBACKD_PLUGIN": "x"}}
+		}, "plugins.transport.env"},
+		{"env overriding what callbackd tells plugins", func(c *Config) {
+			c.Plugins.Transport = PluginEntry{Path: "t", SHA256: testSHA, Env: map[string]string{"CALLBACKD_USER_AGENT": "acme/1"}}
+		}, ""},
 		{"env fine", func(c *Config) {
 			c.Plugins.Transport = PluginEntry{Path: "t", SHA256: testSHA, Env: map[string]string{"API_KEY": "a=b c"}}
 		}, ""},

@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"strconv"
@@ -148,20 +149,32 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 }
 
 // checkResult keeps a transport's result within the contract (SPEC §5): an
-// outcome it does not know is a final failure whose error names the
-// transport's mistake, and a status or duration out of range is dropped.
+// outcome it does not know, or "delivered" with a status that is no
+// success, is a final failure whose error names the transport's mistake; a
+// status or duration out of range is dropped; URLs in the error lose their
+// userinfo and query (a third-party transport's error may be net/http's,
+// which quotes the URL whole).
 func checkResult(r plugins.Result) plugins.Result {
+	r.Error = plugins.RedactURLs(r.Error)
+	if r.StatusCode < 0 || r.StatusCode > 999 {
+		r.StatusCode = 0
+	}
 	switch r.Outcome {
-	case plugins.OutcomeDelivered, plugins.OutcomeRetryable, plugins.OutcomeFinal, plugins.OutcomeNotAllowed:
+	case plugins.OutcomeDelivered:
+		if r.StatusCode != 0 && (r.StatusCode < 200 || r.StatusCode > 204) { // SPEC §3: success is exactly 200–204
+			msg := fmt.Sprintf("the transport reported delivered with HTTP status %d, which is no success", r.StatusCode)
+			if r.Error != "" {
+				msg += ": " + r.Error
+			}
+			r.Outcome, r.Error = plugins.OutcomeFinal, msg
+		}
+	case plugins.OutcomeRetryable, plugins.OutcomeFinal, plugins.OutcomeNotAllowed:
 	default:
 		msg := "the transport returned an unknown outcome " + strconv.Quote(clipText(string(r.Outcome)))
 		if r.Error != "" {
 			msg += ": " + r.Error
 		}
 		r.Outcome, r.Error = plugins.OutcomeFinal, msg
-	}
-	if r.StatusCode < 0 || r.StatusCode > 999 {
-		r.StatusCode = 0
 	}
 	r.Duration = max(r.Duration, 0)
 	return r

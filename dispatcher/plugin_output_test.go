@@ -20,6 +20,15 @@ func TestCheckResult(t *testing.T) {
 		{plugins.Result{Outcome: "", Error: "boom"}, plugins.Result{Outcome: plugins.OutcomeFinal, Error: `the transport returned an unknown outcome "": boom`}},
 		{plugins.Result{Outcome: plugins.OutcomeRetryable, StatusCode: -5, Duration: -time.Hour}, plugins.Result{Outcome: plugins.OutcomeRetryable}},
 		{plugins.Result{Outcome: plugins.OutcomeFinal, StatusCode: 1000}, plugins.Result{Outcome: plugins.OutcomeFinal}},
+		// "delivered" with a status that is no success contradicts itself.
+		{plugins.Result{Outcome: plugins.OutcomeDelivered, StatusCode: 500}, plugins.Result{Outcome: plugins.OutcomeFinal, StatusCode: 500, Error: "the transport reported delivered with HTTP status 500, which is no success"}},
+		{plugins.Result{Outcome: plugins.OutcomeDelivered, StatusCode: 302, Error: "x"}, plugins.Result{Outcome: plugins.OutcomeFinal, StatusCode: 302, Error: "the transport reported delivered with HTTP status 302, which is no success: x"}},
+		{plugins.Result{Outcome: plugins.OutcomeDelivered, StatusCode: 202}, plugins.Result{Outcome: plugins.OutcomeDelivered, StatusCode: 202}},
+		{plugins.Result{Outcome: plugins.OutcomeDelivered, StatusCode: 205}, plugins.Result{Outcome: plugins.OutcomeFinal, StatusCode: 205, Error: "the transport reported delivered with HTTP status 205, which is no success"}},
+		{plugins.Result{Outcome: plugins.OutcomeDelivered}, plugins.Result{Outcome: plugins.OutcomeDelivered}}, // no HTTP: status 0
+		// A third-party transport's error quoting the URL (net/http's own).
+		{plugins.Result{Outcome: plugins.OutcomeRetryable, Error: `Post "http://user:***@127.0.0.1:9/ok?token=SECRET123": EOF`},
+			plugins.Result{Outcome: plugins.OutcomeRetryable, Error: `Post "http://127.0.0.1:9/ok": EOF`}},
 	} {
 		if diff := cmp.Diff(tc.want, checkResult(tc.in)); diff != "" {
 			t.Errorf("checkResult(%+v) (-want +got):\n%s", tc.in, diff)

@@ -30,6 +30,29 @@ import (
 // plugin its log level (debug, info, warn, error).
 const EnvLogLevel = "CALLBACKD_PLUGIN_LOG_LEVEL"
 
+// What the host tells every plugin a transport needs to deliver as the
+// built-in http-form does (SPEC §3); a plugin's configured env overrides
+// them.
+const (
+	// EnvUserAgent is the User-Agent to send: callbackd/<version>.
+	EnvUserAgent = "CALLBACKD_USER_AGENT"
+	// EnvDeliveryTimeout is delivery.timeout, a Go duration ("30s"): the
+	// bound of one attempt. The context of a Deliver call ends later, at
+	// delivery.timeout + 5 s (the slack for a wait for the host's slot),
+	// so a transport that only honours its context would let an attempt
+	// run 5 s over.
+	EnvDeliveryTimeout = "CALLBACKD_DELIVERY_TIMEOUT"
+)
+
+// DeliveryTimeout returns delivery.timeout as the host passed it
+// (EnvDeliveryTimeout), or def when it is unset or does not parse.
+func DeliveryTimeout(def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(EnvDeliveryTimeout)); err == nil && d > 0 {
+		return d
+	}
+	return def
+}
+
 // hostStderr is the process's stderr as started: go-plugin's Serve
 // replaces os.Stderr, but what a plugin writes to the original one is what
 // the host reads and logs.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -25,6 +26,21 @@ func SafeURL(raw string) string {
 	u.RawFragment = ""
 	return u.String()
 }
+
+// RedactURLs returns text with every URL in it (a scheme, "://", and what
+// follows up to a space or a quote) passed through SafeURL: an error text
+// such as net/http's `Post "https://u:***@host/p?token=…": EOF` keeps the
+// URL's scheme, host and path, but not its userinfo or query. callbackd
+// applies it to the error texts of plugins, which reach its log, the
+// delivery log, dead letters and failure notices.
+func RedactURLs(text string) string {
+	if !strings.Contains(text, "://") {
+		return text
+	}
+	return urlInText.ReplaceAllStringFunc(text, SafeURL)
+}
+
+var urlInText = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.-]*://[^\s"'<>\x60]+`)
 
 // HostKey is the destination a URL counts against for per-host
 // concurrency (SPEC §3, dispatcher.per_host_concurrency): host:port,

@@ -202,6 +202,10 @@ func checksumState(dir, file, want string) string {
 	}
 }
 
+// notServed is the state of a plugin this config names but serve does not
+// run: serve started with another config.
+const notServed = "no (serve runs no such plugin: restart it to use this config)"
+
 // servedPluginState asks the running callbackd serve, through /readyz,
 // which plugin processes it runs. The answer for a name is "yes", "no" or
 // "unknown".
@@ -234,12 +238,25 @@ func servedPluginState(cmd *cobra.Command, af apiFlags) func(name string) string
 	default:
 		return func(string) string { return fmt.Sprintf("unknown (serve answered HTTP %d)", resp.StatusCode) }
 	}
-	// One line per check: "ok plugins", or "fail plugins: … not running: a, b".
+	// One line per check: "ok plugins: running a, b", or "fail plugins: …
+	// not running: a, b".
 	sc := bufio.NewScanner(io.LimitReader(resp.Body, 64<<10))
 	for sc.Scan() {
 		line := sc.Text()
-		if line == "ok plugins" {
+		if line == "ok plugins" { // a serve of an earlier version
 			return func(string) string { return "yes" }
+		}
+		if names, ok := strings.CutPrefix(line, "ok plugins: running "); ok {
+			running := map[string]bool{}
+			for _, n := range strings.Split(names, ", ") {
+				running[n] = true
+			}
+			return func(name string) string {
+				if running[name] {
+					return "yes"
+				}
+				return notServed
+			}
 		}
 		if rest, ok := strings.CutPrefix(line, "fail plugins: "); ok {
 			_, names, found := strings.Cut(rest, "not running: ")

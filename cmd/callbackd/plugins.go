@@ -167,6 +167,15 @@ func builtinArgs(cfg *config.Config) []string {
 	return args
 }
 
+// pluginEnv is what every plugin process is told of callbackd's settings:
+// what a third-party transport needs to deliver as http-form does.
+func pluginEnv(cfg *config.Config) map[string]string {
+	return map[string]string{
+		plugins.EnvUserAgent:       "callbackd/" + version,
+		plugins.EnvDeliveryTimeout: cfg.Delivery.Timeout.String(),
+	}
+}
+
 // newHTTPForm returns the built-in transport configured from cfg.
 func newHTTPForm(cfg *config.Config) *builtin.HTTPForm {
 	return builtin.NewHTTPForm(builtin.HTTPFormOptions{
@@ -228,6 +237,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 			LogLevel:         cfg.Log.Level,
 			CallTimeout:      cfg.Plugins.CallTimeout,
 			TransportTimeout: cfg.Delivery.Timeout + 5*time.Second,
+			Env:              pluginEnv(cfg),
 		})
 		if err != nil {
 			return nil, err

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -302,5 +303,20 @@ func TestPluginsList(t *testing.T) {
 	stdout, _, _ = testutil.RunBinary(t, 2*time.Minute, bin, "plugins", "list", "--config", cfgPath, "--api-url", refusing.URL+"/?sig=S")
 	if !strings.Contains(stdout, "unknown (serve refused the admin token)") {
 		t.Errorf("with a refused token, output lacks the reason:\n%s", stdout)
+	}
+
+	// A serve started with another config runs the built-ins only: the
+	// plugin this config adds is not running, whatever /readyz's verdict.
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok nats\nok plugins: running "+builtinProcessName+"\n")
+	}))
+	t.Cleanup(other.Close)
+	stdout, _, _ = testutil.RunBinary(t, 2*time.Minute, bin, "plugins", "list", "--config", cfgPath, "--api-url", other.URL)
+	for _, line := range strings.Split(stdout, "\n") {
+		switch {
+		case strings.HasPrefix(line, "plugins.encoders.other_event") && !strings.HasSuffix(line, notServed),
+			strings.HasPrefix(line, "plugins.transport") && !strings.HasSuffix(line, "yes"):
+			t.Errorf("with serve running the built-ins only: %q", line)
+		}
 	}
 }

@@ -159,10 +159,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		wg.Wait()
 	}()
 
-	var pluginsReady func(context.Context) error
 	var pluginRestarts api.ValueFunc
 	if ps.manager != nil {
-		pluginsReady, pluginRestarts = pluginHealth(ps.manager)
+		pluginRestarts = pluginRestartCount(ps.manager)
 	}
 	metrics := newMetrics(cfg, top, view, log, pluginRestarts)
 	// Its bucket, like the streams, under the retries for a forming
@@ -207,7 +206,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	if err != nil {
 		return err
 	}
-	if err := adm.serveAPI(cfg, log, apiDeps{NC: nc, JS: js, Store: store, View: view, Transport: transport, Metrics: metrics, Plugins: pluginsReady}); err != nil {
+	if err := adm.serveAPI(cfg, log, apiDeps{NC: nc, JS: js, Store: store, View: view, Transport: transport, Metrics: metrics, Plugins: ps.manager}); err != nil {
 		return err
 	}
 	log.Info("callbackd serving", "version", version)

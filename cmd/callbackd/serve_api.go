@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,9 +37,9 @@ type apiDeps struct {
 	Transport plugins.Transport
 	// Metrics is the Observer given to the dispatcher (newMetrics).
 	Metrics *api.Metrics
-	// Plugins reports whether every plugin process is running; nil when
-	// plugins run in-process.
-	Plugins func(ctx context.Context) error
+	// Plugins runs the plugin processes (/readyz: all running, and
+	// which); nil when every plugin runs in-process.
+	Plugins *host.Manager
 	// Limits are the HTTP server's timeouts; zero means
 	// defaultAdminLimits(cfg).
 	Limits adminLimits
@@ -154,18 +155,16 @@ func newMetrics(cfg *config.Config, top dispatcher.Topology, view *settings.View
 	return api.NewMetrics(o)
 }
 
-// pluginHealth gives the plugin manager's readiness check (apiDeps.Plugins)
-// and restart count (newMetrics' pluginRestarts).
-func pluginHealth(m *host.Manager) (check func(context.Context) error, restarts api.ValueFunc) {
-	check = func(context.Context) error { return m.Healthy() }
-	restarts = func(context.Context) (float64, error) {
+// pluginRestartCount is the plugin processes' restarts since start
+// (newMetrics' pluginRestarts).
+func pluginRestartCount(m *host.Manager) api.ValueFunc {
+	return func(context.Context) (float64, error) {
 		n := 0
 		for _, p := range m.Plugins() {
 			n += p.Restarts()
 		}
 		return float64(n), nil
 	}
-	return check, restarts
 }
 
 // listenAPI listens on api.listen (TLS when api.tls is set) and answers
@@ -329,8 +328,14 @@ func readyChecks(deps apiDeps) []api.Check {
 			}
 		}},
 	}
-	if deps.Plugins != nil {
-		checks = append(checks, api.Check{Name: "plugins", Fn: deps.Plugins})
+	if m := deps.Plugins; m != nil {
+		checks = append(checks, api.Check{
+			Name: "plugins",
+			Fn:   func(context.Context) error { return m.Healthy() },
+			// Which processes run: callbackd plugins list compares them
+			// with its config, which may have changed since serve started.
+			Detail: func() string { return "running " + strings.Join(m.Names(), ", ") },
+		})
 	}
 	return checks
 }

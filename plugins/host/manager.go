@@ -90,6 +90,9 @@ type Options struct {
 	// OnRestart, if not nil, is called after each restart of a plugin
 	// (for the plugin-restarts metric).
 	OnRestart func(plugin string)
+	// Env is set in every plugin's environment (plugins.EnvUserAgent,
+	// plugins.EnvDeliveryTimeout); a plugin's configured env overrides it.
+	Env map[string]string
 }
 
 func (o *Options) setDefaults() {
@@ -227,6 +230,15 @@ func (m *Manager) Plugins() []*Plugin {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return append([]*Plugin(nil), m.plugins...)
+}
+
+// Names returns the names of the plugin processes, in launch order.
+func (m *Manager) Names() []string {
+	var names []string
+	for _, p := range m.Plugins() {
+		names = append(names, p.spec.Name)
+	}
+	return names
 }
 
 // Healthy returns nil when every plugin process is running, else an error
@@ -664,13 +676,17 @@ func (p *Plugin) env() []string {
 		}
 	}
 	env = append(env, plugins.EnvLogLevel+"="+p.m.o.LogLevel)
-	keys := make([]string, 0, len(p.spec.Env))
-	for k := range p.spec.Env {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		env = append(env, k+"="+p.spec.Env[k])
+	// The configured env comes last: of a name given twice, exec uses the
+	// last.
+	for _, vars := range []map[string]string{p.m.o.Env, p.spec.Env} {
+		keys := make([]string, 0, len(vars))
+		for k := range vars {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			env = append(env, k+"="+vars[k])
+		}
 	}
 	return env
 }

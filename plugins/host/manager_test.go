@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -343,8 +344,8 @@ func TestThirdParty_changed_file_is_not_restarted_and_Healthy_says_why(t *testin
 func TestThirdParty_verified_and_run_with_a_clean_environment(t *testing.T) {
 	t.Setenv("CALLBACKD_API__TOKEN", "host-secret")
 	dir, spec := thirdPartySpec(t, "env", plugins.PluginTransport)
-	spec.Env = map[string]string{"PLUGIN_SETTING": "on"}
-	m := newManager(t, Options{Dir: dir})
+	spec.Env = map[string]string{"PLUGIN_SETTING": "on", plugins.EnvDeliveryTimeout: "7s"}
+	m := newManager(t, Options{Dir: dir, Env: map[string]string{plugins.EnvUserAgent: "callbackd/test", plugins.EnvDeliveryTimeout: "30s"}})
 	p, err := m.Launch(context.Background(), spec)
 	if err != nil {
 		t.Fatal(err)
@@ -365,10 +366,19 @@ func TestThirdParty_verified_and_run_with_a_clean_environment(t *testing.T) {
 	if !strings.Contains(joined, "PLUGIN_SETTING=on") {
 		t.Errorf("configured env missing:\n%s", joined)
 	}
+	// What the host tells every plugin, which the configured env overrides
+	// (exec takes the last of a name given twice).
+	if !strings.Contains(joined, plugins.EnvUserAgent+"=callbackd/test") {
+		t.Errorf("%s missing:\n%s", plugins.EnvUserAgent, joined)
+	}
+	if i, j := slices.Index(env, plugins.EnvDeliveryTimeout+"=30s"), slices.Index(env, plugins.EnvDeliveryTimeout+"=7s"); j < 0 || i > j {
+		t.Errorf("the configured %s does not come last:\n%s", plugins.EnvDeliveryTimeout, joined)
+	}
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
 		switch {
 		case k == "PATH", k == "TZ", k == "LANG", k == "PLUGIN_SETTING", k == plugins.EnvLogLevel,
+			k == plugins.EnvUserAgent, k == plugins.EnvDeliveryTimeout,
 			k == plugins.Handshake.MagicCookieKey, strings.HasPrefix(k, "PLUGIN_"):
 		default:
 			t.Errorf("unexpected variable %s in the plugin's environment", k)

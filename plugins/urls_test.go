@@ -1,0 +1,48 @@
+package plugins_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/callbackd/callbackd/plugins"
+)
+
+func TestRedactURLs(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"", ""},
+		{"connection refused", "connection refused"},
+		{`Post "http://user:***@127.0.0.1:9/ok?token=SECRET": EOF`, `Post "http://127.0.0.1:9/ok": EOF`},
+		{"dial https://a.example.com/x?sig=1#frag failed, then http://b.example.com/?k=v too",
+			"dial https://a.example.com/x failed, then http://b.example.com/ too"},
+		{"see <https://u:p@h.example/p?q>", "see <https://h.example/p>"},
+		{"'HTTP://U:P@H.EXAMPLE/?Q=1'", "'http://H.EXAMPLE/'"},
+		{"https://h.example/%zz?secret", "[unparseable URL]"},
+		{"no scheme: ://x?y", "no scheme: ://x?y"},
+	} {
+		if got := plugins.RedactURLs(tc.in); got != tc.want {
+			t.Errorf("RedactURLs(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// A URL's query and userinfo never survive, whatever surrounds it, and
+// redacting twice changes nothing more.
+func FuzzRedactURLs(f *testing.F) {
+	for _, s := range []string{"", "x", `Post "http://u:p@h/p?q=1": EOF`, "a https://h/?k=v b", "x://y", "http://[::1]:80/?a"} {
+		f.Add(s, "SECRETQ")
+	}
+	f.Fuzz(func(t *testing.T, text, secret string) {
+		once := plugins.RedactURLs(text)
+		if twice := plugins.RedactURLs(once); twice != once {
+			t.Fatalf("RedactURLs(%q) = %q, then %q", text, once, twice)
+		}
+		if len(secret) < 3 || strings.Trim(secret, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") != "" ||
+			strings.Contains(text, secret) || strings.Contains("https://user:@h.example/p?token= [unparseable URL]", secret) {
+			return
+		}
+		in := text + " https://user:" + secret + "@h.example/p?token=" + secret + " "
+		if out := plugins.RedactURLs(in); strings.Contains(out, secret) {
+			t.Fatalf("RedactURLs(%q) = %q keeps the secret", in, out)
+		}
+	})
+}
