@@ -104,8 +104,10 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		if res.Outcome == plugins.OutcomeNotAllowed {
 			reason, rec.Outcome = ReasonDestinationNotAllowed, deliverylog.OutcomeDestinationNotAllowed
 		}
-		d.log.Warn("delivery failed for good", append(attrs(), slog.String("outcome", rec.Outcome), slog.String("err", clipText(res.Error)))...)
+		// Logged and counted once it has ended: when its dead letter
+		// cannot be written it is handed back and ends later.
 		if d.failed(ctx, j, reason, res) {
+			d.log.Warn("delivery failed for good", append(attrs(), slog.String("outcome", rec.Outcome), slog.String("err", clipText(res.Error)))...)
 			d.outcome(j, rec)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 
@@ -82,4 +83,39 @@ func headerSafe(s string) string {
 		s = strings.ToValidUTF8(s[:maxErrorHeader], "")
 	}
 	return s
+}
+
+// reasons remembers, by message (sourceRef), why the dispatcher gave up on
+// it while its dead letter could not be written, so that the letter says
+// so when it can be (the hand-back carries no text). At most maxReasons
+// are kept: beyond that a letter says what its last delivery saw.
+type reasons struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+const maxReasons = 4096
+
+func (r *reasons) get(ref string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	why, ok := r.m[ref]
+	return why, ok
+}
+
+func (r *reasons) put(ref, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[string]string{}
+	}
+	if _, ok := r.m[ref]; ok || len(r.m) < maxReasons {
+		r.m[ref] = why
+	}
+}
+
+func (r *reasons) remove(ref string) {
+	r.mu.Lock()
+	delete(r.m, ref)
+	r.mu.Unlock()
 }

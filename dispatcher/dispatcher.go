@@ -183,6 +183,9 @@ type Dispatcher struct {
 	handBackLog *logLimit
 	// parkLog bounds the lines of events parked many times (parkWarnAt).
 	parkLog *logLimit
+	// givingUp keeps why an event was given up on while its dead letter
+	// could not be written (giveUp).
+	givingUp reasons
 }
 
 // poolIdle is how long a handler goroutine waits for the next message

@@ -1123,3 +1123,67 @@ func TestDispatcher_warns_about_an_event_parked_again_and_again(t *testing.T) {
 		t.Errorf("log:\n%s", s)
 	}
 }
+
+// An event given up on whose dead letter cannot be written (its stream
+// gone, storage full) is handed back; the letter written at a later
+// delivery keeps the first reason — not "its process died", which the
+// hand-back would otherwise read as — and the event is logged and counted
+// as failed once, not at every try.
+func TestDispatcher_a_give_up_whose_dead_letter_fails_keeps_its_reason(t *testing.T) {
+	var logs testutil.SyncBuffer
+	enc := &downEncoder{}
+	h := newHarness(t, harnessOptions{
+		MaxAttempts: 4, MaxDeliveries: 2, Log: true, StreamCheck: time.Hour,
+		Encoders: map[string]plugins.Encoder{"crawl_status": enc},
+		Logger:   slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	h.setProject("2", "https://example.com/hook")
+	h.waitDestination("1", "2", "https://example.com/hook")
+	dead, err := h.js.Stream(h.ctx, subjects.DeadStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := dead.CachedInfo().Config
+	if err := h.js.DeleteStream(h.ctx, subjects.DeadStream); err != nil {
+		t.Fatal(err)
+	}
+	subj := eventSubject("crawl_status", "1", "2")
+	h.publish(subj, crawl(1), "")
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if !strings.Contains(logs.String(), "dead-letter publish failed; event handed back") {
+			return errString("no failed dead letter yet")
+		}
+		return nil
+	})
+	if _, err := h.js.CreateStream(h.ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	dl := h.waitDeadFor(subj, crawl(1))
+	if e := dl.Header.Get(subjects.HeaderError); !strings.Contains(e, "plugin unavailable") || strings.Contains(e, "process died") {
+		t.Errorf("%s = %q, want the first give-up's reason", subjects.HeaderError, e)
+	}
+	h.waitEventsEmpty()
+	if n := strings.Count(logs.String(), "giving up on an event"); n != 1 {
+		t.Errorf("%d give-up lines, want 1:\n%s", n, logs.String())
+	}
+	failed := 0
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error { // the log is written asynchronously
+		page, err := deliverylog.NewReader(h.js).Query(h.ctx, deliverylog.Filter{ProjectID: "2", First: 10})
+		if err != nil {
+			return err
+		}
+		failed = 0
+		for _, r := range page.Records {
+			if r.Outcome == deliverylog.OutcomeFailed {
+				failed++
+			}
+		}
+		if failed == 0 {
+			return errString("no failed record yet")
+		}
+		return nil
+	})
+	if failed != 1 {
+		t.Errorf("%d failed records, want 1", failed)
+	}
+}

@@ -278,9 +278,12 @@ func validDeliveryID(id string) bool {
 
 // invalid dead-letters an event that can never be encoded and acks it.
 func (d *Dispatcher) invalid(ctx context.Context, j *job, err error) {
-	d.log.Warn("invalid event", d.attrs(j, slog.String("outcome", deliverylog.OutcomeInvalid), slog.String("err", clipText(err.Error())))...)
-	d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeInvalid, Error: err.Error()})
-	d.deadLetterAndAck(ctx, j, ReasonInvalidEvent, 0, 0, err.Error(), false)
+	// Logged and counted once it has ended: when its dead letter cannot be
+	// written it is handed back and ends later.
+	if d.deadLetterAndAck(ctx, j, ReasonInvalidEvent, 0, 0, err.Error(), false) {
+		d.log.Warn("invalid event", d.attrs(j, slog.String("outcome", deliverylog.OutcomeInvalid), slog.String("err", clipText(err.Error())))...)
+		d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeInvalid, Error: err.Error()})
+	}
 }
 
 // infraError hands the message back with a growing delay: a plugin that is
@@ -317,11 +320,24 @@ func (d *Dispatcher) deliveryLimit(j *job) uint64 {
 // failed like any other and dead-lettered. The failure plugin is not run:
 // what keeps failing may be a plugin, and there is no notification to
 // report.
+//
+// When the dead letter cannot be written (NATS away, storage full) the
+// message is handed back, and its next delivery, past the limit, gives up
+// again: with the same text, kept here for as long as the process lives,
+// and logged and counted only once it has ended.
 func (d *Dispatcher) giveUp(ctx context.Context, j *job, failed uint64, last string) {
 	msg := clipText(fmt.Sprintf("%d deliveries ended in infrastructure errors (dispatcher.max_deliveries); %s", failed, last))
+	ref := sourceRef(j)
+	if why, ok := d.givingUp.get(ref); ok {
+		msg = why
+	}
+	if !d.deadLetterAndAck(ctx, j, ReasonDeliveryFailed, 0, j.attempt-1, msg, true) {
+		d.givingUp.put(ref, msg)
+		return
+	}
+	d.givingUp.remove(ref)
 	d.log.Warn("giving up on an event", d.attrs(j, slog.String("outcome", deliverylog.OutcomeFailed), slog.String("err", msg))...)
 	d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeFailed, Attempt: j.attempt - 1, Error: msg})
-	d.deadLetterAndAck(ctx, j, ReasonDeliveryFailed, 0, j.attempt-1, msg, true)
 }
 
 // infraDelay is 1 s, doubling with each delivery, capped at maxInfraDelay.
