@@ -42,6 +42,7 @@ func (d *Dispatcher) deadLetter(ctx context.Context, j *job, reason string, stat
 	pctx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
 	defer cancel()
 	if _, err := d.js.PublishMsg(pctx, m); err != nil {
+		d.noteWriteErr(err)
 		delay := infraDelay(j.md.NumDelivered)
 		d.log.Error("dead-letter publish failed; event handed back", d.attrs(j, slog.String("reason", reason), slog.String("err", err.Error()), slog.Duration("retry_in", delay))...)
 		d.nak(j.msg, delay)

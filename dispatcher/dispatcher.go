@@ -186,6 +186,9 @@ type Dispatcher struct {
 	// givingUp keeps why an event was given up on while its dead letter
 	// could not be written (giveUp).
 	givingUp reasons
+	// storageFull is the last write JetStream refused for lack of
+	// storage (StorageErr).
+	storageFull atomic.Pointer[storageRefusal]
 }
 
 // poolIdle is how long a handler goroutine waits for the next message

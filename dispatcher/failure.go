@@ -136,6 +136,7 @@ func (d *Dispatcher) queueNotify(ctx context.Context, j *job, i int, ob plugins.
 	pctx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
 	defer cancel()
 	if _, err := d.js.PublishMsg(pctx, m); err != nil {
+		d.noteWriteErr(err)
 		d.infraError(ctx, j, "queue notification", err)
 		return false
 	}

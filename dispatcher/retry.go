@@ -90,6 +90,7 @@ func (d *Dispatcher) publishRetry(ctx context.Context, j *job, attempt, parked i
 	pctx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
 	defer cancel()
 	if _, err := d.js.PublishMsg(pctx, m); err != nil {
+		d.noteWriteErr(err)
 		d.infraError(ctx, j, op, err)
 		return false
 	}

@@ -185,6 +185,12 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		}
 	}
 	if err != nil {
+		if isStorageFull(err) && want.MaxBytes > 0 {
+			// JetStream reserves a stream's MaxBytes on its disk when it
+			// is made: the delivery log's retention.log_bytes (1 GiB by
+			// default) must fit beside the rest.
+			return nil, fmt.Errorf("ensure stream %s: JetStream cannot reserve its %d bytes (retention.log_bytes) on data_dir's disk: free space or lower retention.log_bytes: %w", want.Name, want.MaxBytes, err)
+		}
 		return nil, fmt.Errorf("ensure stream %s: %w", want.Name, err)
 	}
 	have := s.CachedInfo().Config

@@ -1,6 +1,7 @@
 package dispatcher_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -92,4 +93,17 @@ func streamConfig(t *testing.T, js *testutil.JetStream, name string) jetstream.S
 		t.Fatal(err)
 	}
 	return s.CachedInfo().Config
+}
+
+// JetStream reserves the delivery log's retention.log_bytes on the disk
+// when it makes the stream: a disk without room says so by name.
+func TestEnsureStreams_names_log_bytes_when_the_disk_cannot_hold_them(t *testing.T) {
+	js := testutil.RunJetStream(t)
+	_, err := dispatcher.EnsureStreams(testutil.Context(t), js.JS, dispatcher.StreamOptions{
+		AckWait: time.Minute, MaxAckPending: 256, RetentionEvents: time.Hour, RetentionDead: time.Hour,
+		RetentionLog: time.Hour, LogBytes: 1 << 55, // 32 PiB
+	}, testutil.Logger(t))
+	if err == nil || !strings.Contains(err.Error(), "lower retention.log_bytes") {
+		t.Fatalf("EnsureStreams = %v, want an error naming retention.log_bytes", err)
+	}
 }

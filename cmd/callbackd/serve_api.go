@@ -37,6 +37,9 @@ type apiDeps struct {
 	Transport plugins.Transport
 	// Metrics is the Observer given to the dispatcher (newMetrics).
 	Metrics *api.Metrics
+	// Storage reports JetStream refusing the dispatcher's writes for lack
+	// of storage (Dispatcher.StorageErr); nil for no such check.
+	Storage func() error
 	// Plugins runs the plugin processes (/readyz: all running, and
 	// which); nil when every plugin runs in-process.
 	Plugins *host.Manager
@@ -327,6 +330,9 @@ func readyChecks(deps apiDeps) []api.Check {
 				return errors.New("settings view not loaded yet")
 			}
 		}},
+	}
+	if deps.Storage != nil {
+		checks = append(checks, api.Check{Name: "storage", Fn: func(context.Context) error { return deps.Storage() }})
 	}
 	if m := deps.Plugins; m != nil {
 		checks = append(checks, api.Check{
