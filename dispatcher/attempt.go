@@ -32,9 +32,25 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		d.park(ctx, j, ParkedOverCap)
 		return
 	}
+	// Slow hosts share half of delivery.max_in_flight: however many are
+	// slow at once, they never hold every attempt slot, and a healthy
+	// host's attempts do not wait behind theirs (SPEC §3).
+	slow := !hs.fast()
+	if slow {
+		select {
+		case d.slowInFlight <- struct{}{}:
+		default:
+			hs.release()
+			d.park(ctx, j, ParkedOverCap)
+			return
+		}
+	}
 	if !d.acquireInFlight(j) {
 		// Shutting down while every attempt slot was taken: as above.
 		hs.release()
+		if slow {
+			<-d.slowInFlight
+		}
 		d.nak(j.msg, handBackDelay)
 		return
 	}
@@ -57,6 +73,9 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	// that wait was a share of every slot's cycle).
 	hs.release()
 	<-d.inFlight
+	if slow {
+		<-d.slowInFlight
+	}
 	if !ok {
 		return
 	}

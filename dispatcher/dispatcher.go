@@ -152,9 +152,12 @@ type Dispatcher struct {
 	// an attempt in flight gives its worker slot back.
 	workers  chan struct{}
 	inFlight chan struct{}
-	hosts    *hostLimiter
-	urls     urlCache
-	ackWait  time.Duration
+	// slowInFlight is the share of inFlight that attempts to slow hosts
+	// may hold: half.
+	slowInFlight chan struct{}
+	hosts        *hostLimiter
+	urls         urlCache
+	ackWait      time.Duration
 	// hostWait bounds how long an attempt queues for its host's slot
 	// before it is parked: well within the ack wait.
 	hostWait time.Duration
@@ -214,16 +217,17 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 	}
 	d := &Dispatcher{
 		js: js, top: top, view: view, o: o, log: o.Logger, pipelines: pipelines,
-		handBackLog: newLogLimit(time.Second, 10),
-		parkLog:     newLogLimit(time.Second, 10),
-		workers:     make(chan struct{}, o.Workers),
-		inFlight:    make(chan struct{}, o.MaxInFlight),
-		hosts:       newHostLimiter(o.PerHostConcurrency, o.HostWindow),
-		ackWait:     ackWait,
-		hostWait:    ackWait / 4,
-		fastQueue:   max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
-		idFields:    map[string][]string{},
-		stopping:    make(chan struct{}), // until Run
+		handBackLog:  newLogLimit(time.Second, 10),
+		parkLog:      newLogLimit(time.Second, 10),
+		workers:      make(chan struct{}, o.Workers),
+		inFlight:     make(chan struct{}, o.MaxInFlight),
+		slowInFlight: make(chan struct{}, max(o.MaxInFlight/2, 1)),
+		hosts:        newHostLimiter(o.PerHostConcurrency, o.HostWindow),
+		ackWait:      ackWait,
+		hostWait:     ackWait / 4,
+		fastQueue:    max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
+		idFields:     map[string][]string{},
+		stopping:     make(chan struct{}), // until Run
 	}
 	d.eventsCreated.Store(top.EventsCreated.Unix())
 	return d, nil

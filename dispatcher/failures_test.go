@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"slices"
@@ -1185,5 +1187,82 @@ func TestDispatcher_a_give_up_whose_dead_letter_fails_keeps_its_reason(t *testin
 	})
 	if failed != 1 {
 		t.Errorf("%d failed records, want 1", failed)
+	}
+}
+
+// slowSink is an endpoint that answers after hold, counting its requests.
+type slowSink struct {
+	*httptest.Server
+	done atomic.Int64
+}
+
+func newSlowSink(t *testing.T, hold time.Duration) *slowSink {
+	s := &slowSink{}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		select {
+		case <-time.After(hold): // the endpoint's slowness, not a synchronisation
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusOK)
+		s.done.Add(1)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Slow hosts share half of delivery.max_in_flight: with as many of them
+// busy as would take every attempt slot, a healthy host's event goes out at
+// once instead of after one of their answers (SPEC §3: a slow endpoint
+// must not delay the others).
+func TestDispatcher_slow_hosts_share_half_the_attempt_slots(t *testing.T) {
+	const hold = 2 * time.Second
+	obs := &peakObserver{}
+	h := newHarness(t, harnessOptions{PerHostConcurrency: 2, MaxInFlight: 4, DeliveryTimeout: 10 * time.Second, Observer: obs})
+	slow := []*slowSink{newSlowSink(t, hold), newSlowSink(t, hold)}
+	healthy := testutil.NewSink(t)
+	for i, s := range slow {
+		id := strconv.Itoa(i + 1)
+		h.setProject(id, s.URL)
+		h.waitDestination("1", id, s.URL)
+	}
+	h.setProject("9", healthy.URL)
+	h.waitDestination("1", "9", healthy.URL)
+
+	// Two rounds of their cap each: their attempts average 2 s × (1 −
+	// (7/8)⁴) ≈ 0.8 s, over the 500 ms that makes a host slow.
+	for i := range 4 {
+		for p := range slow {
+			h.publish(eventSubject("crawl_status", "1", strconv.Itoa(p+1)), crawl(100*p+i+1), "")
+		}
+	}
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		for i, s := range slow {
+			if n := s.done.Load(); n < 4 {
+				return fmt.Errorf("slow host %d answered %d of 4", i+1, n)
+			}
+		}
+		return nil
+	})
+	// Both slow hosts busy again, with work enough to take every slot:
+	// two attempts go out, the other six are parked (over the slow hosts'
+	// share, or queued behind it); without the share, four would take
+	// every slot and four wait for them.
+	parked := obs.Parks(dispatcher.ParkedOverCap)
+	for i := range 4 {
+		for p := range slow {
+			h.publish(eventSubject("crawl_status", "1", strconv.Itoa(p+1)), crawl(100*p+i+11), "")
+		}
+	}
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if n := obs.Parks(dispatcher.ParkedOverCap) - parked; n < 6 {
+			return fmt.Errorf("%d parked", n)
+		}
+		return nil
+	})
+	h.publish(eventSubject("crawl_status", "1", "9"), crawl(999), "")
+	healthy.WaitFor(t, 1, waitLong)
+	if n := slow[0].done.Load() + slow[1].done.Load(); n != 8 {
+		t.Errorf("the healthy host's event waited for %d answers of the slow hosts", n-8)
 	}
 }
