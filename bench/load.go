@@ -398,6 +398,15 @@ func (l ledger) OK() bool {
 	return l.PublishErrors == 0 && l.Published == l.Delivered+l.Dead+l.Skipped+l.NoDestination
 }
 
+// plus is the ledger of two instances of one scenario.
+func (l ledger) plus(m ledger) ledger {
+	return ledger{
+		Published: l.Published + m.Published, Delivered: l.Delivered + m.Delivered, Dead: l.Dead + m.Dead,
+		Skipped: l.Skipped + m.Skipped, NoDestination: l.NoDestination + m.NoDestination,
+		Duplicates: l.Duplicates + m.Duplicates, BadBodies: l.BadBodies + m.BadBodies, PublishErrors: l.PublishErrors + m.PublishErrors,
+	}
+}
+
 func (l ledger) String() string {
 	rel := "="
 	if !l.OK() {
