@@ -546,9 +546,9 @@ func TestDispatcher_every_attempt_is_in_the_delivery_log(t *testing.T) {
 }
 
 // At the default level the log has one line per event that ends badly, the
-// warning that says why, and none for its failed attempts or for events
-// that end by rule: an endpoint that is down, or projects without a
-// callback, must not bury the rest (the delivery log has every attempt).
+// warning that says why, and none for its failed attempts: an endpoint
+// that is down must not bury the rest (the delivery log has every
+// attempt). Events that end by rule are logged too, at most 10 a second.
 func TestDispatcher_logs_an_event_that_fails_for_good_once(t *testing.T) {
 	var logs testutil.SyncBuffer
 	sink := testutil.NewSink(t)
@@ -578,9 +578,15 @@ func TestDispatcher_logs_an_event_that_fails_for_good_once(t *testing.T) {
 	if n := len(sink.Requests()); n != 3*events {
 		t.Errorf("%d attempts, want %d", n, 3*events)
 	}
-	// Every line about an event names its delivery id.
-	if n := strings.Count(logs.String(), "delivery_id="); n != events {
-		t.Errorf("%d lines about events, want %d:\n%s", n, events, logs.String())
+	// Every line about an event names its delivery id: the failed ones,
+	// and one each for the events that end by rule (SPEC §3: logged
+	// skipped, logged no_destination).
+	s := logs.String()
+	if n := strings.Count(s, "delivery_id="); n != events+2 {
+		t.Errorf("%d lines about events, want %d:\n%s", n, events+2, s)
+	}
+	if !strings.Contains(s, "outcome=no_destination") || !strings.Contains(s, "outcome=skipped") {
+		t.Errorf("the events that end by rule are not logged:\n%s", s)
 	}
 }
 
