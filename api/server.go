@@ -434,8 +434,19 @@ func clearerMessage(msg string, path ast.Path) string {
 	if v, ok := strings.CutPrefix(msg, "ID cannot represent a non-string and non-integer value: "); ok && v != "" && strings.Trim(v, "0123456789") == "" {
 		return fmt.Sprintf("ID cannot represent %s: IDs are at most 9223372036854775807", v)
 	}
+	// A literal of the wrong type is named by its type, not repeated: it
+	// may be a header value.
+	if m := literalTypeError.FindStringSubmatch(msg); m != nil {
+		return m[1]
+	}
+	if m := unknownEnumValue.FindStringSubmatch(msg); m != nil {
+		return "not a value of the " + m[1] + " enum"
+	}
 	if len(path) == 0 {
 		return msg
+	}
+	if _, def, ok := strings.Cut(msg, " is not a valid "); ok && !strings.Contains(def, " ") {
+		return "not a valid " + def // an enum variable: its value unrepeated
 	}
 	if first, ok := path[0].(ast.PathName); !ok || !strings.HasPrefix(string(first), "variable") {
 		return msg
@@ -458,6 +469,14 @@ func clearerMessage(msg string, path ast.Path) string {
 	}
 	return msg
 }
+
+// literalTypeError matches gqlparser's errors for a literal of the wrong
+// type; the part before the value is kept.
+var literalTypeError = regexp.MustCompile(`^((?:Int|Float|String|Boolean|ID|Enum "\w+") cannot represent [^:]*value): .*$`)
+
+// unknownEnumValue matches gqlparser's error for an enum literal that is
+// not one of the enum's values.
+var unknownEnumValue = regexp.MustCompile(`^Value ".*" does not exist in "(\w+)" enum\.?$`)
 
 // variableTypeError matches gqlparser's errors for a variable of the wrong
 // type ("cannot use bool as Int", "cannot use value 0 as Int", "cannot use

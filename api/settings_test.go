@@ -414,6 +414,23 @@ func TestVariables_ints_booleans_and_ids_as_the_spec_coerces(t *testing.T) {
 			t.Errorf("%.40s %v: errors %+v, want %q", tc.query, tc.vars, r.Errors, tc.want)
 		}
 	}
+	// Literals of the wrong type are named by their type, not repeated.
+	for _, q := range []string{
+		`mutation { updateProject(input: {projectId: "44", apiCallbackHeaders: [{key: "X-Api-Key", value: 31415926535897}]}) { project { id } } }`,
+		`mutation { replayDeadLetters(input: {dryRun: "31415926535897"}) { matched } }`,
+		`{ deliveries(first: "31415926535897") { pageInfo { hasNextPage } } }`,
+		`{ deliveries(status: S31415926535897) { pageInfo { hasNextPage } } }`,
+	} {
+		r := h.gql(q, nil)
+		if len(r.Errors) != 1 || strings.Contains(r.Errors[0].Message, "31415926535897") ||
+			!strings.Contains(r.Errors[0].Message, "cannot represent") && !strings.Contains(r.Errors[0].Message, "not a value of the DeliveryStatus enum") {
+			t.Errorf("%.50s: errors %+v", q, r.Errors)
+		}
+	}
+	r0 := h.gql(`query($s: DeliveryStatus) { deliveries(status: $s) { pageInfo { hasNextPage } } }`, map[string]any{"s": "Bearer 31415926535897"})
+	if len(r0.Errors) != 1 || strings.Contains(r0.Errors[0].Message, "31415926535897") {
+		t.Errorf("enum variable: errors %+v", r0.Errors)
+	}
 	// A header value of the wrong type is named by its path, not repeated.
 	r := h.gql(`mutation($in: UpdateProjectInput!) { updateProject(input: $in) { project { id } } }`, map[string]any{"in": map[string]any{
 		"projectId": "44", "apiCallbackHeaders": []map[string]any{{"key": "X-Api-Key", "value": 31415926535897}},

@@ -91,7 +91,7 @@ func (m mutationResolver) SendTestCallback(ctx context.Context, projectID string
 	m.s.log.Info("api: test callback sent", "project_id", pid, "account_id", aid, "url", rec.URL,
 		"outcome", rec.Outcome, "status", res.StatusCode) // the outcome the answer and the delivery log give
 	rec.StatusCode = res.StatusCode
-	rec.Error = plugins.RedactURLs(res.Error) // a third-party transport may quote the URL whole
+	rec.Error = plugins.RedactDestination(res.Error, dest.URL) // a third-party transport may quote the URL whole
 	rec.DurationMs = res.Duration.Milliseconds()
 	rec.ResponseExcerpt = res.ResponseExcerpt
 	rec.At = time.Now().UTC()

@@ -63,7 +63,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	d.o.Observer.InFlight(1)
 	start := time.Now()
 	res, ok := d.deliver(ctx, j)
-	res = checkResult(res)
+	res = checkResult(res, j.dest.URL)
 	hs.observe(time.Since(start))
 	// Counted out before the slot is given back, so that the gauge never
 	// shows the next attempt and this one at once.
@@ -172,11 +172,11 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job) (plugins.Result, bool)
 // checkResult keeps a transport's result within the contract (SPEC §5): an
 // outcome it does not know, or "delivered" with a status that is no
 // success, is a final failure whose error names the transport's mistake; a
-// status or duration out of range is dropped; URLs in the error lose their
-// userinfo and query (a third-party transport's error may be net/http's,
-// which quotes the URL whole).
-func checkResult(r plugins.Result) plugins.Result {
-	r.Error = plugins.RedactURLs(r.Error)
+// status or duration out of range is dropped; URLs in the error, the
+// destination's first, lose their userinfo and query (a third-party
+// transport's error may be net/http's, which quotes the URL whole).
+func checkResult(r plugins.Result, destURL string) plugins.Result {
+	r.Error = plugins.RedactDestination(r.Error, destURL)
 	if r.StatusCode < 0 || r.StatusCode > 999 {
 		r.StatusCode = 0
 	}
@@ -377,10 +377,15 @@ func (h *hostSlots) maxBusyLocked() int {
 }
 
 // observe adds one attempt's duration to the moving average (weight 1/8;
-// a lost update under contention is harmless).
+// a lost update under contention is harmless). The host's first attempt
+// sets it: from 0, a host answering in 2 s would take three answers to
+// count as slow, its attempts holding attempt slots meanwhile.
 func (h *hostSlots) observe(d time.Duration) {
-	old := h.avgNs.Load()
-	h.avgNs.Store(old + (int64(d)-old)/8)
+	if old := h.avgNs.Load(); old == 0 {
+		h.avgNs.Store(max(int64(d), 1))
+	} else {
+		h.avgNs.Store(old + (int64(d)-old)/8)
+	}
 	h.lastDoneNs.Store(time.Now().UnixNano())
 }
 

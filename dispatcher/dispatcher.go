@@ -186,9 +186,8 @@ type Dispatcher struct {
 	handBackLog *logLimit
 	// parkLog bounds the lines of events parked many times (parkWarnAt).
 	parkLog *logLimit
-	// ruleLog bounds the lines of events that end by rule: skipped, no
-	// destination.
-	ruleLog *logLimit
+	// skipLog and noDestLog bound the lines of events that end by rule.
+	skipLog, noDestLog *logLimit
 	// givingUp keeps why an event was given up on while its dead letter
 	// could not be written (giveUp).
 	givingUp reasons
@@ -222,7 +221,8 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 		js: js, top: top, view: view, o: o, log: o.Logger, pipelines: pipelines,
 		handBackLog:  newLogLimit(time.Second, 10),
 		parkLog:      newLogLimit(time.Second, 10),
-		ruleLog:      newLogLimit(time.Second, 10),
+		skipLog:      newLogLimit(time.Second, 10),
+		noDestLog:    newLogLimit(time.Second, 10),
 		workers:      make(chan struct{}, o.Workers),
 		inFlight:     make(chan struct{}, o.MaxInFlight),
 		slowInFlight: make(chan struct{}, max(o.MaxInFlight/2, 1)),

@@ -197,7 +197,7 @@ func (d *Dispatcher) prepare(ctx context.Context, j *job) bool {
 	// Logged (SPEC §3), but most projects may configure no callback: at
 	// most 10 lines a second, then a count; the delivery log and the
 	// metrics have every one.
-	d.ruleLog.log(ctx, d.log, slog.LevelInfo, "no callback URL for project or account", d.attrs(j, slog.String("outcome", deliverylog.OutcomeNoDestination))...)
+	d.noDestLog.log(ctx, d.log, slog.LevelInfo, "no callback URL for project or account", d.attrs(j, slog.String("outcome", deliverylog.OutcomeNoDestination))...)
 	d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeNoDestination, Error: noDestinationError})
 	d.ack(j)
 	return false
@@ -227,7 +227,7 @@ func (d *Dispatcher) encoded(ctx context.Context, j *job, op string, e plugins.E
 		d.infraError(ctx, j, op, err)
 		return false
 	case e.SkipReason != "":
-		d.ruleLog.log(ctx, d.log, slog.LevelInfo, "event skipped", d.attrs(j, slog.String("outcome", deliverylog.OutcomeSkipped), slog.String("reason", clipText(e.SkipReason)))...)
+		d.skipLog.log(ctx, d.log, slog.LevelInfo, "event skipped", d.attrs(j, slog.String("outcome", deliverylog.OutcomeSkipped), slog.String("reason", clipText(e.SkipReason)))...)
 		d.outcome(j, deliverylog.Record{Outcome: deliverylog.OutcomeSkipped, Error: e.SkipReason})
 		d.ack(j)
 		return false

@@ -195,3 +195,27 @@ func queued(hs *hostSlots) int {
 	defer hs.mu.Unlock()
 	return len(hs.waiters)
 }
+
+// One slow answer makes a new host slow: from an average of 0, a host
+// answering in 2 s took three answers to count as slow, holding attempt
+// slots meanwhile.
+func TestHostSlots_first_answer_sets_the_average(t *testing.T) {
+	l := newHostLimiter(4, 4)
+	h := l.get("slow.example:443")
+	h.observe(2 * time.Second)
+	if h.fast() {
+		t.Error("fast after a 2 s answer")
+	}
+	f := l.get("fast.example:443")
+	f.observe(time.Millisecond)
+	if !f.fast() {
+		t.Error("slow after a 1 ms answer")
+	}
+	// Then the moving average: a slow first answer is outweighed.
+	for range 20 {
+		h.observe(time.Millisecond)
+	}
+	if !h.fast() {
+		t.Error("still slow after 20 fast answers")
+	}
+}

@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -31,5 +32,25 @@ func TestLogLimit(t *testing.T) {
 	}
 	if got := strings.Count(out, "left out"); got != 1 {
 		t.Errorf("%d summaries, want 1:\n%s", got, out)
+	}
+}
+
+// The count of what was left out comes when the period ends, even when no
+// line follows.
+func TestLogLimit_sums_up_at_the_end_of_the_period(t *testing.T) {
+	var buf testutil.SyncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	l := newLogLimit(50*time.Millisecond, 2)
+	for i := range 5 {
+		l.log(context.Background(), log, slog.LevelInfo, "event skipped", "n", i)
+	}
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !strings.Contains(buf.String(), `msg="event skipped: more left out of the log" left_out=3 within=50ms`) {
+			return fmt.Errorf("no summary yet:\n%s", buf.String())
+		}
+		return nil
+	})
+	if got := strings.Count(buf.String(), "left out"); got != 1 {
+		t.Errorf("%d summaries, want 1:\n%s", got, buf.String())
 	}
 }

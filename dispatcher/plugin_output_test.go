@@ -30,7 +30,7 @@ func TestCheckResult(t *testing.T) {
 		{plugins.Result{Outcome: plugins.OutcomeRetryable, Error: `Post "http://user:***@127.0.0.1:9/ok?token=SECRET123": EOF`},
 			plugins.Result{Outcome: plugins.OutcomeRetryable, Error: `Post "http://127.0.0.1:9/ok": EOF`}},
 	} {
-		if diff := cmp.Diff(tc.want, checkResult(tc.in)); diff != "" {
+		if diff := cmp.Diff(tc.want, checkResult(tc.in, "http://user:pw@127.0.0.1:9/ok?token=SECRET123")); diff != "" {
 			t.Errorf("checkResult(%+v) (-want +got):\n%s", tc.in, diff)
 		}
 	}

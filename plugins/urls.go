@@ -40,6 +40,38 @@ func RedactURLs(text string) string {
 	return urlInText.ReplaceAllStringFunc(text, SafeURL)
 }
 
+// RedactDestination is RedactURLs for an error text about a delivery to
+// rawURL: first the URL's own secrets — its userinfo, password, query
+// and fragment, as given or as Go quotes them — are cut wherever they
+// appear, which holds when the URL has a character (a quote, a space)
+// that ends a URL in RedactURLs' eyes; then RedactURLs.
+func RedactDestination(text, rawURL string) string {
+	if text == "" {
+		return ""
+	}
+	if u, err := url.Parse(rawURL); err == nil {
+		var secrets []string
+		if u.User != nil {
+			secrets = append(secrets, u.User.String()+"@", u.User.Username()+":***@")
+			if p, ok := u.User.Password(); ok && p != "" {
+				secrets = append(secrets, p)
+			}
+		}
+		if u.RawQuery != "" {
+			secrets = append(secrets, "?"+u.RawQuery, u.RawQuery)
+		}
+		if u.Fragment != "" {
+			secrets = append(secrets, "#"+u.EscapedFragment(), u.Fragment)
+		}
+		for _, s := range secrets {
+			quoted := strconv.Quote(s)
+			text = strings.ReplaceAll(text, s, "")
+			text = strings.ReplaceAll(text, quoted[1:len(quoted)-1], "")
+		}
+	}
+	return RedactURLs(text)
+}
+
 var urlInText = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.-]*://[^\s"'<>\x60]+`)
 
 // HostKey is the destination a URL counts against for per-host

@@ -46,3 +46,27 @@ func FuzzRedactURLs(f *testing.F) {
 		}
 	})
 }
+
+// The destination's own secrets go even where its URL holds a character
+// that ends a URL for RedactURLs (a quote, a space).
+func TestRedactDestination(t *testing.T) {
+	const dest = "http://bob:pw'TAILPW@127.0.0.1:9/hook?note=it's&sig=LEAKSIG#frag"
+	for _, in := range []string{
+		"Post https://bob:pw'TAILPW@ex.com/hook?note=it's&sig=LEAKSIG: connection refused",
+		`Post "http://bob:***@127.0.0.1:9/hook?note=it's&sig=LEAKSIG": EOF`,
+		`Post "http://bob:pw'TAILPW@127.0.0.1:9/hook?note=it's&sig=LEAKSIG#frag": EOF`,
+	} {
+		out := plugins.RedactDestination(in, dest)
+		for _, secret := range []string{"TAILPW", "LEAKSIG", "pw'", "frag", "bob"} {
+			if strings.Contains(out, secret) {
+				t.Errorf("RedactDestination(%q) = %q keeps %q", in, out, secret)
+			}
+		}
+	}
+	if got := plugins.RedactDestination(`Post "https://h.example/p": EOF`, "https://h.example/p"); got != `Post "https://h.example/p": EOF` {
+		t.Errorf("a URL without secrets changed: %q", got)
+	}
+	if got := plugins.RedactDestination("", dest); got != "" {
+		t.Errorf("empty text: %q", got)
+	}
+}

@@ -165,13 +165,11 @@ func pluginRows(cfg *config.Config, running func(name string) string) []*pluginR
 			if err := checkBuiltin(u); err != nil {
 				r.checksum = "unknown built-in"
 			}
+			r.file = self
 			if cfg.Plugins.Builtins == "inprocess" {
 				r.file = "(in-process)"
-				r.running = "in-process"
-			} else {
-				r.file = self
-				r.running = running(builtinProcessName)
 			}
+			r.running = running(builtinProcessName)
 		} else {
 			r.name = u.entry.Path
 			r.file = filepath.Join(cfg.Plugins.Dir, u.entry.Path)
@@ -201,6 +199,10 @@ func checksumState(dir, file, want string) string {
 		return "MISMATCH (file sha256 " + got + ")"
 	}
 }
+
+// builtinsInProcess is what /readyz's plugins line says when serve runs the
+// built-ins in its own process.
+const builtinsInProcess = "built-ins in-process"
 
 // notServed is the state of a plugin this config names but serve does not
 // run: serve started with another config.
@@ -246,14 +248,22 @@ func servedPluginState(cmd *cobra.Command, af apiFlags) func(name string) string
 		if line == "ok plugins" { // a serve of an earlier version
 			return func(string) string { return "yes" }
 		}
-		if names, ok := strings.CutPrefix(line, "ok plugins: running "); ok {
-			running := map[string]bool{}
-			for _, n := range strings.Split(names, ", ") {
-				running[n] = true
+		if detail, ok := strings.CutPrefix(line, "ok plugins: "); ok {
+			// "running a, b", "built-ins in-process", or both, "; "
+			// between them.
+			running := map[string]string{}
+			for _, part := range strings.Split(detail, "; ") {
+				if part == builtinsInProcess {
+					running[builtinProcessName] = "yes (in serve's process)"
+				} else if names, ok := strings.CutPrefix(part, "running "); ok {
+					for _, n := range strings.Split(names, ", ") {
+						running[n] = "yes"
+					}
+				}
 			}
 			return func(name string) string {
-				if running[name] {
-					return "yes"
+				if s, ok := running[name]; ok {
+					return s
 				}
 				return notServed
 			}

@@ -319,4 +319,17 @@ func TestPluginsList(t *testing.T) {
 			t.Errorf("with serve running the built-ins only: %q", line)
 		}
 	}
+	// And one that runs the built-ins in its own process.
+	inproc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok nats\nok plugins: "+builtinsInProcess+"\n")
+	}))
+	t.Cleanup(inproc.Close)
+	stdout, _, _ = testutil.RunBinary(t, 2*time.Minute, bin, "plugins", "list", "--config", cfgPath, "--api-url", inproc.URL)
+	for _, line := range strings.Split(stdout, "\n") {
+		switch {
+		case strings.HasPrefix(line, "plugins.encoders.other_event") && !strings.HasSuffix(line, notServed),
+			strings.HasPrefix(line, "plugins.transport") && !strings.HasSuffix(line, "yes (in serve's process)"):
+			t.Errorf("with serve running the built-ins in-process: %q", line)
+		}
+	}
 }

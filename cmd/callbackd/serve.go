@@ -206,7 +206,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	if err != nil {
 		return err
 	}
-	if err := adm.serveAPI(cfg, log, apiDeps{NC: nc, JS: js, Store: store, View: view, Transport: transport, Metrics: metrics, Plugins: ps.manager, Storage: d.StorageErr}); err != nil {
+	if err := adm.serveAPI(cfg, log, apiDeps{NC: nc, JS: js, Store: store, View: view, Transport: transport, Metrics: metrics, Plugins: ps.manager, Storage: d.StorageErr,
+		BuiltinsInProcess: cfg.Plugins.Builtins == "inprocess"}); err != nil {
 		return err
 	}
 	log.Info("callbackd serving", "version", version)

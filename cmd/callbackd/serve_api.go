@@ -37,6 +37,8 @@ type apiDeps struct {
 	Transport plugins.Transport
 	// Metrics is the Observer given to the dispatcher (newMetrics).
 	Metrics *api.Metrics
+	// BuiltinsInProcess is plugins.builtins: inprocess.
+	BuiltinsInProcess bool
 	// Storage reports JetStream refusing the dispatcher's writes for lack
 	// of storage (Dispatcher.StorageErr); nil for no such check.
 	Storage func() error
@@ -334,15 +336,23 @@ func readyChecks(deps apiDeps) []api.Check {
 	if deps.Storage != nil {
 		checks = append(checks, api.Check{Name: "storage", Fn: func(context.Context) error { return deps.Storage() }})
 	}
-	if m := deps.Plugins; m != nil {
-		checks = append(checks, api.Check{
-			Name: "plugins",
-			Fn:   func(context.Context) error { return m.Healthy() },
-			// Which processes run: callbackd plugins list compares them
-			// with its config, which may have changed since serve started.
-			Detail: func() string { return "running " + strings.Join(m.Names(), ", ") },
-		})
+	// Which processes run, and whether the built-ins run in serve:
+	// callbackd plugins list compares that with its config, which may
+	// have changed since serve started.
+	var where []string
+	if deps.BuiltinsInProcess {
+		where = append(where, builtinsInProcess)
 	}
+	plugins := api.Check{Name: "plugins", Fn: func(context.Context) error { return nil }}
+	if m := deps.Plugins; m != nil {
+		plugins.Fn = func(context.Context) error { return m.Healthy() }
+		plugins.Detail = func() string {
+			return strings.Join(append([]string{"running " + strings.Join(m.Names(), ", ")}, where...), "; ")
+		}
+	} else {
+		plugins.Detail = func() string { return strings.Join(where, "; ") }
+	}
+	checks = append(checks, plugins)
 	return checks
 }
 

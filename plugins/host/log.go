@@ -44,6 +44,13 @@ func slogLevel(level hclog.Level) slog.Level {
 
 func (h *slogHCLog) Log(level hclog.Level, msg string, args ...any) {
 	lv := slogLevel(level)
+	// go-plugin says so at error level when a process exits other than
+	// cleanly; the supervisor's own error line ("died or stopped
+	// answering; restarting") is the one about it, so this one, which
+	// adds the exit status, is info.
+	if msg == "plugin process exited" && lv > slog.LevelInfo {
+		lv = slog.LevelInfo
+	}
 	ctx := context.Background()
 	if !h.l.Enabled(ctx, lv) {
 		return

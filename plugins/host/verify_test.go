@@ -95,6 +95,13 @@ func TestHCLogAdapter(t *testing.T) {
 	if strings.Contains(out, "hidden") || strings.Contains(out, "timestamp=") {
 		t.Errorf("log %q", out)
 	}
+	// go-plugin's line about a process that exited is info: the
+	// supervisor's error line is the one about a crash.
+	buf.Reset()
+	l.Error("plugin process exited", "path", "/tmp/copy", "error", "signal: killed")
+	if out := buf.String(); !strings.Contains(out, "level=INFO") || !strings.Contains(out, `error="signal: killed"`) {
+		t.Errorf("log %q", out)
+	}
 }
 
 // A new manager removes the exec dirs of processes that are gone (killed
