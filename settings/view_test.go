@@ -20,13 +20,20 @@ import (
 
 func startView(t *testing.T) (*settings.Store, *settings.View) {
 	t.Helper()
+	_, store := openStore(t)
+	return store, runView(t, store, settings.ViewOptions{})
+}
+
+// openStore opens the settings store on a JetStream of the test's own.
+func openStore(t *testing.T) (context.Context, *settings.Store) {
+	t.Helper()
 	js := testutil.RunJetStream(t)
 	ctx := testutil.Context(t)
 	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return store, runView(t, store, settings.ViewOptions{})
+	return ctx, store
 }
 
 // runView runs a View of store until the end of the test.
@@ -128,12 +135,7 @@ func TestView_invalid_value_keeps_last_valid(t *testing.T) {
 }
 
 func TestView_loads_existing_values_before_ready(t *testing.T) {
-	js := testutil.RunJetStream(t)
-	ctx := testutil.Context(t)
-	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, store := openStore(t)
 	for i := 1; i <= 50; i++ {
 		if _, err := store.UpdateProject(ctx, fmt.Sprint(i), func(p *settings.Project) error {
 			p.APICallbackURL = ptr(fmt.Sprintf("https://p%d.example.com/", i))
@@ -244,12 +246,7 @@ func checkDest(t *testing.T, v *settings.View, account, project string, want *pl
 }
 
 func TestView_revision_tells_when_a_write_is_in_use(t *testing.T) {
-	js := testutil.RunJetStream(t)
-	ctx := testutil.Context(t)
-	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, store := openStore(t)
 	first, err := store.KV().Put(ctx, "project.1", []byte(`{"apiCallbackUrl":"https://one.example.com/"}`))
 	if err != nil {
 		t.Fatal(err)
@@ -285,12 +282,7 @@ func TestView_revision_tells_when_a_write_is_in_use(t *testing.T) {
 // on an invalid stored value: the last valid value in the key's history is
 // in effect, and an update that leaves the URL out keeps that URL.
 func TestStoreAndView_invalid_value_after_a_restart(t *testing.T) {
-	js := testutil.RunJetStream(t)
-	ctx := testutil.Context(t)
-	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, store := openStore(t)
 	kv := store.KV()
 	for _, v := range []string{
 		`{"apiCallbackUrl":"https://old.example.com/"}`,
@@ -304,6 +296,7 @@ func TestStoreAndView_invalid_value_after_a_restart(t *testing.T) {
 	}
 	// Valid, then deleted, then invalid: none is in effect.
 	for _, v := range []string{`{"apiCallbackUrl":"https://gone.example.com/"}`, "", `{"apiCallbackUrl":""}`} {
+		var err error
 		if v == "" {
 			err = kv.Delete(ctx, settings.ProjectKey("6"))
 		} else {
@@ -346,12 +339,7 @@ func TestStoreAndView_invalid_value_after_a_restart(t *testing.T) {
 // events being acked as no_destination; a key whose id is not an ID is
 // ignored.
 func TestView_keeps_a_refused_literal_IP_in_effect_and_warns(t *testing.T) {
-	js := testutil.RunJetStream(t)
-	ctx := testutil.Context(t)
-	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, store := openStore(t)
 	var logs testutil.SyncBuffer
 	view := watch(t, store, settings.NewView(slog.New(slog.NewTextHandler(&logs, nil)), settings.ViewOptions{Guard: plugins.NewGuard(false, nil)}))
 	waitReady(t, view)
@@ -601,12 +589,7 @@ func TestView_a_stalled_watch_is_made_again(t *testing.T) {
 // the trail of who changed what, through the API or the bucket itself.
 // The initial load is not logged key by key.
 func TestView_logs_changes_by_key_never_values(t *testing.T) {
-	js := testutil.RunJetStream(t)
-	ctx := testutil.Context(t)
-	store, err := settings.OpenStore(ctx, js.JS, settings.StoreOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, store := openStore(t)
 	kv := store.KV()
 	if _, err := kv.Put(ctx, settings.ProjectKey("1"), []byte(`{"apiCallbackUrl":"https://one.example.com/"}`)); err != nil {
 		t.Fatal(err)

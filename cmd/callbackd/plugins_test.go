@@ -305,31 +305,24 @@ func TestPluginsList(t *testing.T) {
 		t.Errorf("with a refused token, output lacks the reason:\n%s", stdout)
 	}
 
-	// A serve started with another config runs the built-ins only: the
-	// plugin this config adds is not running, whatever /readyz's verdict.
-	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, "ok nats\nok plugins: running "+builtinProcessName+"\n")
-	}))
-	t.Cleanup(other.Close)
-	stdout, _, _ = testutil.RunBinary(t, 2*time.Minute, bin, "plugins", "list", "--config", cfgPath, "--api-url", other.URL)
-	for _, line := range strings.Split(stdout, "\n") {
-		switch {
-		case strings.HasPrefix(line, "plugins.encoders.other_event") && !strings.HasSuffix(line, notServed),
-			strings.HasPrefix(line, "plugins.transport") && !strings.HasSuffix(line, "yes"):
-			t.Errorf("with serve running the built-ins only: %q", line)
-		}
-	}
-	// And one that runs the built-ins in its own process.
-	inproc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, "ok nats\nok plugins: "+builtinsInProcess+"\n")
-	}))
-	t.Cleanup(inproc.Close)
-	stdout, _, _ = testutil.RunBinary(t, 2*time.Minute, bin, "plugins", "list", "--config", cfgPath, "--api-url", inproc.URL)
-	for _, line := range strings.Split(stdout, "\n") {
-		switch {
-		case strings.HasPrefix(line, "plugins.encoders.other_event") && !strings.HasSuffix(line, notServed),
-			strings.HasPrefix(line, "plugins.transport") && !strings.HasSuffix(line, "yes (in serve's process)"):
-			t.Errorf("with serve running the built-ins in-process: %q", line)
+	// A serve started with another config: the plugin this config adds is
+	// not running, whatever /readyz's verdict, and the built-ins run in a
+	// process of their own or in serve's.
+	for _, tc := range []struct{ plugins, builtins string }{
+		{"running " + builtinProcessName, "yes"},
+		{builtinsInProcess, "yes (in serve's process)"},
+	} {
+		other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.WriteString(w, "ok nats\nok plugins: "+tc.plugins+"\n")
+		}))
+		t.Cleanup(other.Close)
+		stdout, _, _ = testutil.RunBinary(t, 2*time.Minute, bin, "plugins", "list", "--config", cfgPath, "--api-url", other.URL)
+		for _, line := range strings.Split(stdout, "\n") {
+			switch {
+			case strings.HasPrefix(line, "plugins.encoders.other_event") && !strings.HasSuffix(line, notServed),
+				strings.HasPrefix(line, "plugins.transport") && !strings.HasSuffix(line, tc.builtins):
+				t.Errorf("with serve's plugins %q: %q", tc.plugins, line)
+			}
 		}
 	}
 }
