@@ -132,13 +132,24 @@ func startServe(t *testing.T) *served {
 		if _, err := s.js.Stream(ctx, "CALLBACKS"); err != nil {
 			return fmt.Errorf("stream CALLBACKS: %w", err)
 		}
-		resp, err := http.Get("http://" + apiAddr + "/healthz")
+		// Ready, not only listening: the API answers from the start of
+		// serve, with 503 until the dispatcher runs.
+		token, err := os.ReadFile(filepath.Join(filepath.Dir(s.config), "data", "admin.token"))
+		if err != nil {
+			return err
+		}
+		req, err := http.NewRequest(http.MethodGet, "http://"+apiAddr+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return err
 		}
 		_ = resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET /healthz: %s", resp.Status)
+			return fmt.Errorf("GET /readyz: %s", resp.Status)
 		}
 		return nil
 	})

@@ -171,15 +171,22 @@ func TestExternalNATS_with_auth_and_TLS_survives_a_server_restart(t *testing.T) 
 		}
 		return nil
 	})
-	if !strings.Contains(in.proc.Stderr(), "nats disconnected; reconnecting") {
-		t.Errorf("no disconnect in the log:\n%s", in.proc.Stderr())
-	}
+	// The client's status changes before its handler logs.
+	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if !strings.Contains(in.proc.Stderr(), "nats disconnected; reconnecting") {
+			return fmt.Errorf("no disconnect in the log:\n%s", in.proc.Stderr())
+		}
+		return nil
+	})
 
 	srv = startNATS()
 	in.waitReady(t)
-	if !strings.Contains(in.proc.Stderr(), "nats reconnected") {
-		t.Errorf("no reconnect in the log:\n%s", in.proc.Stderr())
-	}
+	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if !strings.Contains(in.proc.Stderr(), "nats reconnected") {
+			return fmt.Errorf("no reconnect in the log:\n%s", in.proc.Stderr())
+		}
+		return nil
+	})
 	nc, err = srv.Connect()
 	if err != nil {
 		t.Fatal(err)
