@@ -34,8 +34,9 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	}
 	// Slow hosts share half of delivery.max_in_flight: however many are
 	// slow at once, they never hold every attempt slot, and a healthy
-	// host's attempts do not wait behind theirs (SPEC §3).
-	slow := !hs.fast()
+	// host's attempts do not wait behind theirs (SPEC §3). Slow by its
+	// average: an atomic load, no lock on every attempt.
+	slow := hs.slowOnAverage()
 	if slow {
 		select {
 		case d.slowInFlight <- struct{}{}:
@@ -354,12 +355,18 @@ const slowHost = 500 * time.Millisecond
 // slowHost. A dead endpoint stalls within slowHost, so its burst is parked
 // rather than held in memory against the main consumer's pending limit.
 func (h *hostSlots) fastLocked() bool {
-	if time.Duration(h.avgNs.Load()) >= slowHost {
+	if h.slowOnAverage() {
 		return false
 	}
 	stalled := h.busy >= h.limit &&
 		time.Duration(time.Now().UnixNano()-h.lastDoneNs.Load()) >= slowHost
 	return !stalled
+}
+
+// slowOnAverage reports whether the host's attempts average slowHost or
+// more (a dead host's first attempt, timed out, makes it so).
+func (h *hostSlots) slowOnAverage() bool {
+	return time.Duration(h.avgNs.Load()) >= slowHost
 }
 
 func (h *hostSlots) fast() bool {
