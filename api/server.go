@@ -418,6 +418,10 @@ func (s *Server) presentError(ctx context.Context, err error) *gqlerror.Error {
 	return graphql.DefaultErrorPresenter(ctx, err)
 }
 
+// enumTypes are the schema's enums, whose generated unmarshalers say
+// "<value> is not a valid <Enum>".
+var enumTypes = map[string]bool{"DeliveryStatus": true}
+
 // clearerMessage rewrites the messages of gqlgen and gqlparser that say
 // little or something wrong: "operation  not found" for a document of
 // several operations and no operationName; "cannot use value 0 as Int"
@@ -445,7 +449,7 @@ func clearerMessage(msg string, path ast.Path) string {
 	if len(path) == 0 {
 		return msg
 	}
-	if _, def, ok := strings.Cut(msg, " is not a valid "); ok && !strings.Contains(def, " ") {
+	if _, def, ok := strings.Cut(msg, " is not a valid "); ok && enumTypes[def] {
 		return "not a valid " + def // an enum variable: its value unrepeated
 	}
 	if first, ok := path[0].(ast.PathName); !ok || !strings.HasPrefix(string(first), "variable") {

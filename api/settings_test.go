@@ -350,6 +350,30 @@ func TestValidation_private_IP_allowed_by_policy(t *testing.T) {
 	}
 }
 
+// A URL that does not parse is named by its field, with what is wrong and
+// nothing of the URL: an escape may be part of a password.
+func TestValidation_unparsable_URL_says_why(t *testing.T) {
+	h := newHarness(t, nil)
+	const m = `mutation($in: UpdateProjectInput!) { updateProject(input: $in) { project { id } } }`
+	for u, want := range map[string]string{
+		"http://%31%32%37.0.0.1:18110/a": "apiCallbackUrl: is not a valid URL: a percent-escape is malformed or not allowed where it is",
+		"http://u:p%zq@a.example/":       "apiCallbackUrl: is not a valid URL: a percent-escape is malformed",
+		"http://a.example:+80/":          "apiCallbackUrl: is not a valid URL: its port is not a number",
+		"http://[::1/x":                  "apiCallbackUrl: is not a valid URL: its IPv6 host lacks the closing ']'",
+	} {
+		r := h.gql(m, map[string]any{"in": map[string]any{"projectId": "45", "apiCallbackUrl": u}})
+		if len(r.Errors) != 1 || r.Errors[0].Field() != "apiCallbackUrl" || !strings.HasPrefix(r.Errors[0].Message, want) {
+			t.Errorf("%s: errors %+v, want %q", u, r.Errors, want)
+			continue
+		}
+		for _, part := range []string{"%zq", "%31", "+80"} {
+			if strings.Contains(r.Errors[0].Message, part) {
+				t.Errorf("%s: message %q repeats %q", u, r.Errors[0].Message, part)
+			}
+		}
+	}
+}
+
 func TestQuery_bad_id_names_the_argument(t *testing.T) {
 	h := newHarness(t, nil)
 	r := h.gql(`{ project(id: "abc") { id } }`, nil)

@@ -20,6 +20,32 @@ import (
 // destination_not_allowed.
 var ErrDestinationNotAllowed = errors.New("destination not allowed")
 
+// NotAllowedError is the policy's refusal of one address: Guard.Allowed
+// returns it, and a dial the Guard refused wraps it. It wraps
+// ErrDestinationNotAllowed. Its text names the IP and the range; a
+// transport that refused a host name rather than a literal IP may prefer
+// to say only the range's Name, since the address a name resolves to is
+// internal information.
+type NotAllowedError struct {
+	// IP is the refused address, without a zone.
+	IP netip.Addr
+	// Range is the refused range that holds IP (its IPv4 form when IP is
+	// IPv4-mapped IPv6).
+	Range netip.Prefix
+	// Name is the range's name: "loopback", "private", "link-local"…
+	Name string
+}
+
+func (e *NotAllowedError) Error() string {
+	if v4 := e.IP.Unmap(); v4 != e.IP {
+		return fmt.Sprintf("%v: %s (IPv4-mapped %s) is in %s (%s)", ErrDestinationNotAllowed, e.IP, v4, e.Range, e.Name)
+	}
+	return fmt.Sprintf("%v: %s is in %s (%s)", ErrDestinationNotAllowed, e.IP, e.Range, e.Name)
+}
+
+// Unwrap returns ErrDestinationNotAllowed.
+func (e *NotAllowedError) Unwrap() error { return ErrDestinationNotAllowed }
+
 // refusedRange is one range of the default policy, with the name used in
 // error messages.
 type refusedRange struct {
@@ -75,12 +101,20 @@ type Guard struct {
 // NewGuard returns the policy. allowPrivate lifts every refusal
 // (delivery.allow_private); allowCIDRs exempt the ranges they cover
 // (delivery.allow_cidrs) and match an IPv4-mapped IPv6 address by its IPv4
-// form too. Invalid prefixes are ignored: config validation rejects them.
+// form too. An IPv4-mapped prefix (::ffff:127.0.0.0/104) exempts the IPv4
+// addresses it maps as well: Go dials [::ffff:127.0.0.1] over IPv4, so the
+// dial sees 127.0.0.1. Invalid prefixes are ignored: config validation
+// rejects them.
 func NewGuard(allowPrivate bool, allowCIDRs []netip.Prefix) *Guard {
 	g := &Guard{allowPrivate: allowPrivate}
 	for _, p := range allowCIDRs {
-		if p.IsValid() {
-			g.allow = append(g.allow, p.Masked())
+		if !p.IsValid() {
+			continue
+		}
+		p = p.Masked()
+		g.allow = append(g.allow, p)
+		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+			g.allow = append(g.allow, netip.PrefixFrom(a.Unmap(), p.Bits()-96))
 		}
 	}
 	g.dialer = net.Dialer{
@@ -91,7 +125,8 @@ func NewGuard(allowPrivate bool, allowCIDRs []netip.Prefix) *Guard {
 }
 
 // Allowed returns nil when the policy lets callbackd connect to ip, else an
-// error wrapping ErrDestinationNotAllowed that names the IP and the range.
+// error wrapping ErrDestinationNotAllowed that names the IP and the range
+// (a *NotAllowedError when a refused range holds ip).
 // A zone (fe80::1%eth0) is ignored; an IPv4-mapped IPv6 address is judged
 // by its IPv4 form. The zero Addr is always refused.
 func (g *Guard) Allowed(ip netip.Addr) error {
@@ -112,10 +147,7 @@ func (g *Guard) Allowed(ip netip.Addr) error {
 	}
 	for _, r := range refusedRanges {
 		if r.prefix.Contains(v4) {
-			if v4 != ip {
-				return fmt.Errorf("%w: %s (IPv4-mapped %s) is in %s (%s)", ErrDestinationNotAllowed, ip, v4, r.prefix, r.name)
-			}
-			return fmt.Errorf("%w: %s is in %s (%s)", ErrDestinationNotAllowed, ip, r.prefix, r.name)
+			return &NotAllowedError{IP: ip, Range: r.prefix, Name: r.name}
 		}
 	}
 	return nil
@@ -180,7 +212,8 @@ func (g *Guard) CheckURLHost(host string) error {
 // four dot-separated parts, each decimal, octal (leading 0) or hex (0x),
 // the last part filling the remaining bytes.
 func parseNumericIPv4(s string) (netip.Addr, bool) {
-	if s == "" {
+	if s == "" || s[0] < '0' || s[0] > '9' {
+		// Every form starts with a digit: a host name costs one test.
 		return netip.Addr{}, false
 	}
 	parts := strings.Split(s, ".")

@@ -157,6 +157,47 @@ func TestGuard_allow_CIDRs_exempt_their_ranges(t *testing.T) {
 	}
 }
 
+// Go dials [::ffff:a.b.c.d] over IPv4, so an IPv4-mapped allow entry must
+// exempt the IPv4 form as well, or the API (which sees the mapped literal)
+// and the dial (which sees the IPv4 address) disagree.
+func TestGuard_mapped_allow_prefix_covers_ipv4(t *testing.T) {
+	g := NewGuard(false, []netip.Prefix{netip.MustParsePrefix("::ffff:127.0.0.0/104")})
+	for ip, allowed := range map[string]bool{
+		"127.0.0.1":        true,
+		"127.200.0.1":      true,
+		"::ffff:127.0.0.1": true,
+		"10.0.0.1":         false,
+		"::1":              false,
+	} {
+		if err := g.Allowed(netip.MustParseAddr(ip)); (err == nil) != allowed {
+			t.Errorf("Allowed(%s) = %v, want allowed %v", ip, err, allowed)
+		}
+	}
+	if err := g.CheckURLHost("[::ffff:127.0.0.1]:80"); err != nil {
+		t.Errorf("CheckURLHost(mapped) = %v", err)
+	}
+}
+
+// The refusal says which range holds the address, as a value a transport
+// can read as well as text.
+func TestGuard_refusal_is_a_NotAllowedError(t *testing.T) {
+	g := NewGuard(false, nil)
+	for ip, want := range map[string]string{
+		"127.0.0.1":          "destination not allowed: 127.0.0.1 is in 127.0.0.0/8 (loopback)",
+		"::ffff:192.168.0.1": "destination not allowed: ::ffff:192.168.0.1 (IPv4-mapped 192.168.0.1) is in 192.168.0.0/16 (private)",
+	} {
+		err := g.Allowed(netip.MustParseAddr(ip))
+		var nae *NotAllowedError
+		if !errors.As(err, &nae) || err.Error() != want {
+			t.Errorf("Allowed(%s) = %v, want %q as a *NotAllowedError", ip, err, want)
+			continue
+		}
+		if !errors.Is(err, ErrDestinationNotAllowed) || nae.Name == "" || !nae.Range.Contains(nae.IP.Unmap()) {
+			t.Errorf("Allowed(%s): %+v", ip, nae)
+		}
+	}
+}
+
 func TestGuard_CheckURLHost(t *testing.T) {
 	g := NewGuard(false, nil)
 	for host, refused := range map[string]bool{

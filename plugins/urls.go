@@ -76,14 +76,21 @@ var urlInText = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.-]*://[^\s"'<>\x60]+`)
 
 // HostKey is the destination a URL counts against for per-host
 // concurrency (SPEC §3, dispatcher.per_host_concurrency): host:port,
-// lower-cased, with the scheme's default port when none is given. The
-// dispatcher and the built-in http-form transport key their caps by it.
+// lower-cased, with the scheme's default port when none is given and the
+// port as a number (":08080" is ":8080", so leading zeros do not make a
+// second host with a cap of its own). The dispatcher and the built-in
+// http-form transport key their caps by it.
 func HostKey(u *url.URL) string {
 	port := u.Port()
-	if port == "" {
+	switch {
+	case port == "":
 		port = "80"
 		if strings.EqualFold(u.Scheme, "https") {
 			port = "443"
+		}
+	case port[0] == '0' && len(port) > 1:
+		if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+			port = strconv.FormatUint(n, 10)
 		}
 	}
 	return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
@@ -106,6 +113,29 @@ func NotURIChar(raw string) int {
 // notInURI marks the printable ASCII bytes that a URI may not hold as such.
 var notInURI = [128]bool{'"': true, '<': true, '>': true, '\\': true, '^': true, '`': true, '{': true, '|': true, '}': true}
 
+// urlParseReason says what url.Parse found wrong, in words that repeat
+// nothing of the URL: its escapes may be part of a password.
+func urlParseReason(err error) string {
+	var ee url.EscapeError
+	var he url.InvalidHostError
+	msg := err.Error()
+	switch {
+	case errors.As(err, &ee):
+		return "a percent-escape is malformed or not allowed where it is (a host may not be percent-encoded)"
+	case errors.As(err, &he):
+		return "its host has a character not allowed there"
+	case strings.Contains(msg, "invalid port"):
+		return "its port is not a number"
+	case strings.Contains(msg, "missing ']'"):
+		return "its IPv6 host lacks the closing ']'"
+	case strings.Contains(msg, "invalid userinfo"):
+		return "its user information has a character not allowed there"
+	case strings.Contains(msg, "cannot contain colon"):
+		return "its first path segment has a colon"
+	}
+	return "it does not parse"
+}
+
 // ParseHTTPURL parses s as an absolute http or https URI with a host and,
 // when given, a port from 1 to 65535: the rules of callback and webhook URLs
 // (settings) and of a report's file_url. Its errors never repeat s, which
@@ -117,7 +147,7 @@ func ParseHTTPURL(s string) (*url.URL, error) {
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return nil, errors.New("is not a valid URL")
+		return nil, errors.New("is not a valid URL: " + urlParseReason(err))
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return nil, errors.New("must be an absolute http or https URL")

@@ -1,6 +1,7 @@
 package plugins_test
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 
@@ -68,5 +69,28 @@ func TestRedactDestination(t *testing.T) {
 	}
 	if got := plugins.RedactDestination("", dest); got != "" {
 		t.Errorf("empty text: %q", got)
+	}
+}
+
+// Every spelling of one endpoint counts against one cap.
+func TestHostKey(t *testing.T) {
+	for _, tt := range []struct{ url, want string }{
+		{"http://Example.COM/x", "example.com:80"},
+		{"https://example.com/x", "example.com:443"},
+		{"HTTPS://example.com/x", "example.com:443"},
+		{"http://example.com:8080/x", "example.com:8080"},
+		{"http://example.com:08080/x", "example.com:8080"},
+		{"http://example.com:0008080/x", "example.com:8080"},
+		{"http://192.0.2.2:018125/", "192.0.2.2:18125"},
+		{"http://[2001:DB8::1]:0443/", "[2001:db8::1]:443"},
+		{"http://user:pw@example.com:80/", "example.com:80"},
+	} {
+		u, err := url.Parse(tt.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := plugins.HostKey(u); got != tt.want {
+			t.Errorf("HostKey(%s) = %q, want %q", tt.url, got, tt.want)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -85,6 +86,7 @@ type HTTPForm struct {
 	timeoutText string
 	userAgent   []string
 	transport   *http.Transport
+	guard       *plugins.Guard
 	hosts       *hostCaps // nil: no per-host cap
 	// dog keeps the attempts' timeout.
 	dog *watchdog
@@ -131,6 +133,7 @@ func NewHTTPForm(opts HTTPFormOptions) *HTTPForm {
 		timeoutText: "timeout after " + opts.Timeout.String(),
 		userAgent:   []string{opts.UserAgent},
 		transport:   tr,
+		guard:       opts.Guard,
 		dog:         dog,
 	}
 	if opts.PerHostConcurrency > 0 {
@@ -193,6 +196,14 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 	if i := plugins.NotURIChar(d.Destination.URL); i >= 0 {
 		// A raw space in the query would split the request line.
 		return finalResult(fmt.Sprintf("invalid destination URL: byte %d must be percent-encoded", i)), nil
+	}
+	// The dial checks the address a name resolves to; a host written as a
+	// number that resolvers may read as an IPv4 address (2130706433,
+	// 0x7f.1, "127.0.0.1.") is judged as that address here, as the API
+	// and the settings view judge it, instead of failing its DNS lookup
+	// attempt after attempt.
+	if err := t.guard.CheckURLHost(req.URL.Host); err != nil {
+		return plugins.Result{Outcome: plugins.OutcomeNotAllowed, Error: err.Error(), Duration: time.Since(start)}, nil
 	}
 
 	// A plain byte slice behind a *bytes.Reader: net/http knows it does not
@@ -258,7 +269,7 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 		switch {
 		case errors.Is(err, plugins.ErrDestinationNotAllowed):
 			res.Outcome = plugins.OutcomeNotAllowed
-			res.Error = notAllowedText(err)
+			res.Error = notAllowedText(err, req.URL.Hostname())
 		case dog.expired.Load() || !time.Now().Before(dog.deadline):
 			// Past the deadline, whichever bound ended it (the watchdog,
 			// the dial's deadline, the handshake's backstop): one text.
@@ -409,8 +420,17 @@ func utf8Excerpt(b []byte, truncated bool) string {
 
 // notAllowedText returns the guard's own message ("destination not allowed:
 // 127.0.0.1 is in 127.0.0.0/8 (loopback)") without the url.Error and
-// net.OpError prefixes around it, which repeat the URL.
-func notAllowedText(err error) string {
+// net.OpError prefixes around it, which repeat the URL. When host is a name,
+// the address it resolved to is left out: the text reaches the delivery
+// log, the API's test callback and the SSO client's callback-failed notice,
+// and an internal DNS answer is nobody's business outside.
+func notAllowedText(err error, host string) string {
+	var nae *plugins.NotAllowedError
+	if errors.As(err, &nae) {
+		if _, perr := netip.ParseAddr(host); perr != nil {
+			return fmt.Sprintf("%v: %s resolves to an address in a refused range (%s)", plugins.ErrDestinationNotAllowed, host, nae.Name)
+		}
+	}
 	for e := err; e != nil; e = errors.Unwrap(e) {
 		if errors.Unwrap(e) == plugins.ErrDestinationNotAllowed { //nolint:errorlint // looking for the error that wraps the sentinel itself
 			return e.Error()
