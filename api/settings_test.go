@@ -237,6 +237,7 @@ func TestValidation_rejects_with_the_field_named_and_stores_nothing(t *testing.T
 		{"ftp URL", "project", map[string]any{"apiCallbackUrl": "ftp://example.com/x"}, []string{"apiCallbackUrl"}},
 		{"no host", "project", map[string]any{"apiCallbackUrl": "https:///x"}, []string{"apiCallbackUrl"}},
 		{"fragment", "project", map[string]any{"apiCallbackUrl": "https://example.com/#x"}, []string{"apiCallbackUrl"}},
+		{"empty fragment", "project", map[string]any{"apiCallbackUrl": "https://example.com/hook#"}, []string{"apiCallbackUrl"}},
 		{"too long", "project", map[string]any{"apiCallbackUrl": "https://example.com/" + strings.Repeat("a", 4096)}, []string{"apiCallbackUrl"}},
 		{"not a URL", "project", map[string]any{"apiCallbackUrl": "https://exa mple.com/%zz"}, []string{"apiCallbackUrl"}},
 		{"loopback IP", "project", map[string]any{"apiCallbackUrl": "http://127.0.0.1:8080/x"}, []string{"apiCallbackUrl"}},

@@ -383,7 +383,8 @@ func unknownEnvWarning(name, key string) string {
 }
 
 // envValue types an environment string for a key of type t the way YAML
-// would have: ints and bools parsed, lists split on commas ("10s, 1m,5m").
+// would have: ints and bools parsed, lists split on commas ("10s, 1m,5m",
+// or "[10s, 1m, 5m]" as in the file).
 // Durations, sizes and plugin entries stay strings for the decode hooks; a
 // value that does not parse stays a string so decoding names the key.
 func envValue(t reflect.Type, v string) any {
@@ -397,12 +398,24 @@ func envValue(t reflect.Type, v string) any {
 			return b
 		}
 	case t.Kind() == reflect.Slice:
-		if strings.TrimSpace(v) == "" {
+		// YAML's flow form ("[1s, 2s]", quotes and all) is taken too: it is
+		// what the file says, and what people copy from it.
+		v = strings.TrimSpace(v)
+		if inner, ok := strings.CutPrefix(v, "["); ok {
+			if inner, ok = strings.CutSuffix(inner, "]"); ok {
+				v = strings.TrimSpace(inner)
+			}
+		}
+		if v == "" {
 			return []string{}
 		}
 		parts := strings.Split(v, ",")
 		for i, p := range parts {
-			parts[i] = strings.TrimSpace(p)
+			p = strings.TrimSpace(p)
+			if len(p) >= 2 && (p[0] == '"' || p[0] == '\'') && p[len(p)-1] == p[0] {
+				p = p[1 : len(p)-1]
+			}
+			parts[i] = p
 		}
 		return parts
 	}

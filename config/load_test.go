@@ -204,6 +204,15 @@ func TestLoad_layers(t *testing.T) {
 			},
 		},
 		{
+			name: "lists from env in YAML's flow form",
+			env:  []string{"CALLBACKD_DELIVERY__BACKOFF=[1s,2s]", `CALLBACKD_DELIVERY__ALLOW_CIDRS=[ "10.0.0.0/8", '::1/128' ]`, "CALLBACKD_NATS__CLUSTER__ROUTES=[]"},
+			want: func(c *Config) {
+				c.Delivery.Backoff = []time.Duration{time.Second, 2 * time.Second}
+				c.Delivery.AllowCIDRs = []string{"10.0.0.0/8", "::1/128"}
+				c.NATS.Cluster.Routes = []string{}
+			},
+		},
+		{
 			name: "plugin entries in both forms",
 			yaml: `plugins:
   dir: /opt/callbackd/plugins

@@ -131,7 +131,9 @@ func ValidateURL(s string) error {
 	if err != nil {
 		return err
 	}
-	if u.Fragment != "" {
+	if u.Fragment != "" || strings.Contains(s, "#") {
+		// An empty one ("…/hook#") too: a fragment is never sent, so
+		// the URL would not be what the request goes to.
 		return errors.New("must not have a fragment")
 	}
 	return nil
