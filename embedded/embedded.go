@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -25,9 +26,11 @@ import (
 
 // Server is a running embedded NATS server.
 type Server struct {
-	ns   *server.Server
-	log  *slog.Logger
-	auth Auth
+	ns     *server.Server
+	log    *slog.Logger
+	auth   Auth
+	lock   *os.File // held while the server owns the data dir
+	unlock sync.Once
 }
 
 // Start starts the server and waits until it accepts clients and JetStream is
@@ -41,6 +44,22 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("embedded nats: create data dir: %w", err)
 	}
+	lock, err := lockDataDir(o.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	s, err := start(ctx, o)
+	if err != nil {
+		if lock != nil {
+			_ = lock.Close()
+		}
+		return nil, err
+	}
+	s.lock = lock
+	return s, nil
+}
+
+func start(ctx context.Context, o Options) (*Server, error) {
 	name := o.ServerName
 	if name == "" {
 		var err error
@@ -133,6 +152,11 @@ func (s *Server) NATS() *server.Server { return s.ns }
 func (s *Server) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
+	s.unlock.Do(func() {
+		if s.lock != nil {
+			_ = s.lock.Close() // releases the data dir
+		}
+	})
 }
 
 // stableName returns the server name kept in dataDir, creating it once.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +74,28 @@ func TestStart_keeps_a_stable_server_name(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "server_name.tmp")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("server_name.tmp left behind: %v", err)
 	}
+}
+
+// Two servers on one store hand out the same stream sequences and lose
+// each other's messages: the second is refused while the first runs, and
+// starts once it has shut down.
+func TestStart_refuses_a_data_dir_in_use(t *testing.T) {
+	dir := t.TempDir()
+	first := start(t, embedded.Options{DataDir: dir})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	second, err := embedded.Start(ctx, embedded.Options{DataDir: dir, Logger: testutil.Logger(t)})
+	if err == nil {
+		second.Shutdown()
+		t.Fatal("a second server started on the same data dir")
+	}
+	for _, want := range []string{dir, "in use by another callbackd serve (pid " + strconv.Itoa(os.Getpid()) + ")"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	first.Shutdown()
+	start(t, embedded.Options{DataDir: dir})
 }
 
 // A server_name file that is empty or not a name stops start-up naming the
