@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
@@ -20,6 +21,7 @@ import (
 	"github.com/knadh/koanf/providers/posflag"
 	"github.com/knadh/koanf/v2"
 	"github.com/spf13/pflag"
+	yamlv3 "go.yaml.in/yaml/v3"
 )
 
 // DefaultFile is read when --config is not given, if it exists in the working
@@ -114,7 +116,7 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 		return nil, nil, err
 	}
 	if path != "" {
-		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
+		if err := k.Load(file.Provider(path), oneDocument{yaml.Parser()}); err != nil {
 			return nil, nil, fmt.Errorf("config: file %s: %w", path, oneLine(err))
 		}
 		// The file is the first layer, so k holds only its keys here.
@@ -368,8 +370,16 @@ func flatten(err error) []error {
 
 // envKey maps CALLBACKD_NATS__URL to nats.url.
 func envKey(name string) string {
-	key := strings.ToLower(strings.TrimPrefix(name, EnvPrefix))
-	return strings.ReplaceAll(key, "__", ".")
+	parts := strings.Split(strings.TrimPrefix(name, EnvPrefix), "__")
+	for i, p := range parts {
+		// A plugin's environment variable keeps its case
+		// (CALLBACKD_PLUGINS__TRANSPORT__ENV__API_KEY sets API_KEY, as the
+		// file's env: {API_KEY: …} does); every other part is a key.
+		if i < 2 || parts[0] != "plugins" || parts[i-1] != "env" {
+			parts[i] = strings.ToLower(p)
+		}
+	}
+	return strings.Join(parts, ".")
 }
 
 func unknownEnvWarning(name, key string) string {
@@ -380,6 +390,35 @@ func unknownEnvWarning(name, key string) string {
 		}
 	}
 	return msg
+}
+
+// oneDocument is the YAML parser, refusing a file of several documents:
+// koanf reads the first one alone, and keys after a "---" (unknown ones
+// included) would be dropped without a word.
+type oneDocument struct{ koanf.Parser }
+
+func (p oneDocument) Unmarshal(b []byte) (map[string]any, error) {
+	dec := yamlv3.NewDecoder(bytes.NewReader(b))
+	for n := 0; ; n++ {
+		var doc yamlv3.Node
+		if err := dec.Decode(&doc); err != nil {
+			break // io.EOF, or a syntax error the parser below reports
+		}
+		if n > 0 && !emptyDocument(&doc) {
+			return nil, errors.New(`holds more than one YAML document (keys after a "---" line): callbackd reads one; put every key in it`)
+		}
+	}
+	return p.Parser.Unmarshal(b)
+}
+
+// emptyDocument reports whether doc holds nothing but comments or null.
+func emptyDocument(doc *yamlv3.Node) bool {
+	for _, c := range doc.Content {
+		if c.Kind != yamlv3.ScalarNode || c.Tag != "!!null" {
+			return false
+		}
+	}
+	return true
 }
 
 // envValue types an environment string for a key of type t the way YAML

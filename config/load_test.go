@@ -256,6 +256,19 @@ func TestLoad_layers(t *testing.T) {
 			},
 		},
 		{
+			// Variable names are case-sensitive: env overrides the
+			// file's REGION, and no "region" appears beside it.
+			name: "a plugin's environment variable from env keeps its case",
+			yaml: "plugins:\n  encoders:\n    invoice_paid: {path: p, sha256: " + testSHA + ", env: {REGION: eu, Mixed_Case: a}}\n",
+			env: []string{
+				"CALLBACKD_PLUGINS__ENCODERS__INVOICE_PAID__ENV__REGION=us",
+				"CALLBACKD_PLUGINS__ENCODERS__INVOICE_PAID__ENV__Mixed_Case=b",
+			},
+			want: func(c *Config) {
+				c.Plugins.Encoders["invoice_paid"] = PluginEntry{Path: "p", SHA256: testSHA, Env: map[string]string{"REGION": "us", "Mixed_Case": "b"}}
+			},
+		},
+		{
 			name: "a null section keeps the defaults",
 			yaml: "nats:\ndelivery:\n",
 			want: func(*Config) {},
@@ -500,6 +513,28 @@ func TestLoad_unknown_key_is_ErrUnknownKey(t *testing.T) {
 	}
 	if want := `config: unknown key "dispatcher.wokers" in ` + path; err.Error() != want {
 		t.Errorf("error = %q, want %q", err, want)
+	}
+}
+
+// koanf reads a file's first YAML document alone: keys in a second one
+// would be dropped without a word, unknown ones included.
+func TestLoad_one_YAML_document(t *testing.T) {
+	for body, ok := range map[string]bool{
+		"log: {level: debug}\n":                    true,
+		"---\nlog: {level: debug}\n":               true,
+		"log: {level: debug}\n---\n":               true, // an empty second document
+		"log: {level: debug}\n---\n# a comment\n":  true,
+		"log: {level: debug}\n---\nbogus: 1\n":     false,
+		"log: {level: debug}\n---\n---\napi: {}\n": false,
+		"log: {level: debug}\n...\n---\n[1, 2]\n":  false,
+	} {
+		cfg, _, err := load(t, body, nil)
+		switch {
+		case ok && (err != nil || cfg.Log.Level != "debug"):
+			t.Errorf("%q: Load = %v, level %v", body, err, cfg)
+		case !ok && (err == nil || !strings.Contains(err.Error(), "more than one YAML document")):
+			t.Errorf("%q: Load = %v, want the documents refused", body, err)
+		}
 	}
 }
 
