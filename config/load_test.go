@@ -331,6 +331,18 @@ func TestLoad_errors_name_the_key(t *testing.T) {
 			wantMsg:  "config: delivery.backoff[1]: no value (null) in ",
 		},
 		{
+			name:     "stream durations below JetStream's 100ms",
+			yaml:     "retention: {log: 1ns, events: 50ms}\nnats: {duplicates: 10ms}\ndelivery: {backoff: [10ms]}\n",
+			wantKeys: []string{"nats.duplicates", "retention.events", "retention.log"},
+			wantMsg:  "must be at least 100ms (JetStream's least), got 1ns",
+		},
+		{
+			name:     "a credentials file that cannot be read",
+			yaml:     "nats: {embedded: false, url: nats://127.0.0.1:4222, credentials: /nonexistent/callbackd.creds}\n",
+			wantKeys: []string{"nats.credentials"},
+			wantMsg:  "config: nats.credentials: cannot read /nonexistent/callbackd.creds: no such file or directory",
+		},
+		{
 			name:     "unknown keys and bad values, all at once",
 			yaml:     "dispatcher:\n  wokers: 3\ndelivery:\n  timeout: 5x\n",
 			wantKeys: []string{"dispatcher.wokers", "delivery.timeout"},

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -50,6 +51,15 @@ func (c *Config) Validate() error {
 	if n.URL != "" {
 		p.natsURLs("nats.url", n.URL)
 	}
+	if n.Credentials != "" {
+		// nats.go reads it only when it connects, with an error that
+		// names the file but not the key.
+		if f, err := os.Open(n.Credentials); err != nil {
+			p.add("nats.credentials", "cannot read %s: %v", n.Credentials, errors.Unwrap(err))
+		} else {
+			_ = f.Close()
+		}
+	}
 	if n.Listen != "" {
 		p.hostPort("nats.listen", n.Listen)
 	}
@@ -83,7 +93,7 @@ func (c *Config) Validate() error {
 	if n.Embedded && n.Cluster.Listen == "" && 1 < n.Replicas && n.Replicas <= 5 {
 		p.add("nats.replicas", "must be 1 for a lone embedded server (more replicas need nats.cluster), got %d", n.Replicas)
 	}
-	p.positive("nats.duplicates", n.Duplicates)
+	p.atLeastStreamMin("nats.duplicates", n.Duplicates)
 
 	d := &c.Dispatcher
 	p.atLeast1("dispatcher.workers", d.Workers)
@@ -117,8 +127,8 @@ func (c *Config) Validate() error {
 	}
 
 	r := &c.Retention
-	p.positive("retention.events", r.Events)
-	p.positive("retention.dead", r.Dead)
+	p.atLeastStreamMin("retention.events", r.Events)
+	p.atLeastStreamMin("retention.dead", r.Dead)
 	// JetStream refuses a de-duplication window longer than a stream's
 	// max age; CALLBACKS, CALLBACKS_RETRY and CALLBACKS_DEAD have both.
 	for _, ret := range []struct {
@@ -129,7 +139,7 @@ func (c *Config) Validate() error {
 			p.add(ret.key, "must be at least nats.duplicates (%s), the streams' de-duplication window, got %s", n.Duplicates, ret.d)
 		}
 	}
-	p.positive("retention.log", r.Log)
+	p.atLeastStreamMin("retention.log", r.Log)
 	p.check(r.LogBytes > 0, "retention.log_bytes", "must be > 0, got %s", r.LogBytes)
 
 	pl := &c.Plugins
@@ -182,6 +192,15 @@ func (p *problems) atLeast1(key string, n int) {
 
 func (p *problems) positive(key string, d time.Duration) {
 	p.check(d > 0, key, "must be > 0, got %s", d)
+}
+
+// minStreamDuration is JetStream's least max age and de-duplication window.
+const minStreamDuration = 100 * time.Millisecond
+
+// atLeastStreamMin checks a stream's max age or de-duplication window, which
+// JetStream refuses below 100ms with an API error that names no key.
+func (p *problems) atLeastStreamMin(key string, d time.Duration) {
+	p.check(d >= minStreamDuration, key, "must be at least %s (JetStream's least), got %s", minStreamDuration, d)
 }
 
 func (p *problems) oneOf(key, v string, allowed ...string) {

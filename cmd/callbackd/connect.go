@@ -39,6 +39,9 @@ func startNATS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*nats
 			log.Warn("nats.url is set but nats.embedded is true: serve runs its own NATS server and does not connect to nats.url (CLI commands with this config do); set nats.embedded: false to use it",
 				"url", redactURLs(cfg.NATS.URL))
 		}
+		if cfg.NATS.Credentials != "" {
+			log.Warn("nats.credentials is set but nats.embedded is true: serve connects to its own server in-process and does not use it (CLI commands with this config present it); the embedded server's clients use nats.auth")
+		}
 		srv, err = embedded.Start(ctx, embeddedOptions(cfg, log))
 		if err != nil {
 			return nil, nil, err
