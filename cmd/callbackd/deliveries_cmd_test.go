@@ -428,4 +428,24 @@ func TestPublishCmd_reads_stdin(t *testing.T) {
 	if n := streamCount(t, js, subjects.Stream); n != 1 {
 		t.Errorf("CALLBACKS holds %d events after the refusal, want 1", n)
 	}
+
+	// What serve would only dead-letter as invalid_event is refused
+	// before it is published.
+	for _, tc := range []struct {
+		args []string
+		in   string
+		want string
+	}{
+		{args, `{"crawl_id":1,"pad":"` + strings.Repeat("x", 256<<10) + `"}`, "over dispatcher.max_payload (256KiB)"},
+		{[]string{"publish", "no_such_type", "--account", "5", "--project", "1"}, `{}`, `no encoder for event type "no_such_type"`},
+		{args, `{"crawl_id":1,"crawl_id":2}`, `the key "crawl_id" is given twice`},
+	} {
+		err := runCLI(ctx, t, js, tc.in, &out, &errOut, tc.args...)
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("publish %.30s: %v; want a usage error saying %q", tc.in, err, tc.want)
+		}
+	}
+	if n := streamCount(t, js, subjects.Stream); n != 1 {
+		t.Errorf("CALLBACKS holds %d events after the refusals, want 1", n)
+	}
 }

@@ -46,6 +46,10 @@ func TestJSONObject(t *testing.T) {
 		`{"a":1}{"b":2}`:           false,
 		`{"a":1} x`:                false,
 		``:                         false,
+		`{"a":1,"a":2}`:            false, // the encoders refuse a key given twice
+		`{"a":{"b":1,"b":2}}`:      true,  // (at the top level)
+		"{\"a\":\"\xff\"}":         false, // not UTF-8
+		`{"a":"\u00e9"}`:           true,
 	} {
 		if err := jsonObject([]byte(in)); (err == nil) != ok {
 			t.Errorf("jsonObject(%q) = %v, want ok %v", in, err, ok)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
@@ -50,6 +51,13 @@ func newPublishCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// What serve would only dead-letter as invalid_event.
+			if limit := cfg.Dispatcher.MaxPayload; int64(len(body)) > int64(limit) {
+				return usageError{fmt.Errorf("the event is %d bytes, over dispatcher.max_payload (%s) (publish it with nats pub to see its dead letter)", len(body), limit)}
+			}
+			if _, ok := cfg.Plugins.Encoders[args[0]]; !ok {
+				return usageError{fmt.Errorf("no encoder for event type %q in plugins.encoders (publish it with nats pub to see its dead letter)", args[0])}
+			}
 			nc, err := dialNATS(cfg, log)
 			if err != nil {
 				return err
@@ -85,14 +93,39 @@ func newPublishCmd() *cobra.Command {
 	return cmd
 }
 
-// jsonObject checks that b is one JSON object and nothing else.
+// jsonObject checks that b is one JSON object and nothing else: UTF-8 text
+// (RFC 8259), each key once, as the built-in encoders require.
 func jsonObject(b []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	var obj map[string]json.RawMessage
 	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) == 0 || t[0] != '{' {
 		return errors.New("it does not start with {")
 	}
-	if err := dec.Decode(&obj); err != nil {
+	if !utf8.Valid(b) {
+		return errors.New("it is not valid UTF-8, as JSON text must be")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if _, err := dec.Token(); err != nil { // {
+		return err
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		key, _ := tok.(string)
+		if seen[key] {
+			if len(key) > 64 {
+				key = key[:64] + "…"
+			}
+			return fmt.Errorf("the key %q is given twice", key)
+		}
+		seen[key] = true
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return err
+		}
+	}
+	if _, err := dec.Token(); err != nil { // }
 		return err
 	}
 	if _, err := dec.Token(); err != io.EOF {
