@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -272,18 +274,79 @@ func TestPublish_command_event_is_delivered(t *testing.T) {
 	}
 }
 
-// SIGTERM stops serve promptly with exit status 0.
+// SIGTERM, SIGINT and SIGHUP (a closed terminal) each stop serve promptly,
+// through its drain, with exit status 0.
 func TestServe_exits_zero_on_SIGTERM(t *testing.T) {
 	skipShort(t)
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP} {
+		t.Run(sig.String(), func(t *testing.T) {
+			s := startServe(t)
+			if err := s.proc.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			if code := s.proc.Wait(t, startWait); code != 0 {
+				t.Fatalf("serve exited with %d after %v, want 0\n%s", code, sig, s.proc.Stderr())
+			}
+			if !strings.Contains(s.proc.Stderr(), "callbackd stopped") {
+				t.Errorf("no drain after %v:\n%s", sig, s.proc.Stderr())
+			}
+			if strings.Contains(s.proc.Stderr(), "panic:") {
+				t.Errorf("serve panicked on the way out:\n%s", s.proc.Stderr())
+			}
+		})
+	}
+}
+
+// A second signal during the drain exits at once (128+signal), as Ctrl-C
+// pressed twice should; the first waits for the attempt in flight.
+func TestServe_second_signal_ends_the_drain(t *testing.T) {
+	skipShort(t)
 	s := startServe(t)
-	if err := s.proc.Signal(syscall.SIGTERM); err != nil {
+	arrived := make(chan struct{}, 100)
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(hang.Close)
+	t.Cleanup(func() { close(release) })
+	s.cli(t, "project", "set", "8", "--url", hang.URL+"/hang")
+	// Settings apply within a second: publish until an attempt is held.
+	n := 0
+	testutil.CheckFor(t, waitLong, 200*time.Millisecond, func() error {
+		select {
+		case <-arrived:
+			return nil
+		default:
+		}
+		n++
+		s.publish(t, "callbacks.event.crawl_status.1.8", `{"crawl_id":`+strconv.Itoa(n)+`}`, "")
+		return errors.New("no attempt held yet")
+	})
+
+	if err := s.proc.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	if code := s.proc.Wait(t, startWait); code != 0 {
-		t.Fatalf("serve exited with %d after SIGTERM, want 0\n%s", code, s.proc.Stderr())
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if !strings.Contains(s.proc.Stderr(), "stopping: finishing the deliveries in flight") {
+			return errors.New("the drain has not started")
+		}
+		return nil
+	})
+	if s.proc.Exited() {
+		t.Fatalf("serve exited (%d) with an attempt in flight for delivery.timeout", s.proc.ExitCode())
 	}
-	if strings.Contains(s.proc.Stderr(), "panic:") {
-		t.Errorf("serve panicked on the way out:\n%s", s.proc.Stderr())
+	if err := s.proc.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if code := s.proc.Wait(t, waitLong); code != 128+int(syscall.SIGINT) {
+		t.Fatalf("exit %d after the second SIGINT, want %d\n%s", code, 128+int(syscall.SIGINT), s.proc.Stderr())
+	}
+	if !strings.Contains(s.proc.Stderr(), "exiting now, without waiting for the drain") {
+		t.Errorf("no word of the forced exit:\n%s", s.proc.Stderr())
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"slices"
@@ -23,7 +24,7 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "plugin" {
 		os.Exit(runPluginCommand(os.Args[2:], os.Stderr))
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := stopOnSignals(os.Stderr)
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
 	if err != nil {
@@ -33,6 +34,42 @@ func main() {
 			os.Exit(2)
 		}
 		os.Exit(1)
+	}
+}
+
+// stopOnSignals returns a context that SIGINT, SIGTERM or SIGHUP (a closed
+// terminal) cancels, which makes serve drain and the other commands stop. A
+// second signal during the drain exits at once with 128+signal, as an
+// operator pressing Ctrl-C twice expects: nothing unfinished has been acked,
+// so what was in flight is redelivered after its ack wait, as after a crash.
+// stop releases the signals.
+func stopOnSignals(w io.Writer) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-done:
+			return
+		}
+		select {
+		case sig := <-sigs:
+			fmt.Fprintf(w, "callbackd: %v again: exiting now, without waiting for the drain (unfinished work is redelivered after its ack wait)\n", sig)
+			n := 1
+			if s, ok := sig.(syscall.Signal); ok {
+				n = 128 + int(s)
+			}
+			os.Exit(n)
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
 	}
 }
 
