@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"syscall"
 
 	"github.com/callbackd/callbackd/plugins"
 )
@@ -86,7 +87,11 @@ func (c *Client) Do(ctx context.Context, query string, variables map[string]any,
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return fmt.Errorf("admin API at %s: %w", at, err)
+		hint := ""
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			hint = " (is callbackd serve running?)"
+		}
+		return fmt.Errorf("admin API at %s: %w%s", at, err, hint)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))

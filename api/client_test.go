@@ -50,4 +50,9 @@ func TestClient_base_URL(t *testing.T) {
 			t.Errorf("base %s: error %v; want one naming %s without userinfo or query", base, err, addr)
 		}
 	}
+	// A refused connection hints at the likely cause, as the NATS commands do.
+	err = (&api.Client{BaseURL: "http://" + addr, Token: "t"}).Do(ctx, "{ x }", nil, nil)
+	if err == nil || !strings.HasSuffix(err.Error(), "connection refused (is callbackd serve running?)") {
+		t.Errorf("nothing listening: error %v; want the hint", err)
+	}
 }

@@ -700,9 +700,55 @@ func keyName(name string) string {
 func humanize(err error) error {
 	var ue *mapstructure.UnconvertibleTypeError
 	if errors.As(err, &ue) {
-		return fmt.Errorf("want %s, got %s", ue.Expected.Type(), kindOf(ue.Value))
+		return fmt.Errorf("want %s, got %s", typeWords(ue.Expected.Type()), kindOf(ue.Value))
+	}
+	// mapstructure's words for a scalar where a list belongs.
+	if msg := err.Error(); strings.HasPrefix(msg, "source data must be an array or slice, got ") {
+		return errors.New("want a list, got " + kindOfKind(strings.TrimPrefix(msg, "source data must be an array or slice, got ")))
 	}
 	return err
+}
+
+// typeWords names a config type as a reader of the file would, not as Go
+// does ("config.Size").
+func typeWords(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeFor[Size]():
+		return "a size (256KiB, 1MiB or bytes)"
+	case t == durationType:
+		return "a duration (30s, 5m)"
+	case t == pluginEntryType:
+		return `a plugin entry ("builtin:<name>" or {path, sha256})`
+	case t == intType:
+		return "a whole number"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice:
+		return "a list"
+	case reflect.Map, reflect.Struct:
+		return "a map of keys"
+	}
+	return t.String()
+}
+
+// kindOfKind turns a reflect.Kind's name as mapstructure prints it into
+// kindOf's words.
+func kindOfKind(k string) string {
+	switch k {
+	case "string":
+		return "a string"
+	case "bool":
+		return "a boolean"
+	case "int", "int64", "uint64", "float64":
+		return "a number"
+	case "map":
+		return "a map"
+	}
+	return k
 }
 
 // kindOf describes a decoded YAML value for an error message.

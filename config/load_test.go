@@ -337,6 +337,12 @@ func TestLoad_errors_name_the_key(t *testing.T) {
 			wantMsg:  "must be at least 100ms (JetStream's least), got 1ns",
 		},
 		{
+			name:     "types named in the file's words, not Go's",
+			yaml:     "dispatcher: {max_payload: true}\nplugins: {encoders: [a]}\ndelivery: {backoff: 1s}\n",
+			wantKeys: []string{"dispatcher.max_payload", "delivery.backoff", "plugins.encoders"},
+			wantMsg:  "dispatcher.max_payload: want a size (256KiB, 1MiB or bytes), got true",
+		},
+		{
 			name:     "a credentials file that cannot be read",
 			yaml:     "nats: {embedded: false, url: nats://127.0.0.1:4222, credentials: /nonexistent/callbackd.creds}\n",
 			wantKeys: []string{"nats.credentials"},
@@ -421,13 +427,13 @@ func TestLoad_errors_name_the_key(t *testing.T) {
 			name:     "bad integer",
 			yaml:     "dispatcher: {workers: many}\n",
 			wantKeys: []string{"dispatcher.workers"},
-			wantMsg:  `config: dispatcher.workers: want int, got "many"`,
+			wantMsg:  `config: dispatcher.workers: want a whole number, got "many"`,
 		},
 		{
 			name:     "no guessing between types",
 			yaml:     "data_dir: true\nnats: {replicas: \"3\"}\ndelivery: {allow_private: 1}\nlog: {level: 2}\n",
 			wantKeys: []string{"data_dir", "nats.replicas", "delivery.allow_private", "log.level"},
-			wantMsg:  "config: data_dir: want string, got true",
+			wantMsg:  "config: data_dir: want a string, got true",
 		},
 		{
 			name:     "every bad value is reported",
@@ -448,7 +454,7 @@ func TestLoad_errors_name_the_key(t *testing.T) {
 			name:     "map for a scalar",
 			yaml:     "nats: {replicas: {a: 1}}\n",
 			wantKeys: []string{"nats.replicas"},
-			wantMsg:  "want int, got a map",
+			wantMsg:  "want a whole number, got a map",
 		},
 		{
 			name:     "plugin entry that is neither form",
