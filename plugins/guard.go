@@ -40,7 +40,38 @@ func (e *NotAllowedError) Error() string {
 	if v4 := e.IP.Unmap(); v4 != e.IP {
 		return fmt.Sprintf("%v: %s (IPv4-mapped %s) is in %s (%s)", ErrDestinationNotAllowed, e.IP, v4, e.Range, e.Name)
 	}
+	if v4, form, ok := embeddedIPv4(e.IP); ok && e.Range.Contains(v4) {
+		return fmt.Sprintf("%v: %s (%s %s) is in %s (%s)", ErrDestinationNotAllowed, e.IP, form, v4, e.Range, e.Name)
+	}
 	return fmt.Sprintf("%v: %s is in %s (%s)", ErrDestinationNotAllowed, e.IP, e.Range, e.Name)
+}
+
+// ipv4Compatible, siit and sixToFour are IPv6 forms that carry an IPv4
+// address, and on a host with the matching tunnel or translator reach it.
+var (
+	ipv4Compatible = netip.MustParsePrefix("::/96")
+	siit           = netip.MustParsePrefix("::ffff:0:0:0/96")
+	sixToFour      = netip.MustParsePrefix("2002::/16")
+)
+
+// embeddedIPv4 returns the IPv4 address that ip, an IPv4-compatible
+// (::a.b.c.d), SIIT (::ffff:0:a.b.c.d) or 6to4 (2002:aabb:ccdd::/48)
+// address, carries, and the form's name. "::" and "::1" are not taken for
+// IPv4-compatible: they are IPv6's own unspecified and loopback addresses.
+func embeddedIPv4(ip netip.Addr) (netip.Addr, string, bool) {
+	if !ip.Is6() || ip.Is4In6() {
+		return netip.Addr{}, "", false
+	}
+	b := ip.As16()
+	switch {
+	case ipv4Compatible.Contains(ip) && ip != netip.IPv6Unspecified() && ip != netip.IPv6Loopback():
+		return netip.AddrFrom4([4]byte(b[12:16])), "IPv4-compatible", true
+	case siit.Contains(ip):
+		return netip.AddrFrom4([4]byte(b[12:16])), "SIIT", true
+	case sixToFour.Contains(ip):
+		return netip.AddrFrom4([4]byte(b[2:6])), "6to4", true
+	}
+	return netip.Addr{}, "", false
 }
 
 // Unwrap returns ErrDestinationNotAllowed.
@@ -85,8 +116,9 @@ var refusedRanges = []refusedRange{
 // Guard is the outbound-safety policy of SPEC §3: it refuses connections to
 // loopback, private, link-local, CGNAT, benchmarking, multicast, unspecified,
 // broadcast and NAT64 addresses, and to IPv4-mapped IPv6 forms of any of
-// them, unless private addresses are allowed or an allowed CIDR covers the
-// address. Its DialContext checks the address each socket is about to
+// them (and the IPv4-compatible, SIIT and 6to4 forms, which tunnels and
+// translators carry to the same IPv4 address), unless private addresses are
+// allowed or an allowed CIDR covers the address. Its DialContext checks the address each socket is about to
 // connect to, after DNS resolution, so a name that resolves (or re-resolves)
 // to a refused address is refused too.
 //
@@ -140,13 +172,16 @@ func (g *Guard) Allowed(ip netip.Addr) error {
 	// before any comparison, or fe80::1%eth0 would slip through.
 	ip = ip.WithZone("")
 	v4 := ip.Unmap()
+	// An IPv6 form that carries an IPv4 address is judged by that address
+	// too: through a tunnel or translator it reaches it.
+	inner, _, embedded := embeddedIPv4(ip)
 	for _, p := range g.allow {
-		if p.Contains(ip) || p.Contains(v4) {
+		if p.Contains(ip) || p.Contains(v4) || embedded && p.Contains(inner) {
 			return nil
 		}
 	}
 	for _, r := range refusedRanges {
-		if r.prefix.Contains(v4) {
+		if r.prefix.Contains(v4) || embedded && r.prefix.Contains(inner) {
 			return &NotAllowedError{IP: ip, Range: r.prefix, Name: r.name}
 		}
 	}

@@ -41,7 +41,8 @@ func TestGuard_Allowed(t *testing.T) {
 		{"223.255.255.255", ""},
 		{"2606:4700:4700::1111", ""},
 		{"2001:4860:4860::8888", ""},
-		{"::2", ""},
+		{"::2", "0.0.0.0/8"}, // IPv4-compatible 0.0.0.2
+		{"::1:0:0:2", ""},
 		{"64:ff9a:ffff::1", ""},
 		{"64:ff9b::1:0:0:1", ""}, // outside the /96
 		{"fbff:ffff::1", ""},
@@ -175,6 +176,34 @@ func TestGuard_mapped_allow_prefix_covers_ipv4(t *testing.T) {
 	}
 	if err := g.CheckURLHost("[::ffff:127.0.0.1]:80"); err != nil {
 		t.Errorf("CheckURLHost(mapped) = %v", err)
+	}
+}
+
+// IPv6 forms that carry an IPv4 address reach it through a tunnel or a
+// translator: they are judged by it as well.
+func TestGuard_IPv6_forms_carrying_IPv4(t *testing.T) {
+	g := NewGuard(false, nil)
+	for ip, want := range map[string]string{
+		"::127.0.0.1":        "destination not allowed: ::7f00:1 (IPv4-compatible 127.0.0.1) is in 127.0.0.0/8 (loopback)",
+		"::ffff:0:10.0.0.1":  "destination not allowed: ::ffff:0:a00:1 (SIIT 10.0.0.1) is in 10.0.0.0/8 (private)",
+		"2002:c0a8:101::1":   "destination not allowed: 2002:c0a8:101::1 (6to4 192.168.1.1) is in 192.168.0.0/16 (private)",
+		"::1":                "destination not allowed: ::1 is in ::1/128 (loopback)",
+		"::":                 "destination not allowed: :: is in ::/128 (unspecified)",
+		"2002:808:808::1":    "", // 6to4 of 8.8.8.8
+		"::8.8.8.8":          "",
+		"2606:4700:4700::64": "",
+	} {
+		err := g.Allowed(netip.MustParseAddr(ip))
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("Allowed(%s) = %v, want nil", ip, err)
+		case want != "" && (err == nil || err.Error() != want):
+			t.Errorf("Allowed(%s) = %v, want %q", ip, err, want)
+		}
+	}
+	// An allowed range exempts its forms too.
+	if err := NewGuard(false, []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")}).Allowed(netip.MustParseAddr("2002:c0a8:101::1")); err != nil {
+		t.Errorf("allowed 192.168.1.0/24: 6to4 form refused: %v", err)
 	}
 }
 
