@@ -44,7 +44,9 @@ func (d *Dispatcher) deadLetter(ctx context.Context, j *job, reason string, stat
 	if _, err := d.js.PublishMsg(pctx, m); err != nil {
 		d.noteWriteErr(err)
 		delay := infraDelay(j.md.NumDelivered)
-		d.log.Error("dead-letter publish failed; event handed back", d.attrs(j, slog.String("reason", reason), slog.String("err", err.Error()), slog.Duration("retry_in", delay))...)
+		// Nothing is lost, and a NATS leader moving fails hundreds at
+		// once: bounded like the other hand-backs.
+		d.deadLetterLog.log(ctx, d.log, slog.LevelWarn, "dead-letter publish failed; event handed back", d.attrs(j, slog.String("reason", reason), slog.String("err", err.Error()), slog.Duration("retry_in", delay))...)
 		d.nak(j.msg, delay)
 		return false
 	}

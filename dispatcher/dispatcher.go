@@ -184,6 +184,9 @@ type Dispatcher struct {
 	// handBackLog bounds the lines of events handed back after an
 	// infrastructure error: a restarting plugin hands back all it had.
 	handBackLog *logLimit
+	// deadLetterLog bounds the lines of dead letters that could not be
+	// written (their events are handed back).
+	deadLetterLog *logLimit
 	// parkLog bounds the lines of events parked many times (parkWarnAt).
 	parkLog *logLimit
 	// skipLog and noDestLog bound the lines of events that end by rule.
@@ -219,19 +222,20 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 	}
 	d := &Dispatcher{
 		js: js, top: top, view: view, o: o, log: o.Logger, pipelines: pipelines,
-		handBackLog:  newLogLimit(time.Second, 10),
-		parkLog:      newLogLimit(time.Second, 10),
-		skipLog:      newLogLimit(time.Second, 10),
-		noDestLog:    newLogLimit(time.Second, 10),
-		workers:      make(chan struct{}, o.Workers),
-		inFlight:     make(chan struct{}, o.MaxInFlight),
-		slowInFlight: make(chan struct{}, max(o.MaxInFlight/2, 1)),
-		hosts:        newHostLimiter(o.PerHostConcurrency, o.HostWindow),
-		ackWait:      ackWait,
-		hostWait:     ackWait / 4,
-		fastQueue:    max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
-		idFields:     map[string][]string{},
-		stopping:     make(chan struct{}), // until Run
+		handBackLog:   newLogLimit(time.Second, 10),
+		deadLetterLog: newLogLimit(time.Second, 10),
+		parkLog:       newLogLimit(time.Second, 10),
+		skipLog:       newLogLimit(time.Second, 10),
+		noDestLog:     newLogLimit(time.Second, 10),
+		workers:       make(chan struct{}, o.Workers),
+		inFlight:      make(chan struct{}, o.MaxInFlight),
+		slowInFlight:  make(chan struct{}, max(o.MaxInFlight/2, 1)),
+		hosts:         newHostLimiter(o.PerHostConcurrency, o.HostWindow),
+		ackWait:       ackWait,
+		hostWait:      ackWait / 4,
+		fastQueue:     max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
+		idFields:      map[string][]string{},
+		stopping:      make(chan struct{}), // until Run
 	}
 	d.eventsCreated.Store(top.EventsCreated.Unix())
 	return d, nil
@@ -370,12 +374,12 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 	// was not finished, and handing nothing back that was.
 	work := context.WithoutCancel(ctx)
 	backoff := 100 * time.Millisecond
-	pause := func() {
+	pause := func(limit time.Duration) {
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		backoff = min(backoff*2, limit)
 	}
 	var p *puller
 	for ctx.Err() == nil {
@@ -384,7 +388,7 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 			break
 		}
 		d.log.Warn("pull subscription failed", "consumer", name, "err", err)
-		pause()
+		pause(5 * time.Second)
 	}
 	if p == nil {
 		return
@@ -410,20 +414,54 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 			d.handle(work, m, slot.release)
 		})
 	}
+	// Refusals are mostly a NATS leader moving (409 Server Shutdown, 503
+	// while a new one is elected), over in a second or so. Whether the
+	// consumer is gone is asked only when they have lasted restoreAfter:
+	// the question goes unanswered during an election, and asking at the
+	// first refusal held every loop for its timeout.
+	var refusedSince, lastWarn time.Time
 	for ctx.Err() == nil {
 		d.waitFresh(ctx)
 		if err := p.pull(ctx, handle); err != nil && ctx.Err() == nil {
-			d.log.Warn("pull failed", "consumer", name, "err", err)
-			if errors.Is(err, errPullStatus) && d.restoreIfGone(ctx, c, name) {
-				backoff = 100 * time.Millisecond // made again: pull at once
-				continue
+			// One line when trouble starts and one every 10 s while it
+			// lasts, not one per try.
+			level := slog.LevelDebug
+			if time.Since(lastWarn) >= 10*time.Second {
+				level, lastWarn = slog.LevelWarn, time.Now()
 			}
-			pause()
+			d.log.Log(ctx, level, "pull failed", "consumer", name, "err", err)
+			limit := 5 * time.Second // NATS unreachable: no hurry
+			if errors.Is(err, errPullStatus) {
+				// The server answers: a new leader is usually there
+				// within a second or two, so ask again soon.
+				limit = time.Second
+				if refusedSince.IsZero() {
+					refusedSince = time.Now()
+				}
+				if time.Since(refusedSince) >= restoreAfter {
+					refusedSince = time.Now() // and again restoreAfter later
+					if d.restoreIfGone(ctx, c, name) {
+						refusedSince = time.Time{}
+						backoff = 100 * time.Millisecond // made again: pull at once
+						continue
+					}
+				}
+			}
+			pause(limit)
 			continue
 		}
+		if !lastWarn.IsZero() {
+			d.log.Info("pulling again", "consumer", name)
+			lastWarn = time.Time{}
+		}
+		refusedSince = time.Time{}
 		backoff = 100 * time.Millisecond
 	}
 }
+
+// restoreAfter is how long pulls must have been refused before a loop asks
+// whether its consumer is gone.
+const restoreAfter = 3 * time.Second
 
 // restoreGrace is how long after a consumer or stream is found gone it is
 // made again (restoreIfGone).
@@ -441,9 +479,13 @@ func (d *Dispatcher) restoreIfGone(ctx context.Context, c jetstream.Consumer, na
 	if d.top.again == nil {
 		return false
 	}
-	d.restoreMu.Lock()
+	// One loop asks; the others go on with their backoff rather than
+	// wait behind a question the server may not answer for a while.
+	if !d.restoreMu.TryLock() {
+		return false
+	}
 	defer d.restoreMu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	info := c.CachedInfo()
 	_, err := d.js.Consumer(ctx, info.Stream, info.Name)
