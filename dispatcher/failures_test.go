@@ -133,8 +133,13 @@ func TestDispatcher_retry_waits_in_CALLBACKS_RETRY_with_its_headers(t *testing.T
 	if err != nil || nb.Before(before.Add(59*time.Minute)) || nb.After(time.Now().Add(61*time.Minute)) {
 		t.Errorf("%s = %q (%v), want about an hour from now", subjects.HeaderNotBefore, m.Header.Get(subjects.HeaderNotBefore), err)
 	}
-	if !strings.HasPrefix(m.Header.Get(subjects.HeaderMsgID), idFromMsgID("evt-8")+":2") {
-		t.Errorf("retry Nats-Msg-Id = %q", m.Header.Get(subjects.HeaderMsgID))
+	// The chain's origin: the event's own message, carried on.
+	origin := m.Header.Get("Callbackd-Origin")
+	if origin != "CALLBACKS-1" {
+		t.Errorf("Callbackd-Origin = %q, want CALLBACKS-1", origin)
+	}
+	if id := m.Header.Get(subjects.HeaderMsgID); id != idFromMsgID("evt-8")+":2:"+origin {
+		t.Errorf("retry Nats-Msg-Id = %q", id)
 	}
 	if string(m.Data) != string(crawl(8)) {
 		t.Errorf("retry payload = %q", m.Data)
@@ -1270,5 +1275,52 @@ func TestDispatcher_slow_hosts_share_half_the_attempt_slots(t *testing.T) {
 	healthy.WaitFor(t, 1, waitLong)
 	if n := slow[0].done.Load() + slow[1].done.Load(); n != 8 {
 		t.Errorf("the healthy host's event waited for %d answers of the slow hosts", n-8)
+	}
+}
+
+// Two branches of one chain — a parked copy whose source's ack was lost
+// with a NATS leader, and that source redelivered — make the same attempt
+// and publish the same dead letter, which CALLBACKS_DEAD keeps once. A
+// message of another chain at the same attempt keeps its own letter.
+func TestDispatcher_two_branches_of_one_chain_write_one_dead_letter(t *testing.T) {
+	h := newHarness(t, harnessOptions{MaxAttempts: 3})
+	sink := testutil.NewSink(t)
+	sink.Respond(func(testutil.Request) int { return 404 })
+	h.setProject("2", sink.URL)
+	h.waitDestination("1", "2", sink.URL)
+	orig := eventSubject("crawl_status", "1", "2")
+	retry, err := subjects.Retry(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	branch := func(msgID, origin string) {
+		m := nats.NewMsg(retry)
+		m.Data = crawl(1)
+		m.Header.Set(subjects.HeaderMsgID, msgID)
+		m.Header.Set(subjects.HeaderAttempt, "3")
+		m.Header.Set(subjects.HeaderSubject, orig)
+		m.Header.Set(subjects.HeaderDeliveryID, "0123456789abcdef")
+		m.Header.Set("Callbackd-Origin", origin)
+		h.publishMsg(m)
+	}
+	branch("0123456789abcdef:3:CALLBACKS-77", "CALLBACKS-77")
+	branch("park:CALLBACKS-77:3:1", "CALLBACKS-77") // the parked copy
+	branch("0123456789abcdef:3:CALLBACKS-78", "CALLBACKS-78")
+
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if n := len(sink.Requests()); n != 3 {
+			return fmt.Errorf("%d attempts so far", n)
+		}
+		return nil
+	})
+	testutil.WaitStreamEmpty(t, h.js, subjects.RetryStream, waitLong)
+	letters := h.dead()
+	var ids []string
+	for _, m := range letters {
+		ids = append(ids, m.Header.Get(subjects.HeaderMsgID))
+	}
+	slices.Sort(ids)
+	if want := []string{"dead:CALLBACKS-77:3", "dead:CALLBACKS-78:3"}; !slices.Equal(ids, want) {
+		t.Errorf("dead letters %q, want %q", ids, want)
 	}
 }

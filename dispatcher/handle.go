@@ -52,6 +52,9 @@ type job struct {
 	attempt int
 	// parked counts how often this delivery was parked over a host's cap.
 	parked int
+	// origin is the message the chain of retries and parks started from
+	// (headerOrigin); Nats-Msg-Ids of what it publishes derive from it.
+	origin string
 
 	notification plugins.Notification
 	dest         plugins.Destination
@@ -78,6 +81,7 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg, release func()
 		}
 	}
 	j.deliveryID = d.deliveryID(j)
+	j.origin = originOf(j)
 
 	// Infrastructure errors hand a message back, and infraError gives up
 	// on the max_deliveries-th; one delivered more often than that died

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,6 +16,14 @@ import (
 // headerParked counts how often a delivery was parked over its host's cap,
 // so that parking backs off.
 const headerParked = "Callbackd-Parked"
+
+// headerOrigin names the message a chain of retries and parks started from
+// (its stream and sequence, sourceRef). The Nats-Msg-Ids of what the chain
+// publishes are made from it, so that two branches of one chain — a parked
+// copy whose source's ack was lost with a NATS leader, and that source
+// redelivered — publish the same retry, park, dead letter and notice, which
+// the streams' de-duplication window keeps once.
+const headerOrigin = "Callbackd-Origin"
 
 // Parked work waits parkDelay, doubling each time the same work is parked
 // again, up to maxParkDelay (jittered ±50 %): a host that was busy for a
@@ -37,7 +46,7 @@ func (d *Dispatcher) scheduleRetry(ctx context.Context, j *job, wait time.Durati
 	// SPEC §3 names <delivery id>:<n>; the source sequence is added so that
 	// the retries of a replayed event are not swallowed by the de-duplication
 	// window as repeats of the first run's.
-	msgID := j.deliveryID + ":" + strconv.Itoa(next) + ":" + sourceRef(j)
+	msgID := j.deliveryID + ":" + strconv.Itoa(next) + ":" + j.origin
 	return d.publishRetry(ctx, j, next, 0, time.Now().Add(wait), msgID, "schedule retry")
 }
 
@@ -49,7 +58,8 @@ func (d *Dispatcher) park(ctx context.Context, j *job, reason string) {
 	base := min(parkDelay<<min(j.parked, 7), maxParkDelay)
 	delay := base/2 + rand.N(base)
 	parked := j.parked + 1
-	if d.publishRetry(ctx, j, j.attempt, parked, time.Now().Add(delay), "park:"+sourceRef(j), "park") {
+	msgID := "park:" + j.origin + ":" + strconv.Itoa(j.attempt) + ":" + strconv.Itoa(parked)
+	if d.publishRetry(ctx, j, j.attempt, parked, time.Now().Add(delay), msgID, "park") {
 		d.log.Debug("parked over the host's concurrency cap", d.attrs(j, slog.String("reason", reason), slog.Int("attempt", j.attempt), slog.Duration("wait", delay))...)
 		if parked == parkWarnAt || parked > parkWarnAt && parked%parkWarnEvery == 0 {
 			d.parkLog.log(ctx, d.log, slog.LevelWarn, "event still waiting for its host: parked again and again without an attempt", d.attrs(j,
@@ -84,6 +94,7 @@ func (d *Dispatcher) publishRetry(ctx context.Context, j *job, attempt, parked i
 	m.Header.Set(subjects.HeaderDeliveryID, j.deliveryID)
 	m.Header.Set(subjects.HeaderNotBefore, notBefore.UTC().Format(time.RFC3339Nano))
 	m.Header.Set(subjects.HeaderSubject, j.subject)
+	m.Header.Set(headerOrigin, j.origin)
 	if parked > 0 {
 		m.Header.Set(headerParked, strconv.Itoa(parked))
 	}
@@ -101,4 +112,34 @@ func (d *Dispatcher) publishRetry(ctx context.Context, j *job, attempt, parked i
 // the same on every redelivery of that message and different for any other.
 func sourceRef(j *job) string {
 	return j.md.Stream + "-" + strconv.FormatUint(j.md.Sequence.Stream, 10)
+}
+
+// originOf is the chain j belongs to (headerOrigin): the header a retry or
+// parked message carries, else j's own message. A header that is not a
+// sourceRef (a message of an older callbackd, or not callbackd's) is not
+// taken.
+func originOf(j *job) string {
+	if j.retry {
+		if o := j.msg.Headers().Get(headerOrigin); validOrigin(o) {
+			return o
+		}
+	}
+	return sourceRef(j)
+}
+
+// validOrigin accepts what sourceRef makes: a stream name, "-", a sequence.
+func validOrigin(o string) bool {
+	i := strings.LastIndexByte(o, '-')
+	if i < 1 || len(o) > 96 || i == len(o)-1 {
+		return false
+	}
+	if _, err := strconv.ParseUint(o[i+1:], 10, 64); err != nil {
+		return false
+	}
+	for _, c := range []byte(o[:i]) {
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
