@@ -204,6 +204,10 @@ func (p *puller) pull(ctx context.Context, handle func(jetstream.Msg)) error {
 				return nil
 			default:
 				p.open = false
+				if desc == "" && status == "503" {
+					// No responders: nothing serves the consumer now.
+					desc = "No Responders (the consumer has no leader now, or is gone)"
+				}
 				return fmt.Errorf("%w: %s %s", errPullStatus, status, desc)
 			}
 		case <-p.timer.C:
