@@ -19,6 +19,15 @@ import (
 // caps, and settles the message by the result. Work over its host's cap is
 // parked in CALLBACKS_RETRY instead of waiting here.
 func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
+	if j.pipeline == nil && !j.notify && !j.encoded {
+		// The encoder is a plugin process of its own (see New): waited
+		// for holding no worker and no slot of the host.
+		release()
+		out, err := d.o.Encoders[j.key.Type].Encode(ctx, d.event(j))
+		if !d.encoded(ctx, j, "encode", out, err) {
+			return
+		}
+	}
 	u := d.urls.get(j.dest.URL)
 	hs := d.hosts.get(u.host)
 	if !hs.acquire(release, d.hostWait, d.fastQueue, d.stopping) {

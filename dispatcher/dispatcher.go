@@ -166,7 +166,10 @@ type Dispatcher struct {
 	// host never parks (parked work would come back behind it).
 	fastQueue int
 
-	// pipelines encode and deliver an event in one call per event type.
+	// pipelines encode and deliver an event in one call per event type;
+	// an event type without one (an encoder in a plugin process other than
+	// the transport's) is encoded before its attempt takes a slot of its
+	// host (encodeFirst).
 	pipelines map[string]plugins.EncodeDeliverer
 
 	idFieldsMu sync.Mutex
@@ -218,6 +221,18 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 	}
 	pipelines := make(map[string]plugins.EncodeDeliverer, len(o.Encoders))
 	for typ, enc := range o.Encoders {
+		if pe, ok := enc.(plugins.PipelineEncoder); ok {
+			// An encoder in a plugin process: one crossing with that
+			// process's own transport; with another transport, its
+			// answer is waited for before a host slot is taken, so a slow
+			// or hung encoder holds no slot of a customer's host that the
+			// other event types need.
+			if p := pe.PipelineWith(o.Transport); p != nil {
+				pipelines[typ] = p
+			}
+			continue
+		}
+		// In-process: CPU work, done in the attempt.
 		pipelines[typ] = plugins.Pipeline(enc, o.Transport)
 	}
 	d := &Dispatcher{

@@ -24,6 +24,7 @@ import (
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
 	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/plugins/builtin"
 	"github.com/callbackd/callbackd/settings"
 	"github.com/callbackd/callbackd/subjects"
 	"github.com/callbackd/callbackd/testutil"
@@ -1323,4 +1324,63 @@ func TestDispatcher_two_branches_of_one_chain_write_one_dead_letter(t *testing.T
 	if want := []string{"dead:CALLBACKS-77:3", "dead:CALLBACKS-78:3"}; !slices.Equal(ids, want) {
 		t.Errorf("dead letters %q, want %q", ids, want)
 	}
+}
+
+// hungEncoder stands for an encoder in a plugin process of its own (a
+// PipelineEncoder with no one-crossing pipeline for this transport) that
+// answers nothing until released.
+type hungEncoder struct {
+	calls   atomic.Int64
+	release chan struct{}
+}
+
+func (e *hungEncoder) Info(context.Context) (plugins.EncoderInfo, error) {
+	return plugins.EncoderInfo{EventType: "slow_type"}, nil
+}
+
+func (e *hungEncoder) Encode(ctx context.Context, ev plugins.Event) (plugins.Encoded, error) {
+	e.calls.Add(1)
+	select {
+	case <-e.release:
+	case <-ctx.Done():
+		return plugins.Encoded{}, ctx.Err()
+	}
+	return plugins.Encoded{Notification: plugins.Notification{Fields: []plugins.Field{{Name: "message", Value: plugins.String("slow_type")}}}}, nil
+}
+
+func (e *hungEncoder) PipelineWith(plugins.Transport) plugins.EncodeDeliverer { return nil }
+
+// An encoder in a plugin process of its own is waited for before the
+// attempt takes a slot of its host: hung encodings of one event type hold
+// none of the slots that another type's events for the same customer
+// need.
+func TestDispatcher_a_hung_encoder_holds_no_slot_of_the_host(t *testing.T) {
+	hung := &hungEncoder{release: make(chan struct{})}
+	h := newHarness(t, harnessOptions{
+		PerHostConcurrency: 2, Workers: 16,
+		Encoders: map[string]plugins.Encoder{"crawl_status": builtin.NewCrawlStatus(), "slow_type": hung},
+	})
+	sink := testutil.NewSink(t)
+	h.setProject("2", sink.URL)
+	h.waitDestination("1", "2", sink.URL)
+	for i := range 6 {
+		h.publish(eventSubject("slow_type", "1", "2"), []byte(fmt.Sprintf(`{"n":%d}`, i)), "")
+	}
+	testutil.CheckFor(t, waitLong, 10*time.Millisecond, func() error {
+		if n := hung.calls.Load(); n < 6 {
+			return fmt.Errorf("%d encodings under way", n)
+		}
+		return nil
+	})
+	h.publish(eventSubject("crawl_status", "1", "2"), crawl(5), "")
+	r := sink.WaitFor(t, 1, waitLong)
+	if r[0].Body != crawlBody(5, "1", "2") {
+		t.Fatalf("first delivery %q, want the crawl_status event", r[0].Body)
+	}
+	if n := len(sink.Requests()); n != 1 {
+		t.Errorf("%d deliveries while the encodings hang, want 1", n)
+	}
+	close(hung.release)
+	sink.WaitFor(t, 7, waitLong)
+	h.waitEventsEmpty()
 }

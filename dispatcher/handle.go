@@ -52,6 +52,8 @@ type job struct {
 	attempt int
 	// parked counts how often this delivery was parked over a host's cap.
 	parked int
+	// encoded: notification holds the event's encoding.
+	encoded bool
 	// origin is the message the chain of retries and parks started from
 	// (headerOrigin); Nats-Msg-Ids of what it publishes derive from it.
 	origin string
@@ -236,7 +238,7 @@ func (d *Dispatcher) encoded(ctx context.Context, j *job, op string, e plugins.E
 		d.ack(j)
 		return false
 	}
-	j.notification = e.Notification
+	j.notification, j.encoded = e.Notification, true
 	return true
 }
 
