@@ -50,6 +50,8 @@ func servePlugin(name string) {
 		})
 	case "encoder":
 		plugins.ServeEncoder(testEncoder{})
+	case "failure":
+		plugins.ServeFailure(testFailure{})
 	case "bad-version":
 		hs := plugins.Handshake
 		hs.ProtocolVersion = plugins.ProtocolVersion + 41

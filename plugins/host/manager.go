@@ -318,6 +318,9 @@ type proc struct {
 	streamEnd atomic.Pointer[string]
 }
 
+// exitPoll is how often the supervisor looks whether its process exited.
+const exitPoll = 100 * time.Millisecond
+
 // killGrace is how long a process gets to exit when asked to. go-plugin asks
 // over gRPC with no deadline of its own, and a frozen process (SIGSTOP, a
 // deadlock) never answers: after killGrace it is killed outright.
@@ -564,12 +567,22 @@ func (p *Plugin) supervise() {
 	}()
 	tick := time.NewTicker(o.HealthInterval)
 	defer tick.Stop()
+	// A process that exits is noticed within exitPoll: a broken stream
+	// tells at once, but a plugin served over unary calls only (a failure
+	// handler) has none, and the health check comes every HealthInterval
+	// — longer than the dispatcher asks a failure handler again in place.
+	exited := time.NewTicker(exitPoll)
+	defer exited.Stop()
 	backoff := o.MinBackoff
 	for {
 		select {
 		case <-p.stop:
 			return
 		case <-p.crash:
+		case <-exited.C:
+			if pr := p.cur.Load(); pr == nil || !pr.client.Exited() {
+				continue
+			}
 		case <-tick.C:
 			if pr := p.cur.Load(); pr != nil && p.healthy(pr) {
 				continue

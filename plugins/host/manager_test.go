@@ -544,6 +544,31 @@ func TestCrash_mid_load_restarts(t *testing.T) {
 	t.Logf("ok %d, infrastructure errors %d", ok.Load(), failed.Load())
 }
 
+// A plugin served over unary calls only (a failure handler) has no stream
+// whose end says it died: its exit is noticed by itself, not at the next
+// health check (an hour away here), and it is restarted at once.
+func TestCrash_of_a_unary_only_plugin_is_noticed_at_once(t *testing.T) {
+	m := newManager(t, Options{HealthInterval: time.Hour})
+	p, err := m.Launch(context.Background(), selfSpec(t, "failure", plugins.PluginFailure))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPID := p.PID()
+	if err := syscall.Kill(oldPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() bool { return p.Running() && p.PID() != oldPID })
+	fh, err := p.Failure()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := fh.OnFailure(ctx, plugins.Failure{AccountID: "1", ProjectID: "2"}); err != nil {
+		t.Errorf("OnFailure after the restart: %v", err)
+	}
+}
+
 // A frozen process (SIGSTOP) answers neither health checks nor go-plugin's
 // request to shut down: it is killed and restarted, and Close does not wait
 // on a frozen one for ever either.
