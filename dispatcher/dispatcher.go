@@ -194,6 +194,9 @@ type Dispatcher struct {
 	parkLog *logLimit
 	// skipLog and noDestLog bound the lines of events that end by rule.
 	skipLog, noDestLog *logLimit
+	// unpaid counts deliveries refused by a restarting plugin, which
+	// max_deliveries does not count.
+	unpaid unpaid
 	// givingUp keeps why an event was given up on while its dead letter
 	// could not be written (giveUp).
 	givingUp reasons

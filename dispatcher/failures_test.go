@@ -1384,3 +1384,43 @@ func TestDispatcher_a_hung_encoder_holds_no_slot_of_the_host(t *testing.T) {
 	sink.WaitFor(t, 7, waitLong)
 	h.waitEventsEmpty()
 }
+
+// restartingEncoder refuses its first calls as a host refuses a call while
+// the plugin process restarts: the event never reached the plugin.
+type restartingEncoder struct{ refuse, calls atomic.Int64 }
+
+func (e *restartingEncoder) Info(context.Context) (plugins.EncoderInfo, error) {
+	return plugins.EncoderInfo{EventType: "crawl_status"}, nil
+}
+
+func (e *restartingEncoder) Encode(ctx context.Context, ev plugins.Event) (plugins.Encoded, error) {
+	if e.calls.Add(1) <= e.refuse.Load() {
+		return plugins.Encoded{}, fmt.Errorf("%w: crawl_status is restarting (%w)", plugins.ErrPluginUnavailable, plugins.ErrNotReached)
+	}
+	return builtin.NewCrawlStatus().Encode(ctx, ev)
+}
+
+// Deliveries refused before they reached a restarting plugin are not the
+// event's to pay for: they do not count against max_deliveries, so an
+// event that crashes its plugin every time does not take the others down
+// with it.
+func TestDispatcher_refusals_of_a_restarting_plugin_do_not_use_up_max_deliveries(t *testing.T) {
+	enc := &restartingEncoder{}
+	enc.refuse.Store(4)
+	h := newHarness(t, harnessOptions{MaxDeliveries: 2, Encoders: map[string]plugins.Encoder{"crawl_status": enc}})
+	sink := testutil.NewSink(t)
+	h.setProject("2", sink.URL)
+	h.waitDestination("1", "2", sink.URL)
+	h.publish(eventSubject("crawl_status", "1", "2"), crawl(3), "")
+	r := sink.WaitFor(t, 1, waitLong)
+	if r[0].Body != crawlBody(3, "1", "2") {
+		t.Errorf("delivered %q", r[0].Body)
+	}
+	h.waitEventsEmpty()
+	if n := enc.calls.Load(); n != 5 {
+		t.Errorf("%d encodings, want 4 refused and 1", n)
+	}
+	if n := len(h.dead()); n != 0 {
+		t.Errorf("%d dead letters, want none", n)
+	}
+}

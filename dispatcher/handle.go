@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -298,14 +299,21 @@ func (d *Dispatcher) invalid(ctx context.Context, j *job, err error) {
 // fault and costs no attempt (SPEC §3 "Never a plain Nak()"). On the
 // dispatcher.max_deliveries-th delivery it gives up instead.
 func (d *Dispatcher) infraError(ctx context.Context, j *job, op string, err error) {
-	if j.parsed && j.md.NumDelivered >= d.deliveryLimit(j) {
+	notReached := errors.Is(err, plugins.ErrNotReached)
+	if j.parsed && !notReached && j.md.NumDelivered >= d.deliveryLimit(j) {
 		d.giveUp(ctx, j, j.md.NumDelivered, op+": "+err.Error())
 		return
+	}
+	if notReached {
+		// Refused while its plugin restarts: the delivery is not the
+		// event's to pay for (an event that crashes the plugin every
+		// time must not take the others down with it).
+		d.unpaid.add(sourceRef(j))
 	}
 	// Up to half again at random: events handed back together (a plugin
 	// restarting after a crash) do not all come back together, in step
 	// with an event that crashes it every time.
-	delay := infraDelay(j.md.NumDelivered)
+	delay := infraDelay(j.md.NumDelivered - min(d.unpaid.get(sourceRef(j)), j.md.NumDelivered))
 	delay += rand.N(delay/2 + 1)
 	d.handBackLog.log(ctx, d.log, slog.LevelWarn, "infrastructure error; message handed back", d.attrs(j, slog.String("op", op), slog.String("err", clipText(err.Error())), slog.Duration("retry_in", delay))...)
 	d.nak(j.msg, delay)
@@ -319,7 +327,37 @@ func (d *Dispatcher) deliveryLimit(j *job) uint64 {
 	if j.retry {
 		limit++
 	}
-	return limit
+	if j.md.NumDelivered < limit {
+		return limit // the usual case: no lookup on the hot path
+	}
+	return limit + d.unpaid.get(sourceRef(j))
+}
+
+// unpaid counts, per message (sourceRef), the deliveries refused before
+// they reached a plugin that was restarting (plugins.ErrNotReached): they
+// do not count against dispatcher.max_deliveries. What another instance
+// saw is not known here, so there the cap counts them (as before); at most
+// maxUnpaid messages are tracked, and a full table starts over.
+type unpaid struct {
+	mu sync.Mutex
+	m  map[string]uint64
+}
+
+const maxUnpaid = 16384
+
+func (u *unpaid) add(ref string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.m == nil || len(u.m) >= maxUnpaid {
+		u.m = make(map[string]uint64)
+	}
+	u.m[ref]++
+}
+
+func (u *unpaid) get(ref string) uint64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.m[ref]
 }
 
 // giveUp ends an event that infrastructure errors kept from being

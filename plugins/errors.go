@@ -41,6 +41,13 @@ var ErrHostBusy = errors.New("host busy: per-host concurrency cap reached")
 // context.DeadlineExceeded instead.
 var ErrPluginUnavailable = errors.New("plugin unavailable")
 
+// ErrNotReached is returned (wrapped, beside ErrPluginUnavailable) when a
+// call was refused before it reached the plugin: its process is down and
+// being restarted. The event played no part in that, so the dispatcher does
+// not count such a hand-back against dispatcher.max_deliveries, which caps
+// what an event may cost (an event that crashes its plugin every time).
+var ErrNotReached = errors.New("the call did not reach it")
+
 // ErrPluginFailed is returned (wrapped) by the host side of a plugin when
 // the plugin answered with an error of its own other than an invalid event
 // (a panic recovered, a bug, a dependency down). Like ErrPluginUnavailable

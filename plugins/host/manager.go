@@ -465,7 +465,7 @@ func (p *Plugin) down() error {
 		return fmt.Errorf("%w: %s: %w", plugins.ErrPluginUnavailable, p.spec.Name, ErrClosed)
 	default:
 	}
-	return fmt.Errorf("%w: %s is restarting", plugins.ErrPluginUnavailable, p.spec.Name)
+	return fmt.Errorf("%w: %s is restarting (%w)", plugins.ErrPluginUnavailable, p.spec.Name, plugins.ErrNotReached)
 }
 
 type encoderHandle struct {
