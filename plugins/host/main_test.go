@@ -52,6 +52,15 @@ func servePlugin(name string) {
 		plugins.ServeEncoder(testEncoder{})
 	case "failure":
 		plugins.ServeFailure(testFailure{})
+	case "hang-on-restart":
+		// Serves the first time; started again (the marker file left
+		// by the first run), it never completes its handshake.
+		marker := os.Args[3]
+		if _, err := os.Stat(marker); err == nil {
+			select {}
+		}
+		_ = os.WriteFile(marker, nil, 0o600)
+		plugins.ServeEncoder(testEncoder{})
 	case "bad-version":
 		hs := plugins.Handshake
 		hs.ProtocolVersion = plugins.ProtocolVersion + 41

@@ -316,6 +316,9 @@ type proc struct {
 	// streamEnd is why the first of its streams ended, for the
 	// supervisor's line: one line per crash, not one per stream.
 	streamEnd atomic.Pointer[string]
+	// cancel releases the process's exec context (and kills it if it
+	// still runs).
+	cancel context.CancelFunc
 }
 
 // exitPoll is how often the supervisor looks whether its process exited.
@@ -327,6 +330,7 @@ const exitPoll = 100 * time.Millisecond
 const killGrace = 2 * time.Second
 
 func (pr *proc) kill() {
+	defer pr.release()
 	if pr.encConn != nil {
 		pr.encConn.Close()
 	}
@@ -355,6 +359,13 @@ func (pr *proc) kill() {
 		}
 	}
 	<-done
+}
+
+// release ends the process's exec context once it is gone.
+func (pr *proc) release() {
+	if pr.cancel != nil {
+		pr.cancel()
+	}
 }
 
 // pluginLogger is log with the plugin's name and config keys.
@@ -610,6 +621,9 @@ func (p *Plugin) supervise() {
 			}
 			backoff = min(2*backoff, o.MaxBackoff)
 			pr, err := p.start(ctx)
+			if err != nil && ctx.Err() != nil {
+				return // closed during the restart
+			}
 			if err != nil {
 				p.log.Error("plugin restart failed", "err", err, "next_try_in", backoff)
 				p.setLastErr(err.Error())
@@ -738,7 +752,13 @@ func (p *Plugin) start(ctx context.Context) (*proc, error) {
 	var pr *proc
 	var tail *tailBuffer
 	for try := 0; ; try++ {
-		cmd := exec.Command(path, p.spec.Args...)
+		// ctx ending while the process starts (serve stopping, the
+		// plugin closed during a restart) kills it, so a handshake that
+		// hangs does not hold shutdown for StartTimeout; once started,
+		// the process is the proc's, and ctx no longer matters.
+		pctx, cancelProc := context.WithCancel(context.Background())
+		detach := context.AfterFunc(ctx, cancelProc)
+		cmd := exec.CommandContext(pctx, path, p.spec.Args...)
 		// ps shows the configured name, not the private copy's.
 		cmd.Args[0] = p.spec.Path
 		cmd.Env = p.env()
@@ -758,14 +778,21 @@ func (p *Plugin) start(ctx context.Context) (*proc, error) {
 			GRPCDialOptions: []grpc.DialOption{grpc.WithIdleTimeout(0)},
 		})
 		_, err = client.Client()
+		if !detach() && err == nil {
+			err = fmt.Errorf("start abandoned: %w", context.Cause(ctx))
+		}
 		if err == nil {
-			pr = &proc{client: client, started: time.Now()}
+			pr = &proc{client: client, started: time.Now(), cancel: cancelProc}
 			if cmd.Process != nil {
 				pr.pid = cmd.Process.Pid
 			}
 			break
 		}
 		client.Kill()
+		cancelProc()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("plugin %s: start abandoned: %w", p.spec.Name, context.Cause(ctx))
+		}
 		// A fork in another goroutine can briefly hold the fresh copy
 		// open for writing (golang.org/issue/22315): try again.
 		if strings.Contains(err.Error(), "text file busy") && try < 5 && ctx.Err() == nil {

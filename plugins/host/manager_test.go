@@ -569,6 +569,45 @@ func TestCrash_of_a_unary_only_plugin_is_noticed_at_once(t *testing.T) {
 	}
 }
 
+// Closing the manager while a restart hangs in its handshake kills that
+// process and returns, instead of waiting out the start timeout (an hour
+// here): serve's shutdown is not held by a plugin that will not start.
+func TestClose_abandons_a_restart_that_hangs(t *testing.T) {
+	m := newManager(t, Options{StartTimeout: time.Hour})
+	spec := selfSpec(t, "hang-on-restart", plugins.PluginEncoder)
+	spec.Args = append(spec.Args, filepath.Join(t.TempDir(), "started"))
+	p, err := m.Launch(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPID := p.PID()
+	if err := syscall.Kill(oldPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// The restart is under way once the new process has been forked.
+	var newPID int
+	waitFor(t, 30*time.Second, func() bool {
+		for _, pid := range childPIDs(os.Getpid()) {
+			if pid != oldPID && processRunsAs(pid, "hang-on-restart") {
+				newPID = pid
+				return true
+			}
+		}
+		return false
+	})
+	closed := make(chan struct{})
+	go func() {
+		m.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close still waits on the hanging restart after 30s")
+	}
+	waitFor(t, 30*time.Second, func() bool { return processGone(newPID) })
+}
+
 // A frozen process (SIGSTOP) answers neither health checks nor go-plugin's
 // request to shut down: it is killed and restarted, and Close does not wait
 // on a frozen one for ever either.
@@ -695,4 +734,36 @@ func waitFor(t testing.TB, total time.Duration, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// childPIDs lists the live children of parent.
+func childPIDs(parent int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(parent) && !processGone(pid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// processRunsAs reports whether pid's command line holds arg.
+func processRunsAs(pid int, arg string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && strings.Contains(string(b), arg)
 }
