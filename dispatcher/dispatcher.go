@@ -190,6 +190,9 @@ type Dispatcher struct {
 	// deadLetterLog bounds the lines of dead letters that could not be
 	// written (their events are handed back).
 	deadLetterLog *logLimit
+	// failureLog and badNoticeLog bound the lines of a failure plugin
+	// that keeps failing or returns notifications that cannot be sent.
+	failureLog, badNoticeLog *logLimit
 	// parkLog bounds the lines of events parked many times (parkWarnAt).
 	parkLog *logLimit
 	// skipLog and noDestLog bound the lines of events that end by rule.
@@ -242,6 +245,8 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 		js: js, top: top, view: view, o: o, log: o.Logger, pipelines: pipelines,
 		handBackLog:   newLogLimit(time.Second, 10),
 		deadLetterLog: newLogLimit(time.Second, 10),
+		failureLog:    newLogLimit(time.Second, 10),
+		badNoticeLog:  newLogLimit(time.Second, 10),
 		parkLog:       newLogLimit(time.Second, 10),
 		skipLog:       newLogLimit(time.Second, 10),
 		noDestLog:     newLogLimit(time.Second, 10),

@@ -42,14 +42,16 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 			// Handing the message back would make the attempt again: the
 			// endpoint would get the event once more per hand-back. The
 			// event ends as it would have, without the notice.
-			d.log.Error("callback-failed notification not made: the failure plugin kept failing; the event is dead-lettered without it",
+			// At most 10 lines a second, then a count: a broken
+			// failure plugin fails every event that ends badly.
+			d.failureLog.log(ctx, d.log, slog.LevelError, "callback-failed notification not made: the failure plugin kept failing; the event is dead-lettered without it",
 				d.attrs(j, slog.String("err", clipText(err.Error())))...)
 		default:
 			for i, ob := range out {
 				if err := checkOutbound(ob); err != nil {
 					// The plugin's bug: this notification could never
 					// be delivered, so it is not queued.
-					d.log.Error("failure plugin returned a notification that cannot be sent; not queued",
+					d.badNoticeLog.log(ctx, d.log, slog.LevelError, "failure plugin returned a notification that cannot be sent; not queued",
 						d.attrs(j, slog.Int("index", i), slog.String("err", clipText(err.Error())))...)
 					continue
 				}
@@ -101,7 +103,7 @@ func (d *Dispatcher) onFailure(ctx context.Context, j *job, f plugins.Failure) (
 		if err == nil || try == failureTries {
 			return out, err
 		}
-		d.log.Warn("failure plugin failed; asking again", d.attrs(j, slog.String("err", clipText(err.Error())), slog.Duration("retry_in", wait))...)
+		d.log.Debug("failure plugin failed; asking again", d.attrs(j, slog.String("err", clipText(err.Error())), slog.Duration("retry_in", wait))...)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -140,7 +142,9 @@ func (d *Dispatcher) queueNotify(ctx context.Context, j *job, i int, ob plugins.
 		d.infraError(ctx, j, "queue notification", err)
 		return false
 	}
-	d.log.Info("callback-failed notification queued", d.attrs(j, slog.String("to", plugins.SafeURL(ob.Destination.URL)))...)
+	// The event's own line (warn) says it failed; the notice has its own
+	// delivery-log records.
+	d.log.Debug("callback-failed notification queued", d.attrs(j, slog.String("to", plugins.SafeURL(ob.Destination.URL)))...)
 	return true
 }
 
