@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -72,6 +73,14 @@ func (h *slogHCLog) Log(level hclog.Level, msg string, args ...any) {
 				// configured name already.
 				all = append(all, "plugin_path", kvs[i+1])
 				continue
+			case "args":
+				// go-plugin's "starting plugin" line lists the command
+				// line, and a plugin's configured args may hold a
+				// secret (--token=…): only how many there are.
+				if a, ok := kvs[i+1].([]string); ok {
+					all = append(all, "args", fmt.Sprintf("%d, not shown", max(len(a)-1, 0)))
+					continue
+				}
 			}
 			all = append(all, kvs[i], kvs[i+1])
 		}

@@ -95,6 +95,12 @@ func TestHCLogAdapter(t *testing.T) {
 	if strings.Contains(out, "hidden") || strings.Contains(out, "timestamp=") {
 		t.Errorf("log %q", out)
 	}
+	// A plugin's command line may hold a secret: not logged.
+	buf.Reset()
+	l.Info("starting plugin", "path", "/tmp/copy", "args", []string{"/tmp/copy", "--token=argsecret123"})
+	if out := buf.String(); strings.Contains(out, "argsecret123") || !strings.Contains(out, `args="1, not shown"`) {
+		t.Errorf("log %q", out)
+	}
 	// go-plugin's line about a process that exited is info: the
 	// supervisor's error line is the one about a crash.
 	buf.Reset()
