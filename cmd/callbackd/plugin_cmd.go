@@ -157,7 +157,9 @@ type pluginRow struct {
 func pluginRows(cfg *config.Config, running func(name string) string) []*pluginRow {
 	var rows []*pluginRow
 	self, _ := selfExecutable()
-	for _, u := range pluginUses(cfg) {
+	uses := pluginUses(cfg)
+	names := processNames(uses)
+	for _, u := range uses {
 		r := &pluginRow{use: u}
 		if u.entry.Builtin != "" {
 			r.name = "builtin:" + u.entry.Builtin
@@ -174,7 +176,7 @@ func pluginRows(cfg *config.Config, running func(name string) string) []*pluginR
 			r.name = u.entry.Path
 			r.file = filepath.Join(cfg.Plugins.Dir, u.entry.Path)
 			r.checksum = checksumState(cfg.Plugins.Dir, r.file, u.entry.SHA256)
-			r.running = running(u.entry.Path)
+			r.running = running(names[thirdPartyKey(u.entry)])
 		}
 		rows = append(rows, r)
 	}

@@ -150,6 +150,41 @@ func thirdPartyKey(e config.PluginEntry) string {
 	return b.String()
 }
 
+// processNames names each third-party process (by thirdPartyKey): its
+// file, or, when entries with different args or env run the same file in
+// several processes, the file and the first config key the process serves
+// ("chaos[plugins.encoders.chaos2]"), so that logs, /readyz and
+// `plugins list` tell them apart.
+func processNames(uses []pluginUse) map[string]string {
+	firstKey := map[string]string{} // thirdPartyKey → first key
+	perPath := map[string]map[string]bool{}
+	for _, u := range uses {
+		if u.entry.Builtin != "" {
+			continue
+		}
+		k := thirdPartyKey(u.entry)
+		if _, ok := firstKey[k]; !ok {
+			firstKey[k] = u.key
+		}
+		if perPath[u.entry.Path] == nil {
+			perPath[u.entry.Path] = map[string]bool{}
+		}
+		perPath[u.entry.Path][k] = true
+	}
+	names := make(map[string]string, len(firstKey))
+	for _, u := range uses {
+		if u.entry.Builtin != "" {
+			continue
+		}
+		k := thirdPartyKey(u.entry)
+		names[k] = u.entry.Path
+		if len(perPath[u.entry.Path]) > 1 {
+			names[k] = u.entry.Path + "[" + firstKey[k] + "]"
+		}
+	}
+	return names
+}
+
 // builtinArgs are the arguments of `callbackd plugin builtin` that carry
 // the transport's settings into the built-in process.
 func builtinArgs(cfg *config.Config) []string {
@@ -203,6 +238,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 	// entry takes from it; third-party entries share a process when they
 	// name the same file, checksum, args and env.
 	var builtinKinds []string
+	names := processNames(uses)
 	thirdParty := map[string]*host.Spec{}
 	var thirdOrder []string
 	for _, u := range uses {
@@ -218,7 +254,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 		k := thirdPartyKey(u.entry)
 		spec, ok := thirdParty[k]
 		if !ok {
-			spec = &host.Spec{Name: u.entry.Path, Path: u.entry.Path, SHA256: u.entry.SHA256, Args: u.entry.Args, Env: u.entry.Env}
+			spec = &host.Spec{Name: names[k], Path: u.entry.Path, SHA256: u.entry.SHA256, Args: u.entry.Args, Env: u.entry.Env}
 			thirdParty[k] = spec
 			thirdOrder = append(thirdOrder, k)
 		}

@@ -326,3 +326,27 @@ func TestPluginsList(t *testing.T) {
 		}
 	}
 }
+
+// Entries that run one file in several processes (other args or env) are
+// told apart by their first config key; a file run once keeps its name.
+func TestProcessNames(t *testing.T) {
+	e := func(path string, env map[string]string) config.PluginEntry {
+		return config.PluginEntry{Path: path, SHA256: strings.Repeat("a", 64), Env: env}
+	}
+	uses := []pluginUse{
+		{key: "plugins.encoders.a", entry: e("chaos", map[string]string{"T": "a"})},
+		{key: "plugins.encoders.b", entry: e("chaos", map[string]string{"T": "b"})},
+		{key: "plugins.encoders.c", entry: e("chaos", map[string]string{"T": "a"})}, // shares a's process
+		{key: "plugins.encoders.d", entry: e("other", nil)},
+		{key: "plugins.transport", entry: config.PluginEntry{Builtin: "http-form"}},
+	}
+	names := processNames(uses)
+	for i, want := range []string{"chaos[plugins.encoders.a]", "chaos[plugins.encoders.b]", "chaos[plugins.encoders.a]", "other"} {
+		if got := names[thirdPartyKey(uses[i].entry)]; got != want {
+			t.Errorf("%s: process %q, want %q", uses[i].key, got, want)
+		}
+	}
+	if len(names) != 3 {
+		t.Errorf("%d processes named, want 3: %v", len(names), names)
+	}
+}
