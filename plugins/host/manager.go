@@ -321,6 +321,9 @@ type proc struct {
 	cancel context.CancelFunc
 }
 
+// downNoted is LastError after a crash, before any restart failed.
+const downNoted = "process died or stopped answering health checks"
+
 // exitPoll is how often the supervisor looks whether its process exited.
 const exitPoll = 100 * time.Millisecond
 
@@ -476,7 +479,13 @@ func (p *Plugin) down() error {
 		return fmt.Errorf("%w: %s: %w", plugins.ErrPluginUnavailable, p.spec.Name, ErrClosed)
 	default:
 	}
-	return fmt.Errorf("%w: %s is restarting (%w)", plugins.ErrPluginUnavailable, p.spec.Name, plugins.ErrNotReached)
+	// Why it is down, when a restart failed (a changed file, say): the
+	// text reaches a dead letter's Callbackd-Error, read before a replay.
+	why := ""
+	if e := p.LastError(); e != "" && e != downNoted {
+		why = "; last start: " + e
+	}
+	return fmt.Errorf("%w: %s is restarting (%w)%s", plugins.ErrPluginUnavailable, p.spec.Name, plugins.ErrNotReached, why)
 }
 
 type encoderHandle struct {
@@ -605,7 +614,7 @@ func (p *Plugin) supervise() {
 				attrs = append(attrs, "stream_err", *why)
 			}
 			p.log.Error("plugin process died or stopped answering; restarting", attrs...)
-			p.setLastErr("process died or stopped answering health checks")
+			p.setLastErr(downNoted)
 			// A process that ran a good while was healthy: start the
 			// backoff over.
 			if time.Since(pr.started) > time.Minute {

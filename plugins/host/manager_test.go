@@ -339,6 +339,15 @@ func TestThirdParty_changed_file_is_not_restarted_and_Healthy_says_why(t *testin
 	if p.Running() {
 		t.Error("the plugin runs, from a file whose checksum changed")
 	}
+	// A call refused meanwhile says why, for the dead letter it may end in.
+	enc, _, err := p.Encoder("test_event")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = enc.Encode(context.Background(), plugins.Event{Type: "test_event", Payload: []byte(`{}`)})
+	if !errors.Is(err, plugins.ErrNotReached) || !strings.Contains(err.Error(), "is restarting") || !strings.Contains(err.Error(), "last start: ") || !strings.Contains(err.Error(), "checksum mismatch") {
+		t.Errorf("Encode while down: %v", err)
+	}
 }
 
 func TestThirdParty_verified_and_run_with_a_clean_environment(t *testing.T) {
