@@ -28,7 +28,7 @@ func (d *Dispatcher) deadLetter(ctx context.Context, j *job, reason string, stat
 	m := nats.NewMsg(subj)
 	m.Data = j.msg.Data()
 	// One letter per chain and attempt, whichever branch writes it.
-	m.Header.Set(subjects.HeaderMsgID, "dead:"+j.origin+":"+strconv.Itoa(j.attempt))
+	m.Header.Set(subjects.HeaderMsgID, "dead:"+j.originRef()+":"+strconv.Itoa(j.attempt))
 	m.Header.Set(subjects.HeaderReason, reason)
 	if status > 0 {
 		m.Header.Set(subjects.HeaderStatus, strconv.Itoa(status))

@@ -133,7 +133,7 @@ func (d *Dispatcher) queueNotify(ctx context.Context, j *job, i int, ob plugins.
 	}
 	m := nats.NewMsg(subjects.Notify(j.key.AccountID, j.key.ProjectID))
 	m.Data = data
-	m.Header.Set(subjects.HeaderMsgID, "notify:"+j.origin+":"+strconv.Itoa(j.attempt)+":"+strconv.Itoa(i))
+	m.Header.Set(subjects.HeaderMsgID, "notify:"+j.originRef()+":"+strconv.Itoa(j.attempt)+":"+strconv.Itoa(i))
 	m.Header.Set(subjects.HeaderDeliveryID, j.deliveryID)
 	pctx, cancel := context.WithTimeout(ctx, d.o.CallTimeout)
 	defer cancel()

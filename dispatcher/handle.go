@@ -56,7 +56,8 @@ type job struct {
 	// encoded: notification holds the event's encoding.
 	encoded bool
 	// origin is the message the chain of retries and parks started from
-	// (headerOrigin); Nats-Msg-Ids of what it publishes derive from it.
+	// (headerOrigin), once originRef has been asked: Nats-Msg-Ids of what
+	// the chain publishes derive from it.
 	origin string
 
 	notification plugins.Notification
@@ -84,7 +85,6 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg, release func()
 		}
 	}
 	j.deliveryID = d.deliveryID(j)
-	j.origin = originOf(j)
 
 	// Infrastructure errors hand a message back, and infraError gives up
 	// on the max_deliveries-th; one delivered more often than that died

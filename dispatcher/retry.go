@@ -46,7 +46,7 @@ func (d *Dispatcher) scheduleRetry(ctx context.Context, j *job, wait time.Durati
 	// SPEC §3 names <delivery id>:<n>; the source sequence is added so that
 	// the retries of a replayed event are not swallowed by the de-duplication
 	// window as repeats of the first run's.
-	msgID := j.deliveryID + ":" + strconv.Itoa(next) + ":" + j.origin
+	msgID := j.deliveryID + ":" + strconv.Itoa(next) + ":" + j.originRef()
 	return d.publishRetry(ctx, j, next, 0, time.Now().Add(wait), msgID, "schedule retry")
 }
 
@@ -58,7 +58,7 @@ func (d *Dispatcher) park(ctx context.Context, j *job, reason string) {
 	base := min(parkDelay<<min(j.parked, 7), maxParkDelay)
 	delay := base/2 + rand.N(base)
 	parked := j.parked + 1
-	msgID := "park:" + j.origin + ":" + strconv.Itoa(j.attempt) + ":" + strconv.Itoa(parked)
+	msgID := "park:" + j.originRef() + ":" + strconv.Itoa(j.attempt) + ":" + strconv.Itoa(parked)
 	if d.publishRetry(ctx, j, j.attempt, parked, time.Now().Add(delay), msgID, "park") {
 		d.log.Debug("parked over the host's concurrency cap", d.attrs(j, slog.String("reason", reason), slog.Int("attempt", j.attempt), slog.Duration("wait", delay))...)
 		if parked == parkWarnAt || parked > parkWarnAt && parked%parkWarnEvery == 0 {
@@ -94,7 +94,7 @@ func (d *Dispatcher) publishRetry(ctx context.Context, j *job, attempt, parked i
 	m.Header.Set(subjects.HeaderDeliveryID, j.deliveryID)
 	m.Header.Set(subjects.HeaderNotBefore, notBefore.UTC().Format(time.RFC3339Nano))
 	m.Header.Set(subjects.HeaderSubject, j.subject)
-	m.Header.Set(headerOrigin, j.origin)
+	m.Header.Set(headerOrigin, j.originRef())
 	if parked > 0 {
 		m.Header.Set(headerParked, strconv.Itoa(parked))
 	}
@@ -114,17 +114,21 @@ func sourceRef(j *job) string {
 	return j.md.Stream + "-" + strconv.FormatUint(j.md.Sequence.Stream, 10)
 }
 
-// originOf is the chain j belongs to (headerOrigin): the header a retry or
+// originRef is the chain j belongs to (headerOrigin): the header a retry or
 // parked message carries, else j's own message. A header that is not a
 // sourceRef (a message of an older callbackd, or not callbackd's) is not
-// taken.
-func originOf(j *job) string {
+// taken. Made when first asked: a delivery that succeeds never needs it.
+func (j *job) originRef() string {
+	if j.origin != "" {
+		return j.origin
+	}
+	j.origin = sourceRef(j)
 	if j.retry {
 		if o := j.msg.Headers().Get(headerOrigin); validOrigin(o) {
-			return o
+			j.origin = o
 		}
 	}
-	return sourceRef(j)
+	return j.origin
 }
 
 // validOrigin accepts what sourceRef makes: a stream name, "-", a sequence.
