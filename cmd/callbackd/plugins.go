@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/callbackd/callbackd/config"
@@ -279,26 +280,53 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 			return nil, err
 		}
 	}
+	// Every process is launched at once: a plugin slow to start (up to
+	// its start timeout) does not hold the others' start-up too. Errors
+	// are reported in config order.
+	type launch struct {
+		spec   host.Spec
+		key    string // thirdPartyKey; "" for the built-ins
+		errPfx string
+		p      *host.Plugin
+		err    error
+	}
+	var launches []*launch
 	if len(builtinKinds) > 0 {
 		self, err := selfExecutable()
 		if err != nil {
 			return nil, fmt.Errorf("plugins: find callbackd's own executable to run the built-ins: %w", err)
 		}
-		builtinProc, err = set.manager.Launch(ctx, host.Spec{
+		launches = append(launches, &launch{spec: host.Spec{
 			Name: builtinProcessName, Builtin: true, Path: self,
 			Args: builtinArgs(cfg), Kinds: builtinKinds,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("plugins: built-in plugins: %w", err)
-		}
+		}, errPfx: "plugins: built-in plugins"})
 	}
 	for _, k := range thirdOrder {
-		spec := thirdParty[k]
-		p, err := set.manager.Launch(ctx, *spec)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", keysUsing(uses, spec.Path), err)
+		launches = append(launches, &launch{spec: *thirdParty[k], key: k, errPfx: keysUsing(uses, thirdParty[k].Path)})
+	}
+	if len(launches) > 0 {
+		names := make([]string, len(launches))
+		for i, l := range launches {
+			names[i] = l.spec.Name
 		}
-		procs[k] = p
+		log.Info("starting plugin processes", "plugins", strings.Join(names, ", "))
+	}
+	var wg sync.WaitGroup
+	for _, l := range launches {
+		wg.Go(func() { l.p, l.err = set.manager.Launch(ctx, l.spec) })
+	}
+	wg.Wait()
+	for _, l := range launches {
+		if l.err != nil {
+			return nil, fmt.Errorf("%s: %w", l.errPfx, l.err)
+		}
+	}
+	for _, l := range launches {
+		if l.key == "" {
+			builtinProc = l.p
+			continue
+		}
+		procs[l.key] = l.p
 	}
 
 	// In-process built-ins, made once each, only when used.
