@@ -439,6 +439,9 @@ func TestPublishCmd_reads_stdin(t *testing.T) {
 		{args, `{"crawl_id":1,"pad":"` + strings.Repeat("x", 256<<10) + `"}`, "over dispatcher.max_payload (256KiB)"},
 		{[]string{"publish", "no_such_type", "--account", "5", "--project", "1"}, `{}`, `no encoder for event type "no_such_type"`},
 		{args, `{"crawl_id":1,"crawl_id":2}`, `the key "crawl_id" is given twice`},
+		// A built-in encoder's own rules.
+		{args, `{"crawl_id":1,"note":"\ud800"}`, `the event is invalid, and serve would dead-letter it`},
+		{args, `{"user_id":1}`, `crawl_id`},
 	} {
 		err := runCLI(ctx, t, js, tc.in, &out, &errOut, tc.args...)
 		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.want) {

@@ -173,10 +173,10 @@ func pluginRows(cfg *config.Config, running func(name string) string) []*pluginR
 			}
 			r.running = running(builtinProcessName)
 		} else {
-			r.name = u.entry.Path
+			r.name = names[thirdPartyKey(u.entry)] // the file, or file[key] when it runs in several processes
 			r.file = filepath.Join(cfg.Plugins.Dir, u.entry.Path)
 			r.checksum = checksumState(cfg.Plugins.Dir, r.file, u.entry.SHA256)
-			r.running = running(names[thirdPartyKey(u.entry)])
+			r.running = running(r.name)
 		}
 		rows = append(rows, r)
 	}

@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/callbackd/callbackd/plugins"
+	"github.com/callbackd/callbackd/plugins/builtin"
 	"github.com/callbackd/callbackd/subjects"
 )
 
@@ -55,8 +57,21 @@ func newPublishCmd() *cobra.Command {
 			if limit := cfg.Dispatcher.MaxPayload; int64(len(body)) > int64(limit) {
 				return usageError{fmt.Errorf("the event is %d bytes, over dispatcher.max_payload (%s) (publish it with nats pub to see its dead letter)", len(body), limit)}
 			}
-			if _, ok := cfg.Plugins.Encoders[args[0]]; !ok {
+			entry, ok := cfg.Plugins.Encoders[args[0]]
+			if !ok {
 				return usageError{fmt.Errorf("no encoder for event type %q in plugins.encoders (publish it with nats pub to see its dead letter)", args[0])}
+			}
+			// A built-in encoder's rules are known here: the event is
+			// checked as serve will check it. (A third-party encoder's
+			// are not: its events go as they are.)
+			if enc := builtin.Encoders()[entry.Builtin]; enc != nil {
+				out, err := enc.Encode(cmd.Context(), plugins.Event{Type: args[0], AccountID: account, ProjectID: project, Payload: body})
+				switch {
+				case errors.Is(err, plugins.ErrInvalidEvent):
+					return usageError{fmt.Errorf("the event is invalid, and serve would dead-letter it (publish it with nats pub to see that): %w", err)}
+				case err == nil && out.SkipReason != "":
+					fmt.Fprintf(cmd.ErrOrStderr(), "callbackd: note: serve will skip this event, not deliver it: %s\n", out.SkipReason)
+				}
 			}
 			nc, err := dialNATS(cfg, log)
 			if err != nil {
