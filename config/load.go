@@ -128,6 +128,7 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 	}
 
 	var warnings []string
+	fromEnv := map[string]string{} // key → the variable that set it
 	err = k.Load(env.Provider(".", env.Opt{
 		Prefix:      EnvPrefix,
 		EnvironFunc: func() []string { return environ },
@@ -141,6 +142,7 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 				warnings = append(warnings, unknownEnvWarning(name, key))
 				return "", nil
 			}
+			fromEnv[key] = name
 			return key, envValue(t, value)
 		},
 	}), nil)
@@ -158,6 +160,7 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 			if _, ok := settable(f.Name); !ok {
 				return "", nil
 			}
+			delete(fromEnv, f.Name) // the flag's value is the one read
 			return f.Name, posflag.FlagVal(fs, f)
 		}), nil)
 		if err != nil {
@@ -183,7 +186,7 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 		TagName:     "koanf",
 	}})
 	if err != nil {
-		return nil, warnings, joinKeyErrors(unknown, keyErrors(err))
+		return nil, warnings, namingVariables(joinKeyErrors(unknown, keyErrors(err)), fromEnv)
 	}
 	if deriveAckPending && 0 < cfg.Dispatcher.Workers && cfg.Dispatcher.Workers <= maxWorkers {
 		// (A bad workers is reported as such, not again as a derived
@@ -191,9 +194,35 @@ func Load(fs *pflag.FlagSet, environ []string) (*Config, []string, error) {
 		cfg.Dispatcher.MaxAckPending = 4 * cfg.Dispatcher.Workers
 	}
 	if err := errors.Join(unknown, cfg.Validate()); err != nil {
-		return nil, warnings, err
+		return nil, warnings, namingVariables(err, fromEnv)
 	}
 	return cfg, warnings, nil
+}
+
+// namingVariables adds to each KeyError whose value came from the
+// environment the variable that set it: the key alone leaves an operator
+// looking in a file that does not hold it.
+func namingVariables(err error, fromEnv map[string]string) error {
+	if err == nil || len(fromEnv) == 0 {
+		return err
+	}
+	var ke *KeyError
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs := j.Unwrap()
+		out := make([]error, len(errs))
+		for i, e := range errs {
+			out[i] = namingVariables(e, fromEnv)
+		}
+		return errors.Join(out...)
+	}
+	if !errors.As(err, &ke) || ke.Key == "" {
+		return err
+	}
+	key, _, _ := strings.Cut(ke.Key, "[") // delivery.backoff[1] came from delivery.backoff
+	if name, ok := fromEnv[key]; ok {
+		return &KeyError{Key: ke.Key, Err: fmt.Errorf("%w (set by %s)", ke.Err, name)}
+	}
+	return err
 }
 
 // configFile returns the file to read: the --config value when set (an

@@ -343,6 +343,18 @@ func TestLoad_errors_name_the_key(t *testing.T) {
 			wantMsg:  "dispatcher.max_payload: want a size (256KiB, 1MiB or bytes), got true",
 		},
 		{
+			name:     "a value from the environment names its variable",
+			env:      []string{"CALLBACKD_DISPATCHER__WORKERS=abc", "CALLBACKD_DELIVERY__BACKOFF=1s,x"},
+			wantKeys: []string{"dispatcher.workers", "delivery.backoff[1]"},
+			wantMsg:  `config: dispatcher.workers: want a whole number, got "abc" (set by CALLBACKD_DISPATCHER__WORKERS)`,
+		},
+		{
+			name:     "a bound broken from the environment names its variable",
+			env:      []string{"CALLBACKD_DELIVERY__TIMEOUT=2h"},
+			wantKeys: []string{"delivery.timeout"},
+			wantMsg:  `(set by CALLBACKD_DELIVERY__TIMEOUT)`,
+		},
+		{
 			name:     "a credentials file that cannot be read",
 			yaml:     "nats: {embedded: false, url: nats://127.0.0.1:4222, credentials: /nonexistent/callbackd.creds}\n",
 			wantKeys: []string{"nats.credentials"},
