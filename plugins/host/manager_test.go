@@ -604,6 +604,13 @@ func TestClose_abandons_a_restart_that_hangs(t *testing.T) {
 		}
 		return false
 	})
+	closeWithin(t, m, 30*time.Second, "the hanging restart")
+	waitFor(t, 30*time.Second, func() bool { return processGone(newPID) })
+}
+
+// closeWithin closes m and fails t unless Close returns within total.
+func closeWithin(t *testing.T, m *Manager, total time.Duration, what string) {
+	t.Helper()
 	closed := make(chan struct{})
 	go func() {
 		m.Close()
@@ -611,10 +618,9 @@ func TestClose_abandons_a_restart_that_hangs(t *testing.T) {
 	}()
 	select {
 	case <-closed:
-	case <-time.After(30 * time.Second):
-		t.Fatal("Close still waits on the hanging restart after 30s")
+	case <-time.After(total):
+		t.Fatalf("Close still waits on %s after %v", what, total)
 	}
-	waitFor(t, 30*time.Second, func() bool { return processGone(newPID) })
 }
 
 // A frozen process (SIGSTOP) answers neither health checks nor go-plugin's
@@ -644,16 +650,7 @@ func TestFrozen_process_is_killed_and_restarted(t *testing.T) {
 	if err := syscall.Kill(frozen, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	closed := make(chan struct{})
-	go func() {
-		m.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
-	case <-time.After(60 * time.Second):
-		t.Fatal("Close still waiting on a frozen process after 60 s")
-	}
+	closeWithin(t, m, 60*time.Second, "a frozen process")
 	if !processGone(frozen) {
 		t.Errorf("frozen process %d survived Close", frozen)
 	}
