@@ -249,6 +249,8 @@ func (m *Manager) Healthy() error {
 		if !p.Running() {
 			down = append(down, p.spec.Name)
 			if e := p.LastError(); e != "" {
+				// Start errors begin "plugin <name>: ": said once.
+				e = strings.TrimPrefix(e, "plugin "+p.spec.Name+": ")
 				why = append(why, p.spec.Name+": "+plugins.Clip(e, 200))
 			}
 		}
