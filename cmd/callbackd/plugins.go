@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -302,7 +303,9 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 		}, errPfx: "plugins: built-in plugins"})
 	}
 	for _, k := range thirdOrder {
-		launches = append(launches, &launch{spec: *thirdParty[k], key: k, errPfx: keysUsing(uses, thirdParty[k].Path)})
+		// The keys this process serves: another process may run the
+		// same file with another checksum, args or env, and be fine.
+		launches = append(launches, &launch{spec: *thirdParty[k], key: k, errPfx: strings.Join(thirdParty[k].Keys, ", ")})
 	}
 	if len(launches) > 0 {
 		names := make([]string, len(launches))
@@ -311,14 +314,26 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 		}
 		log.Info("starting plugin processes", "plugins", strings.Join(names, ", "))
 	}
+	// The first refusal ends the other starts (a plugin that hangs in its
+	// handshake would otherwise hold the answer for its start timeout).
+	lctx, cancelLaunch := context.WithCancelCause(ctx)
+	defer cancelLaunch(nil)
+	errOtherRefused := errors.New("another plugin was refused")
 	var wg sync.WaitGroup
 	for _, l := range launches {
-		wg.Go(func() { l.p, l.err = set.manager.Launch(ctx, l.spec) })
+		wg.Go(func() {
+			if l.p, l.err = set.manager.Launch(lctx, l.spec); l.err != nil {
+				cancelLaunch(errOtherRefused)
+			}
+		})
 	}
 	wg.Wait()
-	for _, l := range launches {
-		if l.err != nil {
-			return nil, fmt.Errorf("%s: %w", l.errPfx, l.err)
+	// The refusal itself, in config order, not a start it ended.
+	for _, others := range []bool{false, true} {
+		for _, l := range launches {
+			if l.err != nil && errors.Is(l.err, errOtherRefused) == others {
+				return nil, fmt.Errorf("%s: %w", l.errPfx, l.err)
+			}
 		}
 	}
 	for _, l := range launches {
@@ -385,17 +400,6 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 	}
 	log.Info("plugins ready", "builtins", mode, "encoders", len(set.Encoders), "processes", len(procs)+btoi(builtinProc != nil))
 	return set, nil
-}
-
-// keysUsing names the config keys that use the plugin file path.
-func keysUsing(uses []pluginUse, path string) string {
-	var keys []string
-	for _, u := range uses {
-		if u.entry.Builtin == "" && u.entry.Path == path {
-			keys = append(keys, u.key)
-		}
-	}
-	return strings.Join(keys, ", ")
 }
 
 func contains(list []string, s string) bool {

@@ -222,13 +222,22 @@ func TestStartPlugins_wrong_checksum_is_refused(t *testing.T) {
 	if !errors.Is(err, host.ErrRefused) || !strings.Contains(err.Error(), "plugins.transport") || !strings.Contains(err.Error(), "checksum mismatch") {
 		t.Fatalf("err = %v", err)
 	}
-
-	// With the right checksum, the same file runs as a third-party
-	// transport, with a clean environment.
 	sum, err := host.Checksum(filepath.Join(cfg.Plugins.Dir, "callbackd"))
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// The same file with the right checksum in another entry (another
+	// process) is not blamed.
+	cfg.Plugins.Failure = config.PluginEntry{Path: "callbackd", SHA256: sum, Args: []string{"plugin", "builtin"}}
+	_, err = startPlugins(context.Background(), cfg, testutil.Logger(t))
+	if err == nil || !strings.HasPrefix(err.Error(), "plugins.transport: ") || strings.Contains(err.Error(), "plugins.failure") {
+		t.Fatalf("err = %v, want only plugins.transport named", err)
+	}
+	cfg.Plugins.Failure = config.PluginEntry{Builtin: "sso-webhook"}
+
+	// With the right checksum, the same file runs as a third-party
+	// transport, with a clean environment.
 	cfg.Plugins.Transport.SHA256 = sum
 	cfg.Plugins.Transport.Args = []string{"plugin", "builtin", "--allow-private"}
 	ps := startTestPlugins(t, cfg)

@@ -185,7 +185,7 @@ func listenAPI(ctx context.Context, cfg *config.Config, log *slog.Logger, limits
 		var err error
 		token, created, err = api.LoadOrCreateToken(cfg.DataDir)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
 		}
 		if created {
 			log.Info("admin API token generated", "file", api.TokenPath(cfg.DataDir))
