@@ -349,6 +349,13 @@ func TestLoad_errors_name_the_key(t *testing.T) {
 			wantMsg:  `config: dispatcher.workers: want a whole number, got "abc" (set by CALLBACKD_DISPATCHER__WORKERS)`,
 		},
 		{
+			name:     "a plugin's variable from the environment names itself",
+			yaml:     "plugins: {transport: {path: t, sha256: " + testSHA + "}}\n",
+			env:      []string{"CALLBACKD_PLUGINS__TRANSPORT__ENV__PLUGIN_MIN_PORT=1"},
+			wantKeys: []string{"plugins.transport.env.PLUGIN_MIN_PORT"},
+			wantMsg:  `(set by CALLBACKD_PLUGINS__TRANSPORT__ENV__PLUGIN_MIN_PORT)`,
+		},
+		{
 			name:     "a bound broken from the environment names its variable",
 			env:      []string{"CALLBACKD_DELIVERY__TIMEOUT=2h"},
 			wantKeys: []string{"delivery.timeout"},

@@ -287,7 +287,7 @@ func (p *problems) plugin(key string, e PluginEntry) {
 		for _, name := range slices.Sorted(maps.Keys(e.Env)) {
 			p.check(name != "" && !strings.ContainsAny(name, "=\x00"), key+".env", "variable name %q: must not be empty or hold = or NUL", name)
 			p.check(!strings.ContainsRune(e.Env[name], 0), key+".env."+name, "must not hold NUL")
-			p.check(!slices.Contains(pluginProtocolEnv, name), key+".env", "variable name %q: set by the plugin protocol (go-plugin's handshake), which would override it", name)
+			p.check(!slices.Contains(pluginProtocolEnv, name), key+".env."+name, "variable name %q: set by the plugin protocol (go-plugin's handshake), which would override it", name)
 		}
 	}
 }

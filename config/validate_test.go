@@ -157,7 +157,7 @@ func TestValidate_names_the_key(t *testing.T) {
 		}, "plugins.transport.env.A"},
 		{"env name of go-plugin's handshake", func(c *Config) {
 			c.Plugins.Transport = PluginEntry{Path: "t", SHA256: testSHA, Env: map[string]string{"CALLBACKD_PLUGIN": "x"}}
-		}, "plugins.transport.env"},
+		}, "plugins.transport.env.CALLBACKD_PLUGIN"},
 		{"env overriding what callbackd tells plugins", func(c *Config) {
 			c.Plugins.Transport = PluginEntry{Path: "t", SHA256: testSHA, Env: map[string]string{"CALLBACKD_USER_AGENT": "acme/1"}}
 		}, ""},
