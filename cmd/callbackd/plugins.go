@@ -283,7 +283,8 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 	}
 	// Every process is launched at once: a plugin slow to start (up to
 	// its start timeout) does not hold the others' start-up too. Errors
-	// are reported in config order.
+	// are reported in a fixed order: the built-ins, then third-party processes
+	// as pluginUses lists their entries (encoders by event type, transport, failure).
 	type launch struct {
 		spec   host.Spec
 		key    string // thirdPartyKey; "" for the built-ins
@@ -328,7 +329,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 		})
 	}
 	wg.Wait()
-	// The refusal itself, in config order, not a start it ended.
+	// The refusal itself, in that order, not a start it ended.
 	for _, others := range []bool{false, true} {
 		for _, l := range launches {
 			if l.err != nil && errors.Is(l.err, errOtherRefused) == others {
