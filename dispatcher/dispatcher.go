@@ -168,8 +168,8 @@ type Dispatcher struct {
 
 	// pipelines encode and deliver an event in one call per event type;
 	// an event type without one (an encoder in a plugin process other than
-	// the transport's) is encoded before its attempt takes a slot of its
-	// host (encodeFirst).
+	// the transport's) is encoded at the start of attempt, before it takes
+	// a slot of its host.
 	pipelines map[string]plugins.EncodeDeliverer
 
 	idFieldsMu sync.Mutex

@@ -304,16 +304,18 @@ func (d *Dispatcher) infraError(ctx context.Context, j *job, op string, err erro
 		d.giveUp(ctx, j, j.md.NumDelivered, op+": "+err.Error())
 		return
 	}
+	ref := sourceRef(j)
+	unpaid := d.unpaid.get(ref)
 	if notReached {
 		// Refused while its plugin restarts: the delivery is not the
 		// event's to pay for (an event that crashes the plugin every
 		// time must not take the others down with it).
-		d.unpaid.add(sourceRef(j))
+		unpaid = d.unpaid.add(ref)
 	}
 	// Up to half again at random: events handed back together (a plugin
 	// restarting after a crash) do not all come back together, in step
 	// with an event that crashes it every time.
-	delay := infraDelay(j.md.NumDelivered - min(d.unpaid.get(sourceRef(j)), j.md.NumDelivered))
+	delay := infraDelay(j.md.NumDelivered - min(unpaid, j.md.NumDelivered))
 	delay += rand.N(delay/2 + 1)
 	d.handBackLog.log(ctx, d.log, slog.LevelWarn, "infrastructure error; message handed back", d.attrs(j, slog.String("op", op), slog.String("err", clipText(err.Error())), slog.Duration("retry_in", delay))...)
 	d.nak(j.msg, delay)
@@ -345,13 +347,15 @@ type unpaid struct {
 
 const maxUnpaid = 16384
 
-func (u *unpaid) add(ref string) {
+// add counts one more for ref and returns its count.
+func (u *unpaid) add(ref string) uint64 {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.m == nil || len(u.m) >= maxUnpaid {
 		u.m = make(map[string]uint64)
 	}
 	u.m[ref]++
+	return u.m[ref]
 }
 
 func (u *unpaid) get(ref string) uint64 {

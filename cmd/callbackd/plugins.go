@@ -158,30 +158,22 @@ func thirdPartyKey(e config.PluginEntry) string {
 // ("chaos[plugins.encoders.chaos2]"), so that logs, /readyz and
 // `plugins list` tell them apart.
 func processNames(uses []pluginUse) map[string]string {
-	firstKey := map[string]string{} // thirdPartyKey → first key
-	perPath := map[string]map[string]bool{}
+	names := map[string]string{}    // thirdPartyKey → name, the file for now
+	perPath := map[string]int{}     // file → its processes
+	firstKey := map[string]string{} // thirdPartyKey → first config key
 	for _, u := range uses {
 		if u.entry.Builtin != "" {
 			continue
 		}
 		k := thirdPartyKey(u.entry)
-		if _, ok := firstKey[k]; !ok {
-			firstKey[k] = u.key
+		if _, ok := names[k]; !ok {
+			names[k], firstKey[k] = u.entry.Path, u.key
+			perPath[u.entry.Path]++
 		}
-		if perPath[u.entry.Path] == nil {
-			perPath[u.entry.Path] = map[string]bool{}
-		}
-		perPath[u.entry.Path][k] = true
 	}
-	names := make(map[string]string, len(firstKey))
-	for _, u := range uses {
-		if u.entry.Builtin != "" {
-			continue
-		}
-		k := thirdPartyKey(u.entry)
-		names[k] = u.entry.Path
-		if len(perPath[u.entry.Path]) > 1 {
-			names[k] = u.entry.Path + "[" + firstKey[k] + "]"
+	for k, path := range names {
+		if perPath[path] > 1 {
+			names[k] = path + "[" + firstKey[k] + "]"
 		}
 	}
 	return names
