@@ -56,6 +56,9 @@ type Options struct {
 	Interval time.Duration
 	// Logger receives a warning for every expiry counted; nil discards.
 	Logger *slog.Logger
+	// State is the state bucket, when the caller has opened it already
+	// (OpenState, under retries of its own); nil: Start opens it.
+	State jetstream.KeyValue
 }
 
 // watch is a stream and the consumer callbackd reads it with.
@@ -83,12 +86,12 @@ type Counter struct {
 	once   sync.Once
 }
 
-// EnsureState opens, or creates, the state bucket that Start opens: a
-// caller can make it first under its own retries (a cluster that is still
-// forming refuses a replicated bucket until enough nodes have joined).
-func EnsureState(ctx context.Context, js jetstream.JetStream, replicas int) error {
-	_, err := openState(ctx, js, replicas)
-	return err
+// OpenState opens, or creates, the state bucket that Start needs: a caller
+// can open it under its own retries (a cluster that is still forming
+// refuses a replicated bucket until enough nodes have joined) and hand it
+// to Start in Options.State.
+func OpenState(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	return openState(ctx, js, replicas)
 }
 
 // Start opens (or creates) the state bucket, subscribes to the advisories,
@@ -106,9 +109,12 @@ func Start(ctx context.Context, js jetstream.JetStream, o Options) (*Counter, er
 	if c.interval <= 0 {
 		c.interval = DefaultInterval
 	}
-	kv, err := openState(ctx, js, o.Replicas)
-	if err != nil {
-		return nil, err
+	kv := o.State
+	if kv == nil {
+		var err error
+		if kv, err = openState(ctx, js, o.Replicas); err != nil {
+			return nil, err
+		}
 	}
 	c.kv = kv
 	for _, w := range watched {

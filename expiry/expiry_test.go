@@ -335,19 +335,19 @@ func TestCounter_young_stream_counts_no_gap(t *testing.T) {
 	}
 }
 
-// EnsureState makes the state bucket once and finds it after; Start then
-// opens the same bucket.
-func TestEnsureState_makes_the_bucket_once(t *testing.T) {
+// OpenState makes the state bucket once and finds it after; Start then
+// uses the same bucket.
+func TestOpenState_makes_the_bucket_once(t *testing.T) {
 	j := testutil.RunJetStream(t)
 	ctx := testutil.Context(t)
 	for range 2 {
-		if err := EnsureState(ctx, j.JS, 1); err != nil {
+		if _, err := OpenState(ctx, j.JS, 1); err != nil {
 			t.Fatal(err)
 		}
 	}
 	kv, err := j.JS.KeyValue(ctx, subjects.StateBucket)
 	if err != nil {
-		t.Fatalf("state bucket after EnsureState: %v", err)
+		t.Fatalf("state bucket after OpenState: %v", err)
 	}
 	if st, err := kv.Status(ctx); err != nil || st.History() != 1 {
 		t.Errorf("state bucket status %v, %v; want history 1", st, err)

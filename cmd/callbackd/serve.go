@@ -168,18 +168,22 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	// cluster (once, under load, it took longer than one API call's
 	// timeout and serve exited).
 	adm.setPhase("starting the dispatcher")
-	err = ensureJetStream(ctx, log, "state bucket", func(ctx context.Context) error {
-		return expiry.EnsureState(ctx, js, cfg.NATS.Replicas)
+	var state jetstream.KeyValue
+	err = ensureJetStream(ctx, log, "state bucket", func(ctx context.Context) (err error) {
+		state, err = expiry.OpenState(ctx, js, cfg.NATS.Replicas)
+		return err
 	})
 	if err != nil {
 		return err
 	}
 	// Started before the dispatcher consumes: its first sample counts what
-	// expired while no instance ran (SPEC §2).
+	// expired while no instance ran (SPEC §2). The bucket is the one opened
+	// under retries above: opening it again, bounded by one API call's
+	// timeout, failed start-up once under load.
 	exp, err := expiry.Start(ctx, js, expiry.Options{
 		Observer: metrics,
-		Replicas: cfg.NATS.Replicas,
 		Logger:   log.With("component", "expiry"),
+		State:    state,
 	})
 	if err != nil {
 		return err
