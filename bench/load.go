@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -353,6 +354,8 @@ func (d *driver) steady(ctx context.Context, rate int, dur time.Duration) (phase
 		return p, err
 	}
 	lat := make([]time.Duration, 0, n)
+	var timeline strings.Builder
+	timeline.WriteString("published_ms,latency_us\n")
 	for _, r := range recs {
 		at, ok := sent[r.id]
 		if !ok {
@@ -360,6 +363,12 @@ func (d *driver) steady(ctx context.Context, rate int, dur time.Duration) (phase
 		}
 		delete(sent, r.id) // the first arrival counts
 		lat = append(lat, time.Duration(r.at-at))
+		fmt.Fprintf(&timeline, "%.3f,%d\n", float64(at-start.UnixNano())/1e6, (r.at-at)/1e3)
+	}
+	// The timeline, in the scenario's directory (kept with -keep), places a
+	// tail in time, to set beside the target's log.
+	if err := os.WriteFile(filepath.Join(d.t.dir, "steady.csv"), []byte(timeline.String()), 0o644); err != nil {
+		return p, fmt.Errorf("write steady timeline: %w", err)
 	}
 	p.Received = len(lat)
 	p.Rate = float64(p.Received) / p.Seconds
