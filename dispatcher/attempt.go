@@ -74,7 +74,13 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 	start := time.Now()
 	res, ok := d.deliver(ctx, j)
 	res = checkResult(res, j.dest.URL)
-	hs.observe(time.Since(start))
+	if ok {
+		// The host's pace is that of the attempts it answered (or let
+		// time out): not a skip, a refusal before the request, or a
+		// transport that found the host busy. Wall time, so that a
+		// transport that reports no duration is still measured.
+		hs.observe(time.Since(start))
+	}
 	// Counted out before the slot is given back, so that the gauge never
 	// shows the next attempt and this one at once.
 	d.o.Observer.InFlight(-1)
@@ -90,11 +96,39 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		return
 	}
 	d.o.Observer.Attempt(j.key.Type, string(res.Outcome), res.Duration)
-	rec := deliverylog.Record{
-		URL: u.safe, Attempt: j.attempt, StatusCode: res.StatusCode,
-		Error: res.Error, DurationMs: res.Duration.Milliseconds(), ResponseExcerpt: res.ResponseExcerpt,
-		StartedAt: start.UTC(),
+	st := settlement{
+		res: res, notification: j.notification, dest: j.dest,
+		rec: deliverylog.Record{
+			URL: u.safe, Attempt: j.attempt, StatusCode: res.StatusCode,
+			Error: res.Error, DurationMs: res.Duration.Milliseconds(), ResponseExcerpt: res.ResponseExcerpt,
+			StartedAt: start.UTC(),
+		},
 	}
+	if res.Outcome == plugins.OutcomeRetryable && j.attempt < d.o.MaxAttempts {
+		st.retryAt = time.Now().Add(d.retryWait(j.attempt, res.RetryAfter))
+	}
+	d.settle(ctx, j, st)
+}
+
+// settlement is what an attempt's end asks for once the endpoint has
+// answered: the result, and when the next attempt is due (zero when there
+// is none). Kept, by message, while the retry or the dead letter it needs
+// cannot be published, so that the message's next delivery settles it
+// without making the attempt again (settlements).
+type settlement struct {
+	res          plugins.Result
+	rec          deliverylog.Record
+	notification plugins.Notification
+	dest         plugins.Destination
+	retryAt      time.Time
+}
+
+// settle ends an attempt as st says: acked when delivered, a retry
+// scheduled, or failed for good (failure plugin, dead letter). When what it
+// publishes is not acknowledged the message is handed back, and st kept
+// for its next delivery.
+func (d *Dispatcher) settle(ctx context.Context, j *job, st settlement) {
+	res, rec := st.res, st.rec
 	// Built only for the lines that are logged: a success is a debug line
 	// (the delivery log has every attempt), so the hot path skips it.
 	attrs := func() []any {
@@ -113,9 +147,15 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		}
 		d.outcome(j, rec)
 		d.ack(j)
-	case res.Outcome == plugins.OutcomeRetryable && j.attempt < d.o.MaxAttempts:
-		wait := d.retryWait(j.attempt, res.RetryAfter)
+		return
+	case !st.retryAt.IsZero():
+		wait := time.Until(st.retryAt)
+		// The attempt may have taken most of the ack wait: the publish
+		// must not end after it, or the message is handed out again and
+		// the endpoint gets the attempt twice.
+		d.keepAlive(j, d.ackWait/2)
 		if !d.scheduleRetry(ctx, j, wait) {
+			d.settlements.put(sourceRef(j), st)
 			return
 		}
 		rec.Outcome = deliverylog.OutcomeRetrying
@@ -123,7 +163,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		// endpoint that is down (the delivery log has every attempt): the
 		// event's end is what is logged above debug.
 		if d.log.Enabled(ctx, slog.LevelDebug) {
-			d.log.Debug("attempt failed; retry scheduled", append(attrs(), slog.String("err", clipText(res.Error)), slog.Duration("retry_in", wait))...)
+			d.log.Debug("attempt failed; retry scheduled", append(attrs(), slog.String("err", clipText(res.Error)), slog.Duration("retry_in", max(wait, 0)))...)
 		}
 		d.outcome(j, rec)
 		d.ack(j)
@@ -135,11 +175,68 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 		}
 		// Logged and counted once it has ended: when its dead letter
 		// cannot be written it is handed back and ends later.
-		if d.failed(ctx, j, reason, res) {
-			d.log.Warn("delivery failed for good", append(attrs(), slog.String("outcome", rec.Outcome), slog.String("err", clipText(res.Error)))...)
-			d.outcome(j, rec)
+		if !d.failed(ctx, j, reason, res) {
+			d.settlements.put(sourceRef(j), st)
+			return
 		}
+		d.log.Warn("delivery failed for good", append(attrs(), slog.String("outcome", rec.Outcome), slog.String("err", clipText(res.Error)))...)
+		d.outcome(j, rec)
 	}
+	d.settlements.remove(sourceRef(j))
+}
+
+// resume settles a message whose attempt was made on an earlier delivery
+// (settle). It reports false when there is no such settlement for j.
+func (d *Dispatcher) resume(ctx context.Context, j *job) bool {
+	st, ok := d.settlements.get(sourceRef(j))
+	if !ok {
+		return false
+	}
+	j.notification, j.dest = st.notification, st.dest
+	d.log.Debug("attempt already made; settling it", d.attrs(j, slog.Int("attempt", j.attempt))...)
+	d.settle(ctx, j, st)
+	return true
+}
+
+// settlements keeps, by message (sourceRef), the settlement of an attempt
+// whose retry or dead letter could not be published (NATS away, storage
+// full): the message is handed back, and its next delivery to this
+// process publishes what was asked instead of posting to the endpoint
+// again — a hand-back is no attempt (SPEC §3), and an endpoint that
+// answered must not get the event once more per hand-back. What another
+// instance handed back is not known here: there the attempt is made again.
+// At most maxSettlements are kept; a full table starts over.
+type settlements struct {
+	mu sync.Mutex
+	m  map[string]settlement
+}
+
+const maxSettlements = 4096
+
+func (s *settlements) put(ref string, st settlement) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil || len(s.m) >= maxSettlements {
+		s.m = make(map[string]settlement)
+	}
+	s.m[ref] = st
+}
+
+func (s *settlements) get(ref string) (settlement, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.m[ref]
+	return st, ok
+}
+
+// remove forgets ref; nothing is locked while the table is empty (every
+// delivery that settles at once).
+func (s *settlements) remove(ref string) {
+	s.mu.Lock()
+	if len(s.m) > 0 {
+		delete(s.m, ref)
+	}
+	s.mu.Unlock()
 }
 
 // deliver makes the attempt: for an event, encode and deliver in one plugin

@@ -203,6 +203,9 @@ type Dispatcher struct {
 	// givingUp keeps why an event was given up on while its dead letter
 	// could not be written (giveUp).
 	givingUp reasons
+	// settlements keeps the ends of attempts whose retry or dead letter
+	// could not be published, for the message's next delivery.
+	settlements settlements
 	// storageFull is the last write JetStream refused for lack of
 	// storage (StorageErr).
 	storageFull atomic.Pointer[storageRefusal]
@@ -426,7 +429,13 @@ func (d *Dispatcher) fetchLoop(ctx context.Context, c jetstream.Consumer, name s
 			d.nak(m, handBackDelay)
 			return
 		}
-		d.workers <- struct{}{}
+		select {
+		case d.workers <- struct{}{}:
+		case <-ctx.Done():
+			// Stopped while waiting for a worker: not started.
+			d.nak(m, handBackDelay)
+			return
+		}
 		d.wg.Add(1)
 		d.pool.Go(func() {
 			defer d.wg.Done()

@@ -35,8 +35,11 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 		}
 		out, err := d.onFailure(ctx, j, f)
 		switch {
-		case err != nil && ctx.Err() != nil:
-			d.nak(j.msg, handBackDelay) // shutting down
+		case err != nil && d.isStopping():
+			// Shutting down while the plugin failed: handed back, for
+			// another instance or the next start, rather than ended
+			// without its notice.
+			d.nak(j.msg, handBackDelay)
 			return false
 		case err != nil:
 			// Handing the message back would make the attempt again: the
@@ -93,7 +96,8 @@ const (
 )
 
 // onFailure asks the failure plugin, again in place when it fails (it may
-// be restarting), keeping the message alive meanwhile.
+// be restarting), keeping the message alive meanwhile. It stops asking
+// when the dispatcher is stopping (a handler's ctx never ends: see Run).
 func (d *Dispatcher) onFailure(ctx context.Context, j *job, f plugins.Failure) ([]plugins.Outbound, error) {
 	wait := failureWait
 	for try := 1; ; try++ {
@@ -104,10 +108,12 @@ func (d *Dispatcher) onFailure(ctx context.Context, j *job, f plugins.Failure) (
 			return out, err
 		}
 		d.log.Debug("failure plugin failed; asking again", d.attrs(j, slog.String("err", clipText(err.Error())), slog.Duration("retry_in", wait))...)
+		t := time.NewTimer(wait)
 		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(wait):
+		case <-d.stopping:
+			t.Stop()
+			return nil, fmt.Errorf("failure plugin: %w (dispatcher stopping)", err)
+		case <-t.C:
 		}
 		wait *= 2
 		d.keepAlive(j, d.ackWait/2)

@@ -1424,3 +1424,69 @@ func TestDispatcher_refusals_of_a_restarting_plugin_do_not_use_up_max_deliveries
 		t.Errorf("%d dead letters, want none", n)
 	}
 }
+
+// An attempt the endpoint answered is not made again when what it asks for
+// cannot be published: the message is handed back until the dead letter
+// (or the retry) is written, and its next deliveries publish it without
+// posting to the endpoint once more per hand-back.
+func TestDispatcher_a_failed_settlement_does_not_repeat_the_attempt(t *testing.T) {
+	tests := []struct {
+		name        string
+		stream      string // deleted until the handing back is seen
+		maxAttempts int
+		status      int
+		wantLog     string
+	}{
+		{"final status, dead letter refused", subjects.DeadStream, 1, http.StatusNotFound, "dead-letter publish failed; event handed back"},
+		{"retryable status, retry refused", subjects.RetryStream, 2, http.StatusServiceUnavailable, "infrastructure error; message handed back"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs testutil.SyncBuffer
+			sink := testutil.NewSink(t)
+			sink.Respond(func(testutil.Request) int { return tt.status })
+			h := newHarness(t, harnessOptions{
+				MaxAttempts: tt.maxAttempts, Backoff: []time.Duration{50 * time.Millisecond},
+				StreamCheck: time.Hour, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+			})
+			h.setProject("2", sink.URL+"/hook")
+			h.waitDestination("1", "2", sink.URL+"/hook")
+			st, err := h.js.Stream(h.ctx, tt.stream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := st.CachedInfo().Config
+			if err := h.js.DeleteStream(h.ctx, tt.stream); err != nil {
+				t.Fatal(err)
+			}
+			subj := eventSubject("crawl_status", "1", "2")
+			h.publish(subj, crawl(1), "")
+			// Two hand-backs: the message came back once and was not
+			// posted again.
+			testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+				if n := strings.Count(logs.String(), tt.wantLog); n < 2 {
+					return fmt.Errorf("%d hand-backs so far", n)
+				}
+				return nil
+			})
+			if n := len(sink.Requests()); n != 1 {
+				t.Fatalf("the endpoint got %d requests while the settlement could not be published, want 1", n)
+			}
+			if _, err := h.js.CreateStream(h.ctx, cfg); err != nil {
+				t.Fatal(err)
+			}
+			if tt.stream == subjects.RetryStream {
+				// The retry is attempt 2, which also fails: dead-lettered.
+				sink.WaitFor(t, 2, waitLong)
+			}
+			dl := h.waitDeadFor(subj, crawl(1))
+			if got, want := dl.Header.Get(subjects.HeaderAttempts), strconv.Itoa(tt.maxAttempts); got != want {
+				t.Errorf("%s = %s, want %s", subjects.HeaderAttempts, got, want)
+			}
+			h.waitEventsEmpty()
+			if n := len(sink.Requests()); n != tt.maxAttempts {
+				t.Errorf("the endpoint got %d requests, want %d (max_attempts)", n, tt.maxAttempts)
+			}
+		})
+	}
+}

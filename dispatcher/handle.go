@@ -98,6 +98,9 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg, release func()
 	if !d.parseKey(j) {
 		return
 	}
+	if d.resume(ctx, j) {
+		return
+	}
 	if !d.prepare(ctx, j) {
 		return
 	}
