@@ -596,6 +596,7 @@ func (p *Plugin) supervise() {
 	exited := time.NewTicker(exitPoll)
 	defer exited.Stop()
 	backoff := o.MinBackoff
+	missed := 0 // health checks in a row that got no answer in time
 	for {
 		select {
 		case <-p.stop:
@@ -606,10 +607,27 @@ func (p *Plugin) supervise() {
 				continue
 			}
 		case <-tick.C:
-			if pr := p.cur.Load(); pr != nil && p.healthy(pr) {
+			pr := p.cur.Load()
+			if pr == nil {
+				break
+			}
+			ok, late := p.healthy(pr)
+			if ok {
+				missed = 0
 				continue
 			}
+			// A process that is there but slow to answer (a GC or CPU
+			// stall on a busy machine) is given a second chance: a
+			// restart hands back every event it has in flight, and
+			// the endpoints may already have had some of them.
+			if late {
+				if missed++; missed < maxMissedPings {
+					p.log.Warn("plugin process did not answer its health check in time; checking again", "pid", pr.pid, "timeout", p.m.o.CallTimeout)
+					continue
+				}
+			}
 		}
+		missed = 0
 		if pr := p.cur.Swap(nil); pr != nil {
 			attrs := []any{"pid", pr.pid}
 			if why := pr.streamEnd.Load(); why != nil {
@@ -672,22 +690,30 @@ func (p *Plugin) signalCrash(pr *proc) {
 	}
 }
 
-// healthy pings the process, bounded by the call timeout.
-func (p *Plugin) healthy(pr *proc) bool {
+// maxMissedPings is how many health checks in a row may go unanswered
+// within the call timeout before a process that has not exited is
+// restarted.
+const maxMissedPings = 2
+
+// healthy pings the process, bounded by the call timeout. late reports a
+// ping that got no answer in time from a process that has not exited.
+func (p *Plugin) healthy(pr *proc) (ok, late bool) {
 	if pr.client.Exited() {
-		return false
+		return false, false
 	}
 	rpc, err := pr.client.Client()
 	if err != nil {
-		return false
+		return false, false
 	}
 	ch := make(chan error, 1)
 	go func() { ch <- rpc.Ping() }()
+	t := time.NewTimer(p.m.o.CallTimeout)
+	defer t.Stop()
 	select {
 	case err := <-ch:
-		return err == nil
-	case <-time.After(p.m.o.CallTimeout):
-		return false
+		return err == nil, false
+	case <-t.C:
+		return false, true
 	}
 }
 

@@ -657,6 +657,38 @@ func TestFrozen_process_is_killed_and_restarted(t *testing.T) {
 	}
 }
 
+// A process that misses one health check and answers the next is kept: a
+// restart hands back every event it has in flight, and their endpoints
+// may have had some of them already.
+func TestHealth_one_late_answer_is_no_restart(t *testing.T) {
+	var logs testutil.SyncBuffer
+	m := newManager(t, Options{
+		CallTimeout: 200 * time.Millisecond, HealthInterval: time.Second,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	p, err := m.Launch(context.Background(), selfSpec(t, "encoder", plugins.PluginEncoder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := p.PID()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	waitFor(t, 30*time.Second, func() bool {
+		return strings.Contains(logs.String(), "did not answer its health check in time")
+	})
+	// The next check is a second (HealthInterval) after the last.
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing to wait for but the checks that follow: three of them.
+	time.Sleep(3 * time.Second)
+	if p.PID() != pid || p.Restarts() != 0 {
+		t.Errorf("restarted (pid %d → %d, %d restarts) after one late answer:\n%s", pid, p.PID(), p.Restarts(), logs.String())
+	}
+}
+
 func TestClose_stops_every_process(t *testing.T) {
 	m := newManager(t, Options{})
 	p1, err := m.Launch(context.Background(), selfSpec(t, "encoder", plugins.PluginEncoder))
