@@ -272,8 +272,25 @@ func waitJetStream(ctx context.Context, nc *nats.Conn, log *slog.Logger, total t
 // ensureJetStream runs fn (creating streams, consumers or buckets) until it
 // succeeds or fails for a reason other than a cluster still forming: no
 // meta leader yet, or fewer nodes than nats.replicas have joined.
-func ensureJetStream(ctx context.Context, log *slog.Logger, what string, fn func(context.Context) error) error {
-	return retryJetStream(ctx, log.With("component", "nats"), natsReadyTimeout, 15*time.Second, what, fn, clusterForming)
+func ensureJetStream(ctx context.Context, log *slog.Logger, nc *nats.Conn, what string, fn func(context.Context) error) error {
+	return retryJetStream(ctx, log.With("component", "nats"), natsReadyTimeout, 15*time.Second, what, fn, jetStreamRetry(nc.ConnectedClusterName() != ""))
+}
+
+// jetStreamRetry is clusterForming for a server in a cluster. A server on
+// its own is not waiting for nodes to join: "insufficient resources" there
+// is its storage or its limits, said at once rather than after
+// natsReadyTimeout of "waiting for streams".
+func jetStreamRetry(clustered bool) func(error) bool {
+	if clustered {
+		return clusterForming
+	}
+	return func(err error) bool {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jsInsufficientResources {
+			return false
+		}
+		return clusterForming(err)
+	}
 }
 
 // retryJetStream calls fn with a deadline of each per call until it returns
@@ -313,6 +330,11 @@ func retryJetStream(ctx context.Context, log *slog.Logger, total, each time.Dura
 	}
 }
 
+// jsInsufficientResources is JetStream's "insufficient resources" error
+// code: in a forming cluster, fewer nodes than replicas; on one server, its
+// storage or account limits.
+const jsInsufficientResources = 10023
+
 // clusterForming reports whether err is what a JetStream cluster answers
 // while it forms or recovers: the request can succeed a moment later.
 func clusterForming(err error) bool {
@@ -322,7 +344,7 @@ func clusterForming(err error) bool {
 		case 10005, // no suitable peers for placement
 			10008, // JetStream system temporarily unavailable
 			10009, // cluster cannot handle the request (no leader)
-			10023: // insufficient resources: fewer nodes than replicas so far
+			jsInsufficientResources: // fewer nodes than replicas so far
 			return true
 		}
 	}

@@ -84,6 +84,21 @@ func TestClusterForming_retries_only_what_a_forming_cluster_answers(t *testing.T
 	}
 }
 
+// "Insufficient resources" is a forming cluster's answer only in a cluster:
+// a server on its own says it of its storage, which waiting does not fix.
+func TestJetStreamRetry_insufficient_resources_alone_is_final(t *testing.T) {
+	insufficient := fmt.Errorf("ensure stream X: %w", &jetstream.APIError{ErrorCode: 10023, Description: "insufficient resources"})
+	if !jetStreamRetry(true)(insufficient) {
+		t.Error("clustered: insufficient resources not retried")
+	}
+	if jetStreamRetry(false)(insufficient) {
+		t.Error("single server: insufficient resources retried")
+	}
+	if !jetStreamRetry(false)(nats.ErrNoResponders) {
+		t.Error("single server: no responders (JetStream starting) not retried")
+	}
+}
+
 func TestRetryJetStream_stops_at_a_permanent_error_and_retries_transient_ones(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	calls := 0

@@ -106,7 +106,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	// until enough nodes have joined: retried, bounded.
 	var top dispatcher.Topology
 	adm.setPhase("making the streams")
-	err = ensureJetStream(ctx, log, "streams", func(ctx context.Context) (err error) {
+	err = ensureJetStream(ctx, log, nc, "streams", func(ctx context.Context) (err error) {
 		top, err = dispatcher.EnsureStreams(ctx, js, dispatcher.StreamOptions{
 			Replicas:        cfg.NATS.Replicas,
 			Duplicates:      cfg.NATS.Duplicates,
@@ -132,7 +132,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	view := settings.NewView(log.With("component", "settings"), settings.ViewOptions{Guard: guard})
 	var store *settings.Store
 	adm.setPhase("opening the settings bucket")
-	err = ensureJetStream(ctx, log, "settings bucket", func(ctx context.Context) (err error) {
+	err = ensureJetStream(ctx, log, nc, "settings bucket", func(ctx context.Context) (err error) {
 		store, err = settings.OpenStore(ctx, js, settings.StoreOptions{Replicas: cfg.NATS.Replicas, View: view})
 		return err
 	})
@@ -169,7 +169,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	// timeout and serve exited).
 	adm.setPhase("starting the dispatcher")
 	var state jetstream.KeyValue
-	err = ensureJetStream(ctx, log, "state bucket", func(ctx context.Context) (err error) {
+	err = ensureJetStream(ctx, log, nc, "state bucket", func(ctx context.Context) (err error) {
 		state, err = expiry.OpenState(ctx, js, cfg.NATS.Replicas)
 		return err
 	})
