@@ -342,8 +342,8 @@ func clusterForming(err error) bool {
 	if errors.As(err, &apiErr) {
 		switch apiErr.ErrorCode {
 		case 10005, // no suitable peers for placement
-			10008, // JetStream system temporarily unavailable
-			10009, // cluster cannot handle the request (no leader)
+			10008,                   // JetStream system temporarily unavailable
+			10009,                   // cluster cannot handle the request (no leader)
 			jsInsufficientResources: // fewer nodes than replicas so far
 			return true
 		}
