@@ -126,12 +126,15 @@ func (w *Writer) Write(r Record) {
 // full or the Writer closed.
 func (w *Writer) Dropped() uint64 { return w.dropped.Load() }
 
-// Failed returns how many records were handed to NATS but not stored: the
-// publish or its ack failed.
+// Failed returns how many records the NATS connection refused to send.
+// Records are core publishes with no ack (logging is best effort and never
+// delays an ack, SPEC §2): one the stream then refuses (storage full) is
+// not counted here.
 func (w *Writer) Failed() uint64 { return w.failed.Load() }
 
-// Close stops accepting records, publishes what is queued and waits for the
-// stream's acks, all bounded by ctx. What is still queued when ctx ends is
+// Close stops accepting records, publishes what is queued and flushes the
+// connection (the server has read them; there are no acks to wait for),
+// all bounded by ctx. What is still queued when ctx ends is
 // dropped and counted. Close may be called more than once.
 func (w *Writer) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() {

@@ -124,8 +124,8 @@ func (d *Dispatcher) onFailure(ctx context.Context, j *job, f plugins.Failure) (
 // log lines, as the delivery log caps it in records.
 const maxLogText = 1024
 
-// clipText cuts s to maxLogText bytes on a character boundary, its URLs
-// without userinfo and query (plugins.RedactURLs).
+// clipText cuts s after maxLogText bytes on a character boundary
+// (plugins.Clip), its URLs without userinfo and query (plugins.RedactURLs).
 func clipText(s string) string { return plugins.Clip(plugins.RedactURLs(s), maxLogText) }
 
 // queueNotify publishes one callback-failed notification to

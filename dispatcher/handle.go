@@ -70,7 +70,9 @@ type job struct {
 // handle takes one message from either consumer to its end: delivered,
 // retry scheduled, parked, dead-lettered, skipped, or handed back.
 // release gives the worker slot back; it is called once the CPU work is
-// done, so an attempt in flight holds no worker.
+// done, so an attempt in flight holds no worker. ctx never ends (work in
+// hand is finished at shutdown): what should stop early watches
+// d.stopping.
 func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg, release func()) {
 	md, err := m.Metadata()
 	if err != nil {

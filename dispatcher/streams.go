@@ -15,17 +15,23 @@ import (
 )
 
 // StreamOptions are the settings of callbackd's streams and consumers
-// (SPEC §2, §3); config supplies them.
+// (SPEC §2, §3); config supplies them, and its defaults are SPEC's. The
+// zero value of each field is noted beside it.
 type StreamOptions struct {
-	Replicas        int
-	Duplicates      time.Duration // de-duplication window of CALLBACKS (0 → 2m)
+	Replicas   int           // nats.replicas (0 → 1)
+	Duplicates time.Duration // de-duplication window of the streams (0 → 2m)
+	// Maximum ages of CALLBACKS and CALLBACKS_RETRY, CALLBACKS_DEAD and
+	// CALLBACKS_LOG (retention.*; 0 → no age limit).
 	RetentionEvents time.Duration
 	RetentionDead   time.Duration
 	RetentionLog    time.Duration
-	LogBytes        int64
-	// AckWait of the consumers: delivery.timeout + 10 s.
-	AckWait         time.Duration
-	MaxAckPending   int
+	LogBytes        int64 // retention.log_bytes (0 → no size limit)
+	// AckWait of the consumers: delivery.timeout + 10 s (0 → the
+	// server's default, 30 s).
+	AckWait       time.Duration
+	MaxAckPending int // the dispatcher consumer's (0 → the server's default)
+	// MaxRetryPending is the retrier consumer's pending limit (0 → 1:
+	// callbackd's config always sets it).
 	MaxRetryPending int
 	// Update applies callbackd's config to existing streams and consumers
 	// whose config differs (serve --update-streams); otherwise they are left
@@ -137,8 +143,8 @@ func (o StreamOptions) dispatcherConsumer() jetstream.ConsumerConfig {
 	}
 }
 
-// EnsureStreams creates callbackd's streams and the dispatcher consumer when
-// absent. One that exists with a different config is left as it is with a
+// EnsureStreams creates callbackd's streams and its two consumers
+// (dispatcher, retrier) when absent. One that exists with a different config is left as it is with a
 // warning, unless o.Update is set.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions, log *slog.Logger) (Topology, error) {
 	var top Topology

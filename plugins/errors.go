@@ -10,6 +10,14 @@ import (
 // dispatcher dead-letters such events with reason invalid_event.
 var ErrInvalidEvent = errors.New("invalid event")
 
+// ErrDestinationNotAllowed is returned (wrapped) when the outbound-safety
+// policy refuses an address: the IP a destination resolved to, or the literal
+// IP of a URL, is in a range callbackd does not deliver to (loopback,
+// private, link-local and the like; SPEC §3 "Outbound safety"). The error
+// text names the IP and the range. A delivery refused so ends with reason
+// destination_not_allowed.
+var ErrDestinationNotAllowed = errors.New("destination not allowed")
+
 // ErrInvalidHeader is returned (wrapped) when a custom header breaks the rules
 // of SPEC §3.
 var ErrInvalidHeader = errors.New("invalid header")

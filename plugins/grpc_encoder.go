@@ -74,10 +74,9 @@ func (s *encoderServer) encode(ctx context.Context, it *pluginpb.EncodeItem) *pl
 	return res
 }
 
-// encodeEvent runs the named encoder on ev. ok reports a notification to
-// deliver (no error, no skip); out is it.
-// encodeEvent runs the named encoder. res carries the error or the skip
-// reason; the caller adds out's notification to it when it is to be sent.
+// encodeEvent runs the named encoder on ev. res carries the error or the
+// skip reason; ok reports a notification to deliver (no error, no skip),
+// which is out's, and which the caller adds to res when it is to be sent.
 func (s *encoderServer) encodeEvent(ctx context.Context, id uint64, name string, ev *pluginpb.Event) (res *pluginpb.EncodeResult, out Encoded, ok bool) {
 	res = &pluginpb.EncodeResult{Id: id}
 	enc := s.only

@@ -2,7 +2,6 @@ package plugins
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,14 +10,6 @@ import (
 	"syscall"
 	"time"
 )
-
-// ErrDestinationNotAllowed is returned (wrapped) when the outbound-safety
-// policy refuses an address: the IP a destination resolved to, or the literal
-// IP of a URL, is in a range callbackd does not deliver to (loopback,
-// private, link-local and the like; SPEC §3 "Outbound safety"). The error
-// text names the IP and the range. A delivery refused so ends with reason
-// destination_not_allowed.
-var ErrDestinationNotAllowed = errors.New("destination not allowed")
 
 // NotAllowedError is the policy's refusal of one address: Guard.Allowed
 // returns it, and a dial the Guard refused wraps it. It wraps

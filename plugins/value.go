@@ -146,9 +146,9 @@ func (n Notification) Check() error {
 	return nil
 }
 
-// Clip shortens s to at most n bytes, cut on a rune boundary, marking the
-// cut with "…": for a plugin's or a publisher's text quoted in an error
-// message or a log line.
+// Clip shortens s to its first n bytes or fewer, cut on a rune boundary,
+// and marks the cut with "…" (3 bytes more): for a plugin's or a
+// publisher's text quoted in an error message or a log line.
 func Clip(s string, n int) string {
 	if len(s) <= n {
 		return s

@@ -18,10 +18,6 @@ import (
 	"github.com/callbackd/callbackd/subjects"
 )
 
-// ErrInvalid is returned (wrapped in a *FieldError) when a setting breaks the
-// rules of SPEC §4.
-var ErrInvalid = errors.New("invalid setting")
-
 // FieldError names the field of a setting that is wrong.
 type FieldError struct {
 	Field string

@@ -405,9 +405,13 @@ func (v *View) apply(ctx context.Context, kv jetstream.KeyValue, s *snapshot, e 
 	kind, id, _ := strings.Cut(key, ".")
 	var old *snapshot
 	if !live {
+		// Not held across applyEntry, which may read the key's history
+		// from the bucket: readers (every event's Destination) must
+		// never wait on a network call. Only this goroutine changes the
+		// view, so old stays as it is meanwhile.
 		v.mu.RLock()
 		old = v.cur
-		defer v.mu.RUnlock()
+		v.mu.RUnlock()
 	}
 	switch kind + "." {
 	case projectPrefix, accountPrefix, ssoClientPrefix:

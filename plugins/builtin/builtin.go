@@ -1,6 +1,9 @@
 // Package builtin holds the plugins compiled into callbackd: the
-// crawl_status and report_download_available encoders and the http-form
-// transport. They are listed here by name, not registered by side effect.
+// crawl_status and report_download_available encoders, the http-form
+// transport and the sso-webhook failure handler. Their names are listed
+// here, and the encoders made here by name; nothing registers itself by
+// side effect. The transport and the failure handler take options (the
+// outbound policy, timeouts) and are made by their constructors.
 package builtin
 
 import (
@@ -14,6 +17,7 @@ const (
 	CrawlStatusName             = "crawl_status"
 	ReportDownloadAvailableName = "report_download_available"
 	HTTPFormName                = "http-form"
+	SSOWebhookName              = "sso-webhook"
 )
 
 // Encoders returns a new instance of every built-in encoder by name.

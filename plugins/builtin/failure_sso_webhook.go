@@ -8,9 +8,6 @@ import (
 	"github.com/callbackd/callbackd/plugins"
 )
 
-// SSOWebhookName is the name of the built-in failure handler.
-const SSOWebhookName = "sso-webhook"
-
 // SSOWebhook is the built-in failure handler: it tells the account's SSO
 // client that a callback failed for good, with the callback_failed
 // notification of SPEC §3. Stateless and safe for concurrent use.

@@ -439,12 +439,12 @@ func notAllowedText(err error, host string) string {
 	return plugins.ErrDestinationNotAllowed.Error()
 }
 
-// connErrorText describes a failure that got no response in a few words,
-// never with the URL (its userinfo and query string may be secrets).
 // errNotResent ends an attempt whose request went out and whose connection
 // closed without an answer, where net/http would send it again.
 var errNotResent = fmt.Errorf("request sent, not sent again in the same attempt: %w", io.ErrUnexpectedEOF)
 
+// connErrorText describes a failure that got no response in a few words,
+// never with the URL (its userinfo and query string may be secrets).
 func connErrorText(err error) string {
 	var ue *url.Error
 	if errors.As(err, &ue) {
