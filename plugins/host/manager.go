@@ -921,7 +921,9 @@ func (p *Plugin) start(ctx context.Context) (*proc, error) {
 			return nil, fmt.Errorf("plugin %s: %w", p.spec.Name, err)
 		}
 		pr.fh = raw.(*plugins.FailureClient)
-		_ = pr.fh.Start(plugins.StreamOptions{Plugin: p.spec.Name, Timeout: o.CallTimeout})
+		if err := pr.fh.Start(plugins.StreamOptions{Plugin: p.spec.Name, Timeout: o.CallTimeout}); err != nil {
+			return nil, fmt.Errorf("plugin %s: %w", p.spec.Name, err)
+		}
 	}
 	ok = true
 	return pr, nil
@@ -934,13 +936,22 @@ func describeKinds(kinds []string) string {
 	return strings.Join(kinds, ", ")
 }
 
+// maxLastWords caps what a start error quotes of a process's stderr.
+const maxLastWords = 600
+
 // startError explains why a process did not get through the handshake;
 // exited is the process's end when it has ended.
 func (p *Plugin) startError(err error, stderr string, exited *os.ProcessState) error {
 	msg := err.Error()
 	lastWords := strings.TrimSpace(stderr)
-	if i := strings.LastIndexByte(lastWords, '\n'); len(lastWords) > 600 && i > 0 {
-		lastWords = lastWords[len(lastWords)-600:]
+	if len(lastWords) > maxLastWords {
+		// Its last lines: from the first line break within the last
+		// maxLastWords bytes, else from a character boundary there.
+		tail := lastWords[len(lastWords)-maxLastWords:]
+		if i := strings.IndexByte(tail, '\n'); i >= 0 {
+			tail = tail[i+1:]
+		}
+		lastWords = strings.ToValidUTF8(tail, "")
 	}
 	switch {
 	case strings.Contains(msg, "incompatible API version"):

@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -805,4 +806,24 @@ func childPIDs(parent int) []int {
 func processRunsAs(pid int, arg string) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	return err == nil && strings.Contains(string(b), arg)
+}
+
+// A start error quotes the end of what the process wrote on stderr, cut at
+// a line break, never inside a character.
+func TestStartError_quotes_whole_last_lines(t *testing.T) {
+	p := &Plugin{spec: Spec{Name: "x"}}
+	stderr := strings.Repeat("é", 400) + "\n" + "panic: the last words é"
+	err := p.startError(errors.New("plugin exited before we could connect"), stderr, nil)
+	msg := err.Error()
+	if !utf8.ValidString(msg) {
+		t.Errorf("not valid UTF-8: %q", msg)
+	}
+	if !strings.HasSuffix(msg, "its stderr: panic: the last words é") {
+		t.Errorf("error = %q, want it to end with the last line whole", msg)
+	}
+	long := strings.Repeat("ü", 500) // no line break: cut on a character boundary
+	msg = p.startError(errors.New("boom"), long, nil).Error()
+	if !utf8.ValidString(msg) || len(msg) > len("plugin x failed to start: boom; its stderr: ")+maxLastWords {
+		t.Errorf("error = %q (%d bytes), want valid UTF-8 within the cap", msg, len(msg))
+	}
 }
