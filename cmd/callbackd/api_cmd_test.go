@@ -254,6 +254,10 @@ func TestSettingsCLI_through_the_API(t *testing.T) {
 	if _, err := e.settingsCLI(t, "project", "set", "123"); !errors.As(err, &ue) {
 		t.Errorf("nothing to change: %v", err)
 	}
+	// An empty URL is pointed at the flag that clears it, not at GraphQL's null.
+	if _, err := e.settingsCLI(t, "project", "set", "123", "--url", ""); !errors.As(err, &ue) || !strings.Contains(err.Error(), "--clear-url") {
+		t.Errorf("empty URL: %v", err)
+	}
 	// Bytes that are not UTF-8 are refused, not stored as U+FFFD.
 	if _, err := e.settingsCLI(t, "project", "set", "123", "--header", "X-Lat: caf\xe9"); !errors.As(err, &ue) || !strings.Contains(err.Error(), `"X-Lat": the value is not valid UTF-8`) {
 		t.Errorf("header not UTF-8: %v", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,8 +25,6 @@ import (
 type pluginSet struct {
 	// Encoders maps each configured event type to its encoder.
 	Encoders map[string]plugins.Encoder
-	// IDFields maps each event type to its encoder's resource ID fields.
-	IDFields map[string][]string
 	// Transport is plugins.transport.
 	Transport plugins.Transport
 	// Failure is plugins.failure.
@@ -56,26 +55,6 @@ func (s *pluginSet) Healthy() error {
 		return nil
 	}
 	return s.manager.Healthy()
-}
-
-// ReadyCheck is the plugins' /readyz check (apiDeps.Plugins).
-func (s *pluginSet) ReadyCheck(context.Context) error { return s.Healthy() }
-
-// RestartsMetric is the plugin-restarts metric (newMetrics' pluginRestarts).
-func (s *pluginSet) RestartsMetric(context.Context) (float64, error) {
-	return float64(s.Restarts()), nil
-}
-
-// Restarts returns how many times plugin processes were restarted, in all.
-func (s *pluginSet) Restarts() int {
-	if s.manager == nil {
-		return 0
-	}
-	n := 0
-	for _, p := range s.manager.Plugins() {
-		n += p.Restarts()
-	}
-	return n
 }
 
 // selfExecutable finds the binary that serves the built-ins: callbackd's
@@ -219,7 +198,7 @@ func newHTTPForm(cfg *config.Config) *builtin.HTTPForm {
 // ready for use: all are running when it returns, or it returns an error
 // naming the plugin and the config key, with nothing left running.
 func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *pluginSet, err error) {
-	set := &pluginSet{Encoders: map[string]plugins.Encoder{}, IDFields: map[string][]string{}}
+	set := &pluginSet{Encoders: map[string]plugins.Encoder{}}
 	defer func() {
 		if err != nil {
 			set.Close()
@@ -240,7 +219,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 			if err := checkBuiltin(u); err != nil {
 				return nil, err
 			}
-			if !inprocess && !contains(builtinKinds, u.kind) {
+			if !inprocess && !slices.Contains(builtinKinds, u.kind) {
 				builtinKinds = append(builtinKinds, u.kind)
 			}
 			continue
@@ -252,7 +231,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 			thirdParty[k] = spec
 			thirdOrder = append(thirdOrder, k)
 		}
-		if !contains(spec.Kinds, u.kind) {
+		if !slices.Contains(spec.Kinds, u.kind) {
 			spec.Kinds = append(spec.Kinds, u.kind)
 		}
 		spec.Keys = append(spec.Keys, u.key)
@@ -350,26 +329,21 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 		switch u.kind {
 		case plugins.PluginEncoder:
 			var enc plugins.Encoder
-			var info plugins.EncoderInfo
 			if proc == nil {
 				if inEncoders == nil {
 					inEncoders = builtin.Encoders()
 				}
 				enc = inEncoders[u.entry.Builtin]
-				if info, err = enc.Info(ctx); err != nil {
-					return nil, fmt.Errorf("%s: %w", u.key, err)
-				}
 			} else {
 				name := u.eventType
 				if u.entry.Builtin != "" {
 					name = u.entry.Builtin
 				}
-				if enc, info, err = proc.Encoder(name); err != nil {
+				if enc, _, err = proc.Encoder(name); err != nil {
 					return nil, fmt.Errorf("%s: %w", u.key, err)
 				}
 			}
 			set.Encoders[u.eventType] = enc
-			set.IDFields[u.eventType] = info.IDFields
 		case plugins.PluginTransport:
 			set.TransportCapsHosts = u.entry.Builtin != ""
 			if proc == nil {
@@ -393,15 +367,6 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 	}
 	log.Info("plugins ready", "builtins", mode, "encoders", len(set.Encoders), "processes", len(procs)+btoi(builtinProc != nil))
 	return set, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func btoi(b bool) int {

@@ -70,8 +70,11 @@ func TestStartPlugins_both_modes_pass_the_conformance_suites(t *testing.T) {
 					plugintest.TestEncoder(t, func(*testing.T) plugins.Encoder { return ps.Encoders[name] }, plugintest.BuiltinEncoderCases(name))
 				})
 			}
-			if got := ps.IDFields["report_download_available"]; strings.Join(got, ",") != "crawl_id,report_download_id" {
-				t.Errorf("IDFields = %v", ps.IDFields)
+			// The dispatcher asks an encoder for its ID fields (a
+			// callback-failed notice repeats them).
+			info, err := ps.Encoders["report_download_available"].Info(context.Background())
+			if err != nil || strings.Join(info.IDFields, ",") != "crawl_id,report_download_id" {
+				t.Errorf("Info() = %+v, %v; want IDFields crawl_id, report_download_id", info, err)
 			}
 			t.Run("http-form", func(t *testing.T) {
 				plugintest.TestTransport(t, func(*testing.T) plugins.Transport { return ps.Transport }, plugintest.TransportOptions{})

@@ -129,6 +129,11 @@ func newSettingsCmd(name string) *cobra.Command {
 				if !utf8.ValidString(setURL) {
 					return usageError{errors.New("--url: not valid UTF-8")}
 				}
+				if setURL == "" {
+					// The API says "use null to clear", which is no
+					// advice for a command line.
+					return usageError{errors.New("--url: must not be empty (--clear-url clears it)")}
+				}
 				in[k.urlField] = setURL
 			case clearURL:
 				in[k.urlField] = nil
