@@ -81,10 +81,19 @@ type Counter struct {
 	interval time.Duration
 	advs     []*advisories
 
+	// failing counts each stream's samples in a row that failed: a
+	// cluster that is still forming, or a leader moving, fails one or two
+	// (no responders), which is not worth a warning.
+	failing map[string]int
+
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
 }
+
+// warnAfter is how many samples of a stream in a row must fail before it
+// is warned about (debug before that).
+const warnAfter = 3
 
 // OpenState opens, or creates, the state bucket that Start needs: a caller
 // can open it under its own retries (a cluster that is still forming
@@ -99,7 +108,7 @@ func OpenState(ctx context.Context, js jetstream.JetStream, replicas int) (jetst
 // A failed sample is logged and tried again at the next one; only a bucket
 // or subscription that cannot be made is an error.
 func Start(ctx context.Context, js jetstream.JetStream, o Options) (*Counter, error) {
-	c := &Counter{js: js, obs: o.Observer, log: o.Logger, interval: o.Interval, done: make(chan struct{})}
+	c := &Counter{js: js, obs: o.Observer, log: o.Logger, interval: o.Interval, failing: map[string]int{}, done: make(chan struct{})}
 	if c.obs == nil {
 		c.obs = nopObserver{}
 	}
@@ -187,10 +196,19 @@ func (c *Counter) sampleAll(ctx context.Context) {
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil {
-				c.log.Warn("expiry counter: sample failed; tried again at the next", "stream", w.stream, "err", err)
+				c.failing[w.stream]++
+				level := slog.LevelDebug
+				if c.failing[w.stream] >= warnAfter {
+					level = slog.LevelWarn
+				}
+				c.log.Log(ctx, level, "expiry counter: sample failed; trying again at the next sample", "stream", w.stream, "failed_in_a_row", c.failing[w.stream], "err", err)
 			}
 			continue
 		}
+		if c.failing[w.stream] >= warnAfter {
+			c.log.Info("expiry counter: sampling again", "stream", w.stream)
+		}
+		delete(c.failing, w.stream)
 		if n > 0 {
 			c.log.Warn("events expired before delivery (retention.events)", "stream", w.stream, "count", n, "state", "undelivered")
 		}

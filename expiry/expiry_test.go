@@ -2,6 +2,8 @@ package expiry
 
 import (
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -352,4 +354,52 @@ func TestOpenState_makes_the_bucket_once(t *testing.T) {
 	if st, err := kv.Status(ctx); err != nil || st.History() != 1 {
 		t.Errorf("state bucket status %v, %v; want history 1", st, err)
 	}
+}
+
+// A sample that fails once or twice (a cluster forming, a leader moving) is
+// a debug line; the third in a row is a warning, and the first sample that
+// works again says so.
+func TestCounter_warns_only_of_samples_that_keep_failing(t *testing.T) {
+	t.Parallel()
+	j := testutil.RunJetStream(t) // no streams yet: every sample fails
+	var logs testutil.SyncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	c, err := Start(testutil.Context(t), j.JS, Options{Interval: 20 * time.Millisecond, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	testutil.CheckFor(t, wait, 10*time.Millisecond, func() error {
+		if !strings.Contains(logs.String(), "failed_in_a_row=3") {
+			return fmt.Errorf("no third failure yet")
+		}
+		return nil
+	})
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if !strings.Contains(line, "stream="+subjects.Stream+" ") {
+			continue
+		}
+		warn := strings.Contains(line, "level=WARN")
+		switch {
+		case strings.Contains(line, "failed_in_a_row=1"), strings.Contains(line, "failed_in_a_row=2"):
+			if warn {
+				t.Errorf("warned at once: %s", line)
+			}
+		case strings.Contains(line, "failed_in_a_row=3"):
+			if !warn {
+				t.Errorf("not warned on the third failure in a row: %s", line)
+			}
+		}
+	}
+	if _, err := dispatcher.EnsureStreams(testutil.Context(t), j.JS, dispatcher.StreamOptions{
+		RetentionEvents: time.Hour, AckWait: time.Minute, MaxAckPending: 64, MaxRetryPending: 64,
+	}, testutil.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, wait, 10*time.Millisecond, func() error {
+		if !strings.Contains(logs.String(), "expiry counter: sampling again") {
+			return fmt.Errorf("no line for the sample that worked again")
+		}
+		return nil
+	})
 }
