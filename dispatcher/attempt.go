@@ -70,7 +70,14 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, release func()) {
 
 	d.o.Observer.InFlight(1)
 	start := time.Now()
+	var stopKeeping func()
+	if d.keepDuring {
+		stopKeeping = d.keepAliveDuring(j)
+	}
 	res, ok := d.deliver(ctx, j)
+	if stopKeeping != nil {
+		stopKeeping()
+	}
 	res = checkResult(res, j.dest.URL)
 	if ok {
 		// The host's pace is that of the attempts it answered (or let
@@ -337,6 +344,38 @@ func (d *Dispatcher) acquireInFlight(j *job) bool {
 				j.started = time.Now()
 			}
 			t.Reset(d.ackWait / 2)
+		}
+	}
+}
+
+// keepAliveDuring tells the server every half ack wait that j's message is
+// still being worked on, until the returned stop is called (and has
+// waited for the last InProgress). Only for consumers whose ack wait is
+// shorter than an attempt may take (Dispatcher.keepDuring): a goroutine
+// and a ticker per attempt are not for the usual case.
+func (d *Dispatcher) keepAliveDuring(j *job) (stop func()) {
+	done, exited := make(chan struct{}), make(chan struct{})
+	var last time.Time // the last InProgress the server took; read after exited
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(max(d.ackWait/2, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := j.msg.InProgress(); err == nil {
+					last = time.Now()
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+		if !last.IsZero() {
+			j.started = last
 		}
 	}
 }

@@ -157,6 +157,10 @@ type Dispatcher struct {
 	hosts        *hostLimiter
 	urls         urlCache
 	ackWait      time.Duration
+	// keepDuring is set when ackWait is shorter than an attempt may take:
+	// each attempt then tells the server, every half ack wait, that its
+	// message is still being worked on.
+	keepDuring bool
 	// hostWait bounds how long an attempt queues for its host's slot
 	// before it is parked: well within the ack wait.
 	hostWait time.Duration
@@ -223,9 +227,21 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 	if top.Dispatcher == nil || top.Retrier == nil {
 		return nil, errors.New("dispatcher: no consumers (call EnsureStreams first)")
 	}
-	ackWait := top.Dispatcher.CachedInfo().Config.AckWait
-	if ackWait <= 0 {
-		ackWait = o.DeliveryTimeout + 10*time.Second
+	// The consumers' own ack wait, which an existing install may have
+	// kept from another delivery.timeout (streams left as they are).
+	ackWait := o.DeliveryTimeout + 10*time.Second
+	for _, c := range []jetstream.Consumer{top.Dispatcher, top.Retrier} {
+		if w := c.CachedInfo().Config.AckWait; w > 0 {
+			ackWait = min(ackWait, w)
+		}
+	}
+	// Shorter than an attempt may take: the message is kept alive while
+	// the attempt is in flight, or the server would hand it out again
+	// and the endpoint get the event twice at once.
+	keepDuring := ackWait < o.DeliveryTimeout+attemptSlack
+	if keepDuring {
+		o.Logger.Warn("the consumers' ack wait is shorter than an attempt may take; messages are kept alive during attempts (serve --update-streams sets the ack wait to delivery.timeout + 10s)",
+			"ack_wait", ackWait, "delivery_timeout", o.DeliveryTimeout)
 	}
 	pipelines := make(map[string]plugins.EncodeDeliverer, len(o.Encoders))
 	for typ, enc := range o.Encoders {
@@ -257,6 +273,7 @@ func New(js jetstream.JetStream, top Topology, view Resolver, o Options) (*Dispa
 		slowInFlight:  make(chan struct{}, max(o.MaxInFlight/2, 1)),
 		hosts:         newHostLimiter(o.PerHostConcurrency, o.HostWindow),
 		ackWait:       ackWait,
+		keepDuring:    keepDuring,
 		hostWait:      ackWait / 4,
 		fastQueue:     max(top.Dispatcher.CachedInfo().Config.MaxAckPending, o.PerHostConcurrency),
 		idFields:      map[string][]string{},

@@ -1490,3 +1490,33 @@ func TestDispatcher_a_failed_settlement_does_not_repeat_the_attempt(t *testing.T
 		})
 	}
 }
+
+// Consumers kept from an install with a shorter delivery.timeout (streams
+// are left as they are without --update-streams) have an ack wait shorter
+// than an attempt may take: the message is kept alive during the attempt,
+// so the server does not hand it out again while the endpoint is still
+// answering the first request.
+func TestDispatcher_an_ack_wait_shorter_than_the_attempt_is_kept_alive(t *testing.T) {
+	sink := newSlowSink(t, 3*time.Second)
+	var requests atomic.Int64
+	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		sink.Config.Handler.ServeHTTP(w, r)
+	})
+	front := httptest.NewServer(counted)
+	t.Cleanup(front.Close)
+	h := newHarness(t, harnessOptions{DeliveryTimeout: 10 * time.Second, AckWait: time.Second})
+	h.setProject("2", front.URL+"/hook")
+	h.waitDestination("1", "2", front.URL+"/hook")
+	h.publish(eventSubject("crawl_status", "1", "2"), crawl(1), "")
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if sink.done.Load() < 1 {
+			return errString("not answered yet")
+		}
+		return nil
+	})
+	h.waitEventsEmpty()
+	if n := requests.Load(); n != 1 {
+		t.Errorf("the endpoint got %d requests for one event, want 1 (handed out again during the attempt)", n)
+	}
+}

@@ -244,46 +244,73 @@ func ensureConsumer(ctx context.Context, s jetstream.Stream, want jetstream.Cons
 	return c, nil
 }
 
-// streamDrift names the settings callbackd manages that differ.
+// streamDrift names the settings that differ from callbackd's: those it
+// sets, and those it leaves at the server's defaults whose other values
+// would lose or hold back work (a message limit on CALLBACKS_RETRY drops
+// retries, one on CALLBACKS_DEAD drops dead letters, "discard new" refuses
+// events, a subject transform moves them). Unset limits read as the
+// server's "unlimited".
 func streamDrift(have, want jetstream.StreamConfig) string {
 	var d []string
-	if !slices.Equal(have.Subjects, want.Subjects) {
-		d = append(d, "subjects")
+	diff := func(differs bool, name string) {
+		if differs {
+			d = append(d, name)
+		}
 	}
-	if have.Retention != want.Retention {
-		d = append(d, "retention")
-	}
-	if have.Storage != want.Storage {
-		d = append(d, "storage")
-	}
-	if have.MaxAge != want.MaxAge {
-		d = append(d, "max_age")
-	}
-	if want.MaxBytes != 0 && have.MaxBytes != want.MaxBytes {
-		d = append(d, "max_bytes")
-	}
-	if want.Duplicates != 0 && have.Duplicates != want.Duplicates {
-		d = append(d, "duplicates")
-	}
-	if have.Replicas != want.Replicas {
-		d = append(d, "replicas")
-	}
+	diff(!slices.Equal(have.Subjects, want.Subjects), "subjects")
+	diff(have.Retention != want.Retention, "retention")
+	diff(have.Storage != want.Storage, "storage")
+	diff(have.MaxAge != want.MaxAge, "max_age")
+	diff(unlimited(have.MaxBytes) != unlimited(want.MaxBytes), "max_bytes")
+	diff(unlimited(have.MaxMsgs) != unlimited(want.MaxMsgs), "max_msgs")
+	diff(unlimited(have.MaxMsgsPerSubject) != unlimited(want.MaxMsgsPerSubject), "max_msgs_per_subject")
+	diff(unlimited(int64(have.MaxMsgSize)) != unlimited(int64(want.MaxMsgSize)), "max_msg_size")
+	diff(have.Discard != want.Discard, "discard")
+	diff(have.DiscardNewPerSubject != want.DiscardNewPerSubject, "discard_new_per_subject")
+	diff(want.Duplicates != 0 && have.Duplicates != want.Duplicates, "duplicates")
+	diff(have.Replicas != want.Replicas, "replicas")
+	diff(have.NoAck != want.NoAck, "no_ack")
+	diff(have.Sealed != want.Sealed, "sealed")
+	diff(have.DenyDelete != want.DenyDelete, "deny_delete")
+	diff(have.DenyPurge != want.DenyPurge, "deny_purge")
+	diff(have.SubjectTransform != nil, "subject_transform")
+	diff(have.RePublish != nil, "republish")
+	diff(have.Mirror != nil || len(have.Sources) > 0, "mirror/sources")
 	return strings.Join(d, ", ")
 }
 
+// unlimited reads a stream limit: zero and negative values are both "no
+// limit" (the server stores -1 for what a config left unset).
+func unlimited(v int64) int64 {
+	if v <= 0 {
+		return -1
+	}
+	return v
+}
+
+// consumerDrift names the settings of a consumer that differ from
+// callbackd's, as streamDrift does: a filter would leave events or notices
+// unconsumed, a pull batch or expiry limit refuses the dispatcher's pulls,
+// headers only would hand it no payloads, an inactivity threshold would
+// let the server delete it.
 func consumerDrift(have, want jetstream.ConsumerConfig) string {
 	var d []string
-	if have.AckWait != want.AckWait {
-		d = append(d, "ack_wait")
+	diff := func(differs bool, name string) {
+		if differs {
+			d = append(d, name)
+		}
 	}
-	if have.MaxAckPending != want.MaxAckPending {
-		d = append(d, "max_ack_pending")
-	}
-	if have.MaxDeliver != want.MaxDeliver {
-		d = append(d, "max_deliver")
-	}
-	if len(have.BackOff) != 0 {
-		d = append(d, "backoff")
-	}
+	diff(have.AckPolicy != want.AckPolicy, "ack_policy")
+	diff(have.AckWait != want.AckWait, "ack_wait")
+	diff(have.MaxAckPending != want.MaxAckPending, "max_ack_pending")
+	diff(have.MaxDeliver != want.MaxDeliver, "max_deliver")
+	diff(len(have.BackOff) != 0, "backoff")
+	diff(have.FilterSubject != want.FilterSubject || !slices.Equal(have.FilterSubjects, want.FilterSubjects), "filter_subjects")
+	diff(have.MaxRequestBatch != want.MaxRequestBatch, "max_batch")
+	diff(have.MaxRequestExpires != want.MaxRequestExpires, "max_expires")
+	diff(have.MaxRequestMaxBytes != want.MaxRequestMaxBytes, "max_bytes")
+	diff(have.HeadersOnly != want.HeadersOnly, "headers_only")
+	diff(have.InactiveThreshold != want.InactiveThreshold, "inactive_threshold")
+	diff(have.DeliverSubject != "", "deliver_subject (a push consumer)")
 	return strings.Join(d, ", ")
 }

@@ -1,6 +1,7 @@
 package dispatcher_test
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -105,5 +106,107 @@ func TestEnsureStreams_names_log_bytes_when_the_disk_cannot_hold_them(t *testing
 	}, testutil.Logger(t))
 	if err == nil || !strings.Contains(err.Error(), "lower retention.log_bytes") {
 		t.Fatalf("EnsureStreams = %v, want an error naming retention.log_bytes", err)
+	}
+}
+
+// Settings an operator changed by hand that would lose or hold back work
+// are warned about at start, left as they are, and put back by
+// --update-streams; streams and consumers just made show no drift.
+func TestEnsureStreams_hand_edits_are_warned_about_and_updated(t *testing.T) {
+	tests := []struct {
+		name   string
+		stream string
+		edit   func(*jetstream.StreamConfig)
+		// consumer, when set, is edited instead of the stream.
+		consumer string
+		editC    func(*jetstream.ConsumerConfig)
+		differs  string
+		check    func(jetstream.StreamConfig, jetstream.ConsumerConfig) bool // true when put back
+	}{
+		{name: "retries kept one per subject", stream: subjects.RetryStream,
+			edit: func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 1 }, differs: "max_msgs_per_subject",
+			check: func(c jetstream.StreamConfig, _ jetstream.ConsumerConfig) bool { return c.MaxMsgsPerSubject <= 0 }},
+		{name: "dead letters limited", stream: subjects.DeadStream,
+			edit: func(c *jetstream.StreamConfig) { c.MaxMsgs = 5 }, differs: "max_msgs",
+			check: func(c jetstream.StreamConfig, _ jetstream.ConsumerConfig) bool { return c.MaxMsgs <= 0 }},
+		{name: "events limited in size", stream: subjects.Stream,
+			edit: func(c *jetstream.StreamConfig) { c.MaxMsgSize = 2000; c.MaxBytes = 10 << 20 }, differs: "max_bytes, max_msg_size",
+			check: func(c jetstream.StreamConfig, _ jetstream.ConsumerConfig) bool {
+				return c.MaxMsgSize <= 0 && c.MaxBytes <= 0
+			}},
+		{name: "log discards new", stream: subjects.LogStream,
+			edit: func(c *jetstream.StreamConfig) { c.Discard = jetstream.DiscardNew }, differs: "discard",
+			check: func(c jetstream.StreamConfig, _ jetstream.ConsumerConfig) bool { return c.Discard == jetstream.DiscardOld }},
+		{name: "dispatcher filtered to events", stream: subjects.Stream, consumer: subjects.DispatcherConsumer,
+			editC: func(c *jetstream.ConsumerConfig) { c.FilterSubject = subjects.Events }, differs: "filter_subjects",
+			check: func(_ jetstream.StreamConfig, c jetstream.ConsumerConfig) bool { return c.FilterSubject == "" }},
+		{name: "dispatcher pull batch of 1", stream: subjects.Stream, consumer: subjects.DispatcherConsumer,
+			editC: func(c *jetstream.ConsumerConfig) { c.MaxRequestBatch = 1 }, differs: "max_batch",
+			check: func(_ jetstream.StreamConfig, c jetstream.ConsumerConfig) bool { return c.MaxRequestBatch == 0 }},
+		{name: "retrier headers only", stream: subjects.RetryStream, consumer: subjects.RetrierConsumer,
+			editC: func(c *jetstream.ConsumerConfig) { c.HeadersOnly = true }, differs: "headers_only",
+			check: func(_ jetstream.StreamConfig, c jetstream.ConsumerConfig) bool { return !c.HeadersOnly }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			js := testutil.RunJetStream(t)
+			ctx := testutil.Context(t)
+			var logs testutil.SyncBuffer
+			log := slog.New(slog.NewTextHandler(&logs, nil))
+			o := streamOptions(time.Hour)
+			if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, log); err != nil {
+				t.Fatal(err)
+			}
+			// Made by callbackd and read back: nothing differs.
+			if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, log); err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(logs.String(), "differs") {
+				t.Fatalf("drift reported for what callbackd just made:\n%s", logs.String())
+			}
+			s, err := js.JS.Stream(ctx, tt.stream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.consumer == "" {
+				cfg := s.CachedInfo().Config
+				tt.edit(&cfg)
+				if _, err := js.JS.UpdateStream(ctx, cfg); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				c, err := s.Consumer(ctx, tt.consumer)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg := c.CachedInfo().Config
+				tt.editC(&cfg)
+				if _, err := s.UpdateConsumer(ctx, cfg); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, log); err != nil {
+				t.Fatal(err)
+			}
+			if want := "differs=\"" + tt.differs + "\""; !strings.Contains(logs.String(), want) && !strings.Contains(logs.String(), "differs="+tt.differs+"\n") {
+				t.Errorf("no warning with %s:\n%s", want, logs.String())
+			}
+			o.Update = true
+			if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, log); err != nil {
+				t.Fatalf("update: %v", err)
+			}
+			sc := streamConfig(t, js, tt.stream)
+			var cc jetstream.ConsumerConfig
+			if tt.consumer != "" {
+				c, err := js.JS.Consumer(ctx, tt.stream, tt.consumer)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cc = c.CachedInfo().Config
+			}
+			if !tt.check(sc, cc) {
+				t.Errorf("not put back by the update: stream %+v consumer %+v", sc, cc)
+			}
+		})
 	}
 }
