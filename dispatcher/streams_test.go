@@ -136,7 +136,9 @@ func TestEnsureStreams_hand_edits_are_warned_about_and_updated(t *testing.T) {
 			}},
 		{name: "log discards new", stream: subjects.LogStream,
 			edit: func(c *jetstream.StreamConfig) { c.Discard = jetstream.DiscardNew }, differs: "discard",
-			check: func(c jetstream.StreamConfig, _ jetstream.ConsumerConfig) bool { return c.Discard == jetstream.DiscardOld }},
+			check: func(c jetstream.StreamConfig, _ jetstream.ConsumerConfig) bool {
+				return c.Discard == jetstream.DiscardOld
+			}},
 		{name: "dispatcher filtered to events", stream: subjects.Stream, consumer: subjects.DispatcherConsumer,
 			editC: func(c *jetstream.ConsumerConfig) { c.FilterSubject = subjects.Events }, differs: "filter_subjects",
 			check: func(_ jetstream.StreamConfig, c jetstream.ConsumerConfig) bool { return c.FilterSubject == "" }},
