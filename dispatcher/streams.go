@@ -211,7 +211,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 			return nil, fmt.Errorf("update stream %s to %d replicas: it was created on a single node with asynchronous persistence, which a replicated stream cannot have; delete it (nats stream rm %s; the delivery log is best effort) and start again", want.Name, want.Replicas, want.Name)
 		}
 		if s, err = js.UpdateStream(ctx, want); err != nil {
-			return nil, fmt.Errorf("update stream %s (%s): %w", want.Name, diff, err)
+			return nil, fmt.Errorf("update stream %s (%s): %w (a setting the server cannot change on an existing stream, such as storage or deny delete, needs the stream made again: back it up with nats stream backup, remove it with nats stream rm %s, and start callbackd again)", want.Name, diff, err, want.Name)
 		}
 		log.Info("updated stream", "stream", want.Name, "changed", diff)
 	}

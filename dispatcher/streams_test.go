@@ -212,3 +212,24 @@ func TestEnsureStreams_hand_edits_are_warned_about_and_updated(t *testing.T) {
 		})
 	}
 }
+
+// A setting the server will not change on an existing stream stops
+// --update-streams with the way out.
+func TestEnsureStreams_update_that_the_server_refuses_says_what_to_do(t *testing.T) {
+	js := testutil.RunJetStream(t)
+	ctx := testutil.Context(t)
+	o := streamOptions(time.Hour)
+	if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, testutil.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := streamConfig(t, js, subjects.DeadStream)
+	cfg.DenyDelete = true
+	if _, err := js.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	o.Update = true
+	_, err := dispatcher.EnsureStreams(ctx, js.JS, o, testutil.Logger(t))
+	if err == nil || !strings.Contains(err.Error(), "deny_delete") || !strings.Contains(err.Error(), "nats stream rm "+subjects.DeadStream) {
+		t.Errorf("err = %v, want it to name deny_delete and the way out", err)
+	}
+}

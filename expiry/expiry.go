@@ -84,7 +84,8 @@ type Counter struct {
 	// failing counts each stream's samples in a row that failed: a
 	// cluster that is still forming, or a leader moving, fails one or two
 	// (no responders), which is not worth a warning.
-	failing map[string]int
+	failing   map[string]int
+	failingMu sync.Mutex
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -188,6 +189,20 @@ func (c *Counter) noteStream(w watch, s sample) {
 	}
 }
 
+// noteFailure counts a failed sample of stream (failed) or ends its count
+// (a sample that worked); it returns the count, before it ended.
+func (c *Counter) noteFailure(stream string, failed bool) int {
+	c.failingMu.Lock()
+	defer c.failingMu.Unlock()
+	n := c.failing[stream]
+	if !failed {
+		delete(c.failing, stream)
+		return n
+	}
+	c.failing[stream] = n + 1
+	return n + 1
+}
+
 // sampleAll samples every watched stream, logging what fails.
 func (c *Counter) sampleAll(ctx context.Context) {
 	for _, w := range watched {
@@ -196,19 +211,18 @@ func (c *Counter) sampleAll(ctx context.Context) {
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil {
-				c.failing[w.stream]++
+				n := c.noteFailure(w.stream, true)
 				level := slog.LevelDebug
-				if c.failing[w.stream] >= warnAfter {
+				if n >= warnAfter {
 					level = slog.LevelWarn
 				}
-				c.log.Log(ctx, level, "expiry counter: sample failed; trying again at the next sample", "stream", w.stream, "failed_in_a_row", c.failing[w.stream], "err", err)
+				c.log.Log(ctx, level, "expiry counter: sample failed; trying again at the next sample", "stream", w.stream, "failed_in_a_row", n, "err", err)
 			}
 			continue
 		}
-		if c.failing[w.stream] >= warnAfter {
+		if c.noteFailure(w.stream, false) >= warnAfter {
 			c.log.Info("expiry counter: sampling again", "stream", w.stream)
 		}
-		delete(c.failing, w.stream)
 		if n > 0 {
 			c.log.Warn("events expired before delivery (retention.events)", "stream", w.stream, "count", n, "state", "undelivered")
 		}
