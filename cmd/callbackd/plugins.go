@@ -206,35 +206,9 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 	}()
 	uses := pluginUses(cfg)
 	inprocess := cfg.Plugins.Builtins == "inprocess"
-
-	// What runs where: the built-ins' process serves every kind some
-	// entry takes from it; third-party entries share a process when they
-	// name the same file, checksum, args and env.
-	var builtinKinds []string
-	names := processNames(uses)
-	thirdParty := map[string]*host.Spec{}
-	var thirdOrder []string
-	for _, u := range uses {
-		if u.entry.Builtin != "" {
-			if err := checkBuiltin(u); err != nil {
-				return nil, err
-			}
-			if !inprocess && !slices.Contains(builtinKinds, u.kind) {
-				builtinKinds = append(builtinKinds, u.kind)
-			}
-			continue
-		}
-		k := thirdPartyKey(u.entry)
-		spec, ok := thirdParty[k]
-		if !ok {
-			spec = &host.Spec{Name: names[k], Path: u.entry.Path, SHA256: u.entry.SHA256, Args: u.entry.Args, Env: u.entry.Env}
-			thirdParty[k] = spec
-			thirdOrder = append(thirdOrder, k)
-		}
-		if !slices.Contains(spec.Kinds, u.kind) {
-			spec.Kinds = append(spec.Kinds, u.kind)
-		}
-		spec.Keys = append(spec.Keys, u.key)
+	builtinKinds, thirdParty, thirdOrder, err := planProcesses(uses, inprocess)
+	if err != nil {
+		return nil, err
 	}
 
 	var builtinProc *host.Plugin
@@ -252,17 +226,6 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 			return nil, err
 		}
 	}
-	// Every process is launched at once: a plugin slow to start (up to
-	// its start timeout) does not hold the others' start-up too. Errors
-	// are reported in a fixed order: the built-ins, then third-party processes
-	// as pluginUses lists their entries (encoders by event type, transport, failure).
-	type launch struct {
-		spec   host.Spec
-		key    string // thirdPartyKey; "" for the built-ins
-		errPfx string
-		p      *host.Plugin
-		err    error
-	}
 	var launches []*launch
 	if len(builtinKinds) > 0 {
 		self, err := selfExecutable()
@@ -279,13 +242,82 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 		// same file with another checksum, args or env, and be fine.
 		launches = append(launches, &launch{spec: *thirdParty[k], key: k, errPfx: strings.Join(thirdParty[k].Keys, ", ")})
 	}
-	if len(launches) > 0 {
-		names := make([]string, len(launches))
-		for i, l := range launches {
-			names[i] = l.spec.Name
-		}
-		log.Info("starting plugin processes", "plugins", strings.Join(names, ", "))
+	if err := launchAll(ctx, set.manager, launches, log); err != nil {
+		return nil, err
 	}
+	for _, l := range launches {
+		if l.key == "" {
+			builtinProc = l.p
+			continue
+		}
+		procs[l.key] = l.p
+	}
+	if err := set.wire(cfg, uses, inprocess, builtinProc, procs); err != nil {
+		return nil, err
+	}
+	mode := "process"
+	if inprocess {
+		mode = "inprocess"
+	}
+	log.Info("plugins ready", "builtins", mode, "encoders", len(set.Encoders), "processes", len(procs)+btoi(builtinProc != nil))
+	return set, nil
+}
+
+// planProcesses says what runs where: the built-ins' process serves every
+// kind some entry takes from it (none in-process); third-party entries
+// share a process when they name the same file, checksum, args and env
+// (thirdParty by thirdPartyKey, in the order of uses).
+func planProcesses(uses []pluginUse, inprocess bool) (builtinKinds []string, thirdParty map[string]*host.Spec, order []string, err error) {
+	names := processNames(uses)
+	thirdParty = map[string]*host.Spec{}
+	for _, u := range uses {
+		if u.entry.Builtin != "" {
+			if err := checkBuiltin(u); err != nil {
+				return nil, nil, nil, err
+			}
+			if !inprocess && !slices.Contains(builtinKinds, u.kind) {
+				builtinKinds = append(builtinKinds, u.kind)
+			}
+			continue
+		}
+		k := thirdPartyKey(u.entry)
+		spec, ok := thirdParty[k]
+		if !ok {
+			spec = &host.Spec{Name: names[k], Path: u.entry.Path, SHA256: u.entry.SHA256, Args: u.entry.Args, Env: u.entry.Env}
+			thirdParty[k] = spec
+			order = append(order, k)
+		}
+		if !slices.Contains(spec.Kinds, u.kind) {
+			spec.Kinds = append(spec.Kinds, u.kind)
+		}
+		spec.Keys = append(spec.Keys, u.key)
+	}
+	return builtinKinds, thirdParty, order, nil
+}
+
+// launch is one plugin process to start.
+type launch struct {
+	spec   host.Spec
+	key    string // thirdPartyKey; "" for the built-ins
+	errPfx string // what a refusal is reported as
+	p      *host.Plugin
+	err    error
+}
+
+// launchAll starts every process at once: a plugin slow to start (up to
+// its start timeout) does not hold the others' start-up too. Refusals are
+// reported in a fixed order: the built-ins, then third-party processes as
+// pluginUses lists their entries (encoders by event type, transport,
+// failure).
+func launchAll(ctx context.Context, m *host.Manager, launches []*launch, log *slog.Logger) error {
+	if len(launches) == 0 {
+		return nil
+	}
+	names := make([]string, len(launches))
+	for i, l := range launches {
+		names[i] = l.spec.Name
+	}
+	log.Info("starting plugin processes", "plugins", strings.Join(names, ", "))
 	// The first refusal ends the other starts (a plugin that hangs in its
 	// handshake would otherwise hold the answer for its start timeout).
 	lctx, cancelLaunch := context.WithCancelCause(ctx)
@@ -294,7 +326,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 	var wg sync.WaitGroup
 	for _, l := range launches {
 		wg.Go(func() {
-			if l.p, l.err = set.manager.Launch(lctx, l.spec); l.err != nil {
+			if l.p, l.err = m.Launch(lctx, l.spec); l.err != nil {
 				cancelLaunch(errOtherRefused)
 			}
 		})
@@ -304,19 +336,17 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 	for _, others := range []bool{false, true} {
 		for _, l := range launches {
 			if l.err != nil && errors.Is(l.err, errOtherRefused) == others {
-				return nil, fmt.Errorf("%s: %w", l.errPfx, l.err)
+				return fmt.Errorf("%s: %w", l.errPfx, l.err)
 			}
 		}
 	}
-	for _, l := range launches {
-		if l.key == "" {
-			builtinProc = l.p
-			continue
-		}
-		procs[l.key] = l.p
-	}
+	return nil
+}
 
-	// In-process built-ins, made once each, only when used.
+// wire hands each configured entry its implementation: in-process
+// built-ins (made once each, only when used), or the process that serves
+// it.
+func (set *pluginSet) wire(cfg *config.Config, uses []pluginUse, inprocess bool, builtinProc *host.Plugin, procs map[string]*host.Plugin) (err error) {
 	var inEncoders map[string]plugins.Encoder
 	for _, u := range uses {
 		var proc *host.Plugin
@@ -340,7 +370,7 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 					name = u.entry.Builtin
 				}
 				if enc, _, err = proc.Encoder(name); err != nil {
-					return nil, fmt.Errorf("%s: %w", u.key, err)
+					return fmt.Errorf("%s: %w", u.key, err)
 				}
 			}
 			set.Encoders[u.eventType] = enc
@@ -351,22 +381,17 @@ func startPlugins(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 				set.closers = append(set.closers, t.Close)
 				set.Transport = t
 			} else if set.Transport, err = proc.Transport(); err != nil {
-				return nil, fmt.Errorf("%s: %w", u.key, err)
+				return fmt.Errorf("%s: %w", u.key, err)
 			}
 		case plugins.PluginFailure:
 			if proc == nil {
 				set.Failure = builtin.NewSSOWebhook()
 			} else if set.Failure, err = proc.Failure(); err != nil {
-				return nil, fmt.Errorf("%s: %w", u.key, err)
+				return fmt.Errorf("%s: %w", u.key, err)
 			}
 		}
 	}
-	mode := "process"
-	if inprocess {
-		mode = "inprocess"
-	}
-	log.Info("plugins ready", "builtins", mode, "encoders", len(set.Encoders), "processes", len(procs)+btoi(builtinProc != nil))
-	return set, nil
+	return nil
 }
 
 func btoi(b bool) int {

@@ -181,21 +181,58 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 	start := time.Now()
 	dog, actx := t.dog.start(ctx, start.Add(t.timeout))
 	defer t.dog.end(dog)
-	req, err := http.NewRequestWithContext(actx, http.MethodPost, d.Destination.URL, nil)
+	req, refused, ok := t.newRequest(actx, d, start)
+	if !ok {
+		return refused, nil
+	}
+
+	// Straight to the transport, not through an http.Client: SPEC §3 makes
+	// every 3xx a failure, so the first answer is the answer and there are
+	// no redirects to follow, no cookies and no client timeout — the
+	// Client would only copy the headers per request for redirects that
+	// never happen. RoundTrip closes the request body, on errors too.
+	resp, err := t.transport.RoundTrip(req)
+	if err != nil {
+		if perr := ctx.Err(); perr != nil {
+			return plugins.Result{}, fmt.Errorf("deliver %s: attempt abandoned: %w", d.DeliveryID, perr)
+		}
+		res := plugins.Result{Outcome: plugins.OutcomeRetryable, Duration: time.Since(start)}
+		switch {
+		case errors.Is(err, plugins.ErrDestinationNotAllowed):
+			res.Outcome = plugins.OutcomeNotAllowed
+			res.Error = notAllowedText(err, req.URL.Hostname())
+		case dog.expired.Load() || !time.Now().Before(dog.deadline):
+			// Past the deadline, whichever bound ended it (the watchdog,
+			// the dial's deadline, the handshake's backstop): one text.
+			res.Error = t.timeoutText
+		default:
+			res.Error = connErrorText(err)
+		}
+		return res, nil
+	}
+
+	return answered(resp, start), nil
+}
+
+// newRequest makes the attempt's request for d: the URL checked (an
+// invalid or refused one is the attempt's result, with ok false), the
+// form body, the headers. start is when the attempt began.
+func (t *HTTPForm) newRequest(ctx context.Context, d plugins.Delivery, start time.Time) (req *http.Request, refused plugins.Result, ok bool) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.Destination.URL, nil)
 	if err != nil {
 		// url.Error's text repeats the URL, which may hold secrets.
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return finalResult("invalid destination URL: " + err.Error()), nil
+		return nil, finalResult("invalid destination URL: " + err.Error()), false
 	}
 	if (req.URL.Scheme != "http" && req.URL.Scheme != "https") || req.URL.Hostname() == "" {
-		return finalResult("invalid destination URL: must be an absolute http or https URL with a host"), nil
+		return nil, finalResult("invalid destination URL: must be an absolute http or https URL with a host"), false
 	}
 	if i := plugins.NotURIChar(d.Destination.URL); i >= 0 {
 		// A raw space in the query would split the request line.
-		return finalResult(fmt.Sprintf("invalid destination URL: byte %d must be percent-encoded", i)), nil
+		return nil, finalResult(fmt.Sprintf("invalid destination URL: byte %d must be percent-encoded", i)), false
 	}
 	// The dial checks the address a name resolves to; a host written as a
 	// number that resolvers may read as an IPv4 address (2130706433,
@@ -203,7 +240,7 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 	// and the settings view judge it, instead of failing its DNS lookup
 	// attempt after attempt.
 	if err := t.guard.CheckURLHost(req.URL.Host); err != nil {
-		return plugins.Result{Outcome: plugins.OutcomeNotAllowed, Error: err.Error(), Duration: time.Since(start)}, nil
+		return nil, plugins.Result{Outcome: plugins.OutcomeNotAllowed, Error: err.Error(), Duration: time.Since(start)}, false
 	}
 
 	// A plain byte slice behind a *bytes.Reader: net/http knows it does not
@@ -255,33 +292,12 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 		req.URL.User = nil
 	}
 
-	// Straight to the transport, not through an http.Client: SPEC §3 makes
-	// every 3xx a failure, so the first answer is the answer and there are
-	// no redirects to follow, no cookies and no client timeout — the
-	// Client would only copy the headers per request for redirects that
-	// never happen. RoundTrip closes the request body, on errors too.
-	resp, err := t.transport.RoundTrip(req)
-	if err != nil {
-		if perr := ctx.Err(); perr != nil {
-			return plugins.Result{}, fmt.Errorf("deliver %s: attempt abandoned: %w", d.DeliveryID, perr)
-		}
-		res := plugins.Result{Outcome: plugins.OutcomeRetryable, Duration: time.Since(start)}
-		switch {
-		case errors.Is(err, plugins.ErrDestinationNotAllowed):
-			res.Outcome = plugins.OutcomeNotAllowed
-			res.Error = notAllowedText(err, req.URL.Hostname())
-		case dog.expired.Load() || !time.Now().Before(dog.deadline):
-			// Past the deadline, whichever bound ended it (the watchdog,
-			// the dial's deadline, the handshake's backstop): one text.
-			res.Error = t.timeoutText
-		default:
-			res.Error = connErrorText(err)
-		}
-		return res, nil
-	}
+	return req, plugins.Result{}, true
+}
 
-	// From here on the endpoint has answered: the result stands even if
-	// ctx ends now, since the attempt happened.
+// answered is the result of an attempt the endpoint answered. It stands
+// even if the caller's ctx ends now: the attempt happened.
+func answered(resp *http.Response, start time.Time) plugins.Result {
 	var excerpt string
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		// A 101's body is the switched connection itself, which would
@@ -301,7 +317,7 @@ func (t *HTTPForm) Deliver(ctx context.Context, d plugins.Delivery) (plugins.Res
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		res.RetryAfter = parseRetryAfter(resp.Header, time.Now())
 	}
-	return res, nil
+	return res
 }
 
 func finalResult(msg string) plugins.Result {
