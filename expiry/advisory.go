@@ -27,7 +27,14 @@ const advisoryPendingBytes = 64 << 20
 
 // advisory is the part of JSConsumerDeliveryTerminatedAdvisory we read.
 type advisory struct {
-	Reason string `json:"reason"`
+	Reason    string `json:"reason"`
+	StreamSeq uint64 `json:"stream_seq"`
+}
+
+// streamAge is what the last sample said of a stream's age.
+type streamAge struct {
+	sample
+	marks []mark
 }
 
 // advisories counts the limits terminations of one consumer.
@@ -38,10 +45,11 @@ type advisories struct {
 	counted atomic.Int64
 	// dropped is the subscription's drop count at the last log line.
 	dropped int
-	// stream is the stream's creation time and max age from the last
-	// sample (nil before it): while the stream is younger than its max
-	// age, a limits termination is no expiry (sample.canHaveExpired).
-	stream atomic.Pointer[sample]
+	// stream is the stream's creation time, max age and marks from the
+	// last sample (nil before it): while the stream is younger than its
+	// max age, or the message younger than that (ageCap), a limits
+	// termination is no expiry.
+	stream atomic.Pointer[streamAge]
 }
 
 // subscribe counts, through obs, the advisories of messages that w's stream
@@ -76,7 +84,13 @@ func (a *advisories) expiry(data []byte, now time.Time) bool {
 		return false
 	}
 	st := a.stream.Load()
-	return st == nil || st.canHaveExpired(now)
+	if st == nil {
+		return true
+	}
+	if !st.canHaveExpired(now) {
+		return false
+	}
+	return adv.StreamSeq == 0 || adv.StreamSeq <= ageCap(st.marks, now, st.MaxAge)
 }
 
 // limitsReason reports whether a terminated-message advisory's reason says

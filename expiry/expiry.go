@@ -178,13 +178,13 @@ func (c *Counter) run(ctx context.Context) {
 	}
 }
 
-// noteStream gives w's advisories its stream's creation time and max age,
-// which tell whether a limits termination can be an expiry
-// (sample.canHaveExpired).
-func (c *Counter) noteStream(w watch, s sample) {
+// noteStream gives w's advisories its stream's creation time, max age and
+// marks, which tell whether a limits termination can be an expiry
+// (sample.canHaveExpired, ageCap).
+func (c *Counter) noteStream(w watch, s sample, marks []mark) {
 	for _, a := range c.advs {
 		if a.w == w {
-			a.stream.Store(&sample{StreamCreated: s.StreamCreated, MaxAge: s.MaxAge})
+			a.stream.Store(&streamAge{sample: sample{StreamCreated: s.StreamCreated, MaxAge: s.MaxAge}, marks: marks})
 		}
 	}
 }
@@ -260,7 +260,7 @@ func (c *Counter) sample(ctx context.Context, w watch) (uint64, error) {
 			return 0, err
 		}
 		next, n := advance(prev, s)
-		c.noteStream(w, s)
+		c.noteStream(w, s, next.Marks)
 		if young := !s.canHaveExpired(time.Now()); young {
 			n = 0 // gaps, but nothing can be max-age old yet (canHaveExpired)
 		}
@@ -299,6 +299,8 @@ func read(ctx context.Context, js jetstream.JetStream, w watch) (sample, error) 
 		Delivered:       ci.Delivered.Stream,
 		Deliveries:      ci.Delivered.Consumer,
 		MaxAge:          si.Config.MaxAge,
+		LastSeq:         si.State.LastSeq,
+		At:              time.Now(),
 	}, nil
 }
 

@@ -280,26 +280,35 @@ func TestAdvisories_expiry_needs_a_stream_as_old_as_its_max_age(t *testing.T) {
 	unacked := []byte(`{"type":"io.nats.jetstream.advisory.v1.terminated","reason":"Unacknowledged message was deleted"}`)
 	limits := []byte(`{"reason":"Message deleted by stream limits"}`)
 	ownTerm := []byte(`{"reason":""}`)
+	// Sequences 1-100 stored an hour before created+2h, 101-200 after.
+	marks := []mark{{At: created.Add(time.Hour), Seq: 100}, {At: created.Add(90 * time.Minute), Seq: 200}}
+	withMarks := func(seq uint64) []byte {
+		return []byte(fmt.Sprintf(`{"reason":"Message deleted by stream limits","stream_seq":%d}`, seq))
+	}
 	for _, tc := range []struct {
 		name   string
 		stream *sample // nil: not sampled yet
 		data   []byte
 		at     time.Time
 		want   bool
+		marks  []mark
 	}{
-		{"not sampled yet", nil, unacked, created, true},
-		{"old enough", &sample{StreamCreated: created, MaxAge: time.Hour}, unacked, created.Add(time.Hour), true},
-		{"old enough, limits", &sample{StreamCreated: created, MaxAge: time.Hour}, limits, created.Add(2 * time.Hour), true},
-		{"younger than max age", &sample{StreamCreated: created, MaxAge: time.Hour}, unacked, created.Add(59 * time.Minute), false},
-		{"younger, limits", &sample{StreamCreated: created, MaxAge: 168 * time.Hour}, limits, created.Add(time.Minute), false},
-		{"no max age", &sample{StreamCreated: created}, unacked, created.Add(1000 * time.Hour), false},
-		{"callbackd's own Term", &sample{StreamCreated: created, MaxAge: time.Hour}, ownTerm, created.Add(2 * time.Hour), false},
-		{"not JSON", &sample{StreamCreated: created, MaxAge: time.Hour}, []byte("x"), created.Add(2 * time.Hour), false},
+		{"old enough message", &sample{StreamCreated: created, MaxAge: time.Hour}, withMarks(100), created.Add(2 * time.Hour), true, marks},
+		{"message younger than max age (a kill -9's recovery)", &sample{StreamCreated: created, MaxAge: time.Hour}, withMarks(101), created.Add(2 * time.Hour), false, marks},
+		{"no mark within max age: any message", &sample{StreamCreated: created, MaxAge: time.Hour}, withMarks(500), created.Add(5 * time.Hour), true, marks},
+		{"not sampled yet", nil, unacked, created, true, nil},
+		{"old enough", &sample{StreamCreated: created, MaxAge: time.Hour}, unacked, created.Add(time.Hour), true, nil},
+		{"old enough, limits", &sample{StreamCreated: created, MaxAge: time.Hour}, limits, created.Add(2 * time.Hour), true, nil},
+		{"younger than max age", &sample{StreamCreated: created, MaxAge: time.Hour}, unacked, created.Add(59 * time.Minute), false, nil},
+		{"younger, limits", &sample{StreamCreated: created, MaxAge: 168 * time.Hour}, limits, created.Add(time.Minute), false, nil},
+		{"no max age", &sample{StreamCreated: created}, unacked, created.Add(1000 * time.Hour), false, nil},
+		{"callbackd's own Term", &sample{StreamCreated: created, MaxAge: time.Hour}, ownTerm, created.Add(2 * time.Hour), false, nil},
+		{"not JSON", &sample{StreamCreated: created, MaxAge: time.Hour}, []byte("x"), created.Add(2 * time.Hour), false, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var a advisories
 			if tc.stream != nil {
-				a.stream.Store(tc.stream)
+				a.stream.Store(&streamAge{sample: *tc.stream, marks: tc.marks})
 			}
 			if got := a.expiry(tc.data, tc.at); got != tc.want {
 				t.Errorf("expiry = %v, want %v", got, tc.want)

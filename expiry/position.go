@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -54,6 +55,10 @@ type sample struct {
 	Deliveries uint64
 	// MaxAge is the stream's max age (0: none).
 	MaxAge time.Duration
+	// LastSeq is the stream's last sequence, and At when it was read:
+	// together a mark (ageCap).
+	LastSeq uint64
+	At      time.Time
 }
 
 // canHaveExpired reports whether any message of the stream can be as old as
@@ -76,6 +81,57 @@ type position struct {
 	// Frontier is the highest stream sequence accounted for: delivered, or
 	// counted as expired.
 	Frontier uint64 `json:"frontier"`
+	// Marks are the stream's last sequence at past samples, within its
+	// max age, oldest first (ageCap).
+	Marks []mark `json:"marks,omitempty"`
+}
+
+// mark is a stream's last sequence at a time: every message above Seq was
+// stored after At.
+type mark struct {
+	At  time.Time `json:"at"`
+	Seq uint64    `json:"seq"`
+}
+
+// marksPerAge is how many marks a max age holds at most: one per
+// max age / marksPerAge.
+const marksPerAge = 32
+
+// nextMarks adds s's mark to marks, one per max age / marksPerAge, and
+// drops those older than the max age (ageCap needs none of them).
+func nextMarks(marks []mark, s sample) []mark {
+	if s.MaxAge <= 0 || s.At.IsZero() {
+		return nil
+	}
+	horizon := s.At.Add(-s.MaxAge)
+	out := make([]mark, 0, len(marks)+1)
+	for _, m := range marks {
+		if !m.At.Before(horizon) && !m.At.After(s.At) {
+			out = append(out, m)
+		}
+	}
+	if len(out) == 0 || s.At.Sub(out[len(out)-1].At) >= s.MaxAge/marksPerAge {
+		out = append(out, mark{At: s.At, Seq: s.LastSeq})
+	}
+	return out
+}
+
+// ageCap is the highest sequence that can be maxAge old at now: the
+// sequence of the oldest mark no older than maxAge, since every message
+// above it was stored after that mark. Without such a mark (no sample in
+// that long) every sequence can. A message removed above the cap was
+// removed by something else than its age: after a kill -9, nats-server
+// recovers a consumer's state from before its last acks and shows the
+// messages the work queue had already removed as gone (a gap, or a
+// termination with a limits reason), which are no expiries.
+func ageCap(marks []mark, now time.Time, maxAge time.Duration) uint64 {
+	horizon := now.Add(-maxAge)
+	for _, m := range marks {
+		if !m.At.Before(horizon) {
+			return m.Seq
+		}
+	}
+	return math.MaxUint64
 }
 
 // advance returns the position after sample s and how many sequences it
@@ -95,14 +151,22 @@ func advance(prev *position, s sample) (position, uint64) {
 	if prev == nil || !prev.StreamCreated.Equal(s.StreamCreated) || !prev.ConsumerCreated.Equal(s.ConsumerCreated) {
 		// What was skipped before cannot be told from what was delivered.
 		next.Frontier = max(s.Delivered, below)
+		next.Marks = nextMarks(nil, s)
 		return next, sub0(below, s.Delivered)
+	}
+	// Only sequences old enough to have reached the max age count.
+	capSeq := ageCap(prev.Marks, s.At, s.MaxAge)
+	if s.MaxAge <= 0 || s.At.IsZero() {
+		capSeq = math.MaxUint64
 	}
 	var passed uint64
 	if s.Delivered > prev.Frontier {
 		passed = sub0(s.Delivered-prev.Frontier, sub0(s.Deliveries, prev.Deliveries))
+		passed = min(passed, sub0(capSeq, prev.Frontier))
 	}
-	head := sub0(below, max(prev.Frontier, s.Delivered))
+	head := sub0(min(below, capSeq), max(prev.Frontier, s.Delivered))
 	next.Frontier = max(prev.Frontier, s.Delivered, below)
+	next.Marks = nextMarks(prev.Marks, s)
 	return next, passed + head
 }
 

@@ -62,3 +62,41 @@ func TestLimitsReason(t *testing.T) {
 		}
 	}
 }
+
+// Gaps of messages younger than the max age are no expiries (a kill -9's
+// recovery shows acked messages as gone): counted only up to the oldest
+// mark within the max age; the frontier still moves past them.
+func TestAdvance_counts_only_messages_old_enough(t *testing.T) {
+	created := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	now := created.Add(3 * time.Hour)
+	prev := &position{
+		StreamCreated: created, ConsumerCreated: created, Delivered: 10, Deliveries: 10, Frontier: 10,
+		// 1-50 stored before now-1h, 51-80 between, 81- after now-30m.
+		Marks: []mark{{At: now.Add(-2 * time.Hour), Seq: 40}, {At: now.Add(-time.Hour), Seq: 50}, {At: now.Add(-30 * time.Minute), Seq: 80}},
+	}
+	s := sample{StreamCreated: created, ConsumerCreated: created, FirstSeq: 91, Delivered: 10, Deliveries: 10, MaxAge: time.Hour, LastSeq: 120, At: now}
+	next, n := advance(prev, s)
+	if n != 40 { // 11-50: 51-90 are younger than an hour
+		t.Errorf("counted %d, want 40", n)
+	}
+	if next.Frontier != 90 {
+		t.Errorf("frontier %d, want 90 (past what was not counted too)", next.Frontier)
+	}
+	if len(next.Marks) != 3 || next.Marks[0].Seq != 50 || next.Marks[2].Seq != 120 {
+		t.Errorf("marks %+v, want the 2h-old one dropped and now's added", next.Marks)
+	}
+}
+
+func TestNextMarks_one_per_max_age_share(t *testing.T) {
+	at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	var marks []mark
+	for i := range 1000 { // a sample a second for 1000 s, max age 320 s
+		marks = nextMarks(marks, sample{MaxAge: 320 * time.Second, LastSeq: uint64(i), At: at.Add(time.Duration(i) * time.Second)})
+	}
+	if len(marks) > marksPerAge+1 || len(marks) < marksPerAge-1 {
+		t.Errorf("%d marks, want about %d", len(marks), marksPerAge)
+	}
+	if oldest := marks[0].At; at.Add(999*time.Second).Sub(oldest) > 320*time.Second {
+		t.Errorf("oldest mark %v is older than the max age", oldest)
+	}
+}
