@@ -395,7 +395,7 @@ func TestReplaySummary_says_how_many_letters_were_gone(t *testing.T) {
 	}{
 		{deadletters.Result{Matched: 5, Replayed: 5}, nil, "matched 5, replayed 5"},
 		{deadletters.Result{Matched: 2000, Replayed: 26}, nil, "matched 2000, replayed 26, 1974 gone before their turn (replayed by another run, or expired)"},
-		{deadletters.Result{Matched: 5, Replayed: 3, Skipped: 2}, nil, "matched 5, replayed 3, skipped 2 with no original subject to go back to"},
+		{deadletters.Result{Matched: 5, Replayed: 3, Skipped: 2}, nil, "matched 5, replayed 3, skipped 2 with no event or notice subject to go back to (Callbackd-Subject missing or outside CALLBACKS)"},
 		{deadletters.Result{Matched: 5, Replayed: 2}, errors.New("interrupted"), "matched 5, replayed 2"},
 	} {
 		if got := replaySummary(tc.res, tc.err); got != tc.want {

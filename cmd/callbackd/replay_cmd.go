@@ -144,7 +144,7 @@ func summary(res deadletters.Result, dryRun bool) string {
 		s += " (dry run)"
 	}
 	if res.Skipped > 0 {
-		s += fmt.Sprintf(", skipped %d with no original subject to go back to", res.Skipped)
+		s += fmt.Sprintf(", skipped %d with no event or notice subject to go back to (Callbackd-Subject missing or outside CALLBACKS)", res.Skipped)
 	}
 	return s
 }
