@@ -126,6 +126,8 @@ type settlement struct {
 	notification plugins.Notification
 	dest         plugins.Destination
 	retryAt      time.Time
+	// notified: the failure's notifications were queued (failed).
+	notified bool
 }
 
 // settle ends an attempt as st says: acked when delivered, a retry
@@ -160,7 +162,7 @@ func (d *Dispatcher) settle(ctx context.Context, j *job, st settlement) {
 		// the endpoint gets the attempt twice.
 		d.keepAlive(j, d.ackWait/2)
 		if !d.scheduleRetry(ctx, j, wait) {
-			d.settlements.put(sourceRef(j), st)
+			d.settlements.put(messageRef(j), st)
 			return
 		}
 		rec.Outcome = deliverylog.OutcomeRetrying
@@ -180,20 +182,25 @@ func (d *Dispatcher) settle(ctx context.Context, j *job, st settlement) {
 		}
 		// Logged and counted once it has ended: when its dead letter
 		// cannot be written it is handed back and ends later.
-		if !d.failed(ctx, j, reason, res) {
-			d.settlements.put(sourceRef(j), st)
+		settled, notified := d.failed(ctx, j, reason, res, st.notified)
+		if !settled {
+			// The callback-failed notices, once queued, are not made
+			// again: after the de-duplication window they would reach
+			// the SSO client once more per hand-back.
+			st.notified = notified
+			d.settlements.put(messageRef(j), st)
 			return
 		}
 		d.log.Warn("delivery failed for good", append(attrs(), slog.String("outcome", rec.Outcome), slog.String("err", clipText(res.Error)))...)
 		d.outcome(j, rec)
 	}
-	d.settlements.remove(sourceRef(j))
+	d.settlements.remove(messageRef(j))
 }
 
 // resume settles a message whose attempt was made on an earlier delivery
 // (settle). It reports false when there is no such settlement for j.
 func (d *Dispatcher) resume(ctx context.Context, j *job) bool {
-	st, ok := d.settlements.get(sourceRef(j))
+	st, ok := d.settlements.get(messageRef(j))
 	if !ok {
 		return false
 	}
@@ -203,28 +210,47 @@ func (d *Dispatcher) resume(ctx context.Context, j *job) bool {
 	return true
 }
 
-// settlements keeps, by message (sourceRef), the settlement of an attempt
+// settlements keeps, by message (messageRef), the settlement of an attempt
 // whose retry or dead letter could not be published (NATS away, storage
 // full): the message is handed back, and its next delivery to this
 // process publishes what was asked instead of posting to the endpoint
 // again — a hand-back is no attempt (SPEC §3), and an endpoint that
 // answered must not get the event once more per hand-back. What another
 // instance handed back is not known here: there the attempt is made again.
-// At most maxSettlements are kept; a full table starts over.
+// At most maxSettlements are kept, the oldest forgotten first (its message
+// is then attempted again, as without the table).
 type settlements struct {
-	mu sync.Mutex
-	m  map[string]settlement
+	mu    sync.Mutex
+	m     map[string]settlement
+	order []string // keys, oldest first; may hold keys already removed
 }
 
-const maxSettlements = 4096
+const maxSettlements = 16384
 
 func (s *settlements) put(ref string, st settlement) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.m == nil || len(s.m) >= maxSettlements {
+	if s.m == nil {
 		s.m = make(map[string]settlement)
 	}
+	if _, ok := s.m[ref]; !ok {
+		s.order = append(s.order, ref)
+	}
 	s.m[ref] = st
+	for len(s.m) > maxSettlements && len(s.order) > 0 {
+		delete(s.m, s.order[0])
+		s.order = s.order[1:]
+	}
+	if len(s.order) > 2*maxSettlements {
+		// Compact the keys removed meanwhile.
+		live := make([]string, 0, len(s.m))
+		for _, k := range s.order {
+			if _, ok := s.m[k]; ok {
+				live = append(live, k)
+			}
+		}
+		s.order = live
+	}
 }
 
 func (s *settlements) get(ref string) (settlement, bool) {
@@ -240,8 +266,18 @@ func (s *settlements) remove(ref string) {
 	s.mu.Lock()
 	if len(s.m) > 0 {
 		delete(s.m, ref)
+		if len(s.m) == 0 {
+			s.order = s.order[:0]
+		}
 	}
 	s.mu.Unlock()
+}
+
+// messageRef names one stored message: its stream, its sequence, and when
+// it was stored. The time tells a message from another that a stream made
+// again gave the same sequence (sourceRef alone does not).
+func messageRef(j *job) string {
+	return sourceRef(j) + "@" + strconv.FormatInt(j.md.Timestamp.UnixNano(), 10)
 }
 
 // deliver makes the attempt: for an event, encode and deliver in one plugin

@@ -19,12 +19,14 @@ import (
 // and only then is the message acked. A callback-failed notification that
 // fails is dead-lettered as callback_failed_undeliverable and never reported
 // (no loops). It reports whether the message was settled; when it was not,
-// it has been handed back.
-func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plugins.Result) bool {
+// it has been handed back, and notified says whether the notifications
+// were queued (or none was to be) — a later call for the same message
+// then passes notified, and they are not made and queued again.
+func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plugins.Result, notified bool) (settled, nowNotified bool) {
 	if j.notify {
-		return d.deadLetterAndAck(ctx, j, ReasonCallbackFailedUndeliverable, res.StatusCode, j.attempt, res.Error, false)
+		return d.deadLetterAndAck(ctx, j, ReasonCallbackFailedUndeliverable, res.StatusCode, j.attempt, res.Error, false), true
 	}
-	if d.o.Failure != nil {
+	if d.o.Failure != nil && !notified {
 		d.keepAlive(j, d.ackWait/2)
 		f := plugins.Failure{
 			EventType: j.key.Type, AccountID: j.key.AccountID, ProjectID: j.key.ProjectID,
@@ -40,7 +42,7 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 			// another instance or the next start, rather than ended
 			// without its notice.
 			d.nak(j.msg, handBackDelay)
-			return false
+			return false, false
 		case err != nil:
 			// Handing the message back would make the attempt again: the
 			// endpoint would get the event once more per hand-back. The
@@ -59,7 +61,7 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 					continue
 				}
 				if !d.queueNotify(ctx, j, i, ob, sameDestination(ob.Destination, f.SSOWebhook)) {
-					return false
+					return false, false
 				}
 			}
 			if len(out) == 0 {
@@ -68,7 +70,7 @@ func (d *Dispatcher) failed(ctx context.Context, j *job, reason string, res plug
 		}
 	}
 	d.keepAlive(j, d.ackWait/2)
-	return d.deadLetterAndAck(ctx, j, reason, res.StatusCode, j.attempt, res.Error, false)
+	return d.deadLetterAndAck(ctx, j, reason, res.StatusCode, j.attempt, res.Error, false), true
 }
 
 // checkOutbound checks a failure plugin's notification by the rules its

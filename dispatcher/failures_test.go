@@ -1520,3 +1520,121 @@ func TestDispatcher_an_ack_wait_shorter_than_the_attempt_is_kept_alive(t *testin
 		t.Errorf("the endpoint got %d requests for one event, want 1 (handed out again during the attempt)", n)
 	}
 }
+
+// noticeFailure is a failure plugin that asks for one notice to url and
+// counts its calls.
+type noticeFailure struct {
+	url   string
+	calls atomic.Int64
+}
+
+func (f *noticeFailure) OnFailure(_ context.Context, fl plugins.Failure) ([]plugins.Outbound, error) {
+	f.calls.Add(1)
+	return []plugins.Outbound{{
+		Destination:  plugins.Destination{URL: f.url},
+		Notification: plugins.Notification{Fields: []plugins.Field{{Name: "delivery_id", Value: plugins.String(fl.DeliveryID)}}},
+	}}, nil
+}
+
+// While a failed event's dead letter cannot be written, its hand-backs do
+// not ask the failure plugin again: the notices are queued once (after the
+// de-duplication window, queueing them again would reach the SSO client
+// once more per hand-back).
+func TestDispatcher_a_failed_settlement_queues_its_notices_once(t *testing.T) {
+	var logs testutil.SyncBuffer
+	sink := testutil.NewSink(t)
+	sink.Respond(func(testutil.Request) int { return http.StatusNotFound })
+	fail := &noticeFailure{url: sink.URL + "/sso"}
+	h := newHarness(t, harnessOptions{
+		MaxAttempts: 1, FailureHandler: fail, StreamCheck: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	h.setProject("2", sink.URL+"/hook")
+	h.waitDestination("1", "2", sink.URL+"/hook")
+	dead, err := h.js.Stream(h.ctx, subjects.DeadStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := dead.CachedInfo().Config
+	if err := h.js.DeleteStream(h.ctx, subjects.DeadStream); err != nil {
+		t.Fatal(err)
+	}
+	subj := eventSubject("crawl_status", "1", "2")
+	h.publish(subj, crawl(1), "")
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if n := strings.Count(logs.String(), "dead-letter publish failed; event handed back"); n < 2 {
+			return fmt.Errorf("%d hand-backs so far", n)
+		}
+		return nil
+	})
+	if n := fail.calls.Load(); n != 1 {
+		t.Errorf("the failure plugin was asked %d times while the dead letter could not be written, want 1", n)
+	}
+	if _, err := h.js.CreateStream(h.ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.waitDeadFor(subj, crawl(1))
+	h.waitEventsEmpty()
+	if n := fail.calls.Load(); n != 1 {
+		t.Errorf("the failure plugin was asked %d times in all, want 1", n)
+	}
+}
+
+// A remembered settlement belongs to one stored message: a stream made
+// again numbers its messages from 1, and a new event with the sequence of
+// an old one is attempted as itself, not settled as the old one was.
+func TestDispatcher_a_remembered_settlement_is_not_applied_to_a_new_message(t *testing.T) {
+	var logs testutil.SyncBuffer
+	old := testutil.NewSink(t)
+	old.Respond(func(testutil.Request) int { return http.StatusNotFound })
+	fresh := testutil.NewSink(t)
+	h := newHarness(t, harnessOptions{
+		MaxAttempts: 1, StreamCheck: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	h.setProject("2", old.URL+"/old")
+	h.setProject("3", fresh.URL+"/fresh")
+	h.waitDestination("1", "2", old.URL+"/old")
+	h.waitDestination("1", "3", fresh.URL+"/fresh")
+	dead, err := h.js.Stream(h.ctx, subjects.DeadStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadCfg := dead.CachedInfo().Config
+	if err := h.js.DeleteStream(h.ctx, subjects.DeadStream); err != nil {
+		t.Fatal(err)
+	}
+	ack := h.publish(eventSubject("crawl_status", "1", "2"), crawl(1), "")
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if !strings.Contains(logs.String(), "dead-letter publish failed; event handed back") {
+			return errString("not handed back yet")
+		}
+		return nil
+	})
+	// The stream is made again (by the dispatcher, once its pulls are
+	// refused), and its first message has the old one's sequence.
+	if err := h.js.DeleteStream(h.ctx, subjects.Stream); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, waitLong, 50*time.Millisecond, func() error {
+		_, err := h.js.Consumer(h.ctx, subjects.Stream, subjects.DispatcherConsumer)
+		return err
+	})
+	if _, err := h.js.CreateStream(h.ctx, deadCfg); err != nil {
+		t.Fatal(err)
+	}
+	again := h.publish(eventSubject("crawl_status", "1", "3"), crawl(2), "")
+	if again.Sequence != ack.Sequence {
+		t.Fatalf("new message at sequence %d, want the old one's %d", again.Sequence, ack.Sequence)
+	}
+	r := fresh.WaitFor(t, 1, waitLong)
+	if r[0].Body != crawlBody(2, "1", "3") {
+		t.Errorf("fresh endpoint got %q", r[0].Body)
+	}
+	h.waitEventsEmpty()
+	for _, m := range h.dead() {
+		if m.Subject == subjects.DeadFor(subjects.EventKey{Type: "crawl_status", AccountID: "1", ProjectID: "3"}) {
+			t.Errorf("the new event was dead-lettered as the old one: %v", m.Header)
+		}
+	}
+}

@@ -211,7 +211,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 			return nil, fmt.Errorf("update stream %s to %d replicas: it was created on a single node with asynchronous persistence, which a replicated stream cannot have; delete it (nats stream rm %s; the delivery log is best effort) and start again", want.Name, want.Replicas, want.Name)
 		}
 		if s, err = js.UpdateStream(ctx, want); err != nil {
-			return nil, fmt.Errorf("update stream %s (%s): %w (a setting the server cannot change on an existing stream, such as storage or deny delete, needs the stream made again: back it up with nats stream backup, remove it with nats stream rm %s, and start callbackd again)", want.Name, diff, err, want.Name)
+			return nil, fmt.Errorf("update stream %s (%s): %w (a setting the server cannot change on an existing stream, such as storage or deny delete, needs the stream made again: stop callbackd, remove it with nats stream rm %s — what it holds goes with it, so let events drain and replay dead letters first — and start callbackd again)", want.Name, diff, err, want.Name)
 		}
 		log.Info("updated stream", "stream", want.Name, "changed", diff)
 	}
@@ -231,13 +231,31 @@ func ensureConsumer(ctx context.Context, s jetstream.Stream, want jetstream.Cons
 	if err != nil {
 		return nil, fmt.Errorf("ensure consumer %s: %w", want.Durable, err)
 	}
-	if diff := consumerDrift(c.CachedInfo().Config, want); diff != "" {
+	diff := consumerDrift(c.CachedInfo().Config, want)
+	// Paused by hand (nats consumer pause): nothing is handed out until
+	// the pause ends.
+	paused := c.CachedInfo().Paused
+	if paused {
+		diff = strings.TrimPrefix(diff+", paused", ", ")
+	}
+	if diff != "" {
 		if !update {
 			log.Warn("consumer config differs from callbackd's; left as is (serve --update-streams applies it)", "consumer", want.Durable, "differs", diff)
 			return c, nil
 		}
 		if c, err = s.UpdateConsumer(ctx, want); err != nil {
 			return nil, fmt.Errorf("update consumer %s (%s): %w", want.Durable, diff, err)
+		}
+		if paused {
+			if _, err := s.ResumeConsumer(ctx, want.Durable); err != nil {
+				return nil, fmt.Errorf("resume consumer %s: %w", want.Durable, err)
+			}
+		}
+		// Read back: the update's answer can carry the config from
+		// before it (seen for a consumer the server recovered from disk
+		// at its start), and the dispatcher sizes its waits by it.
+		if fresh, err := s.Consumer(ctx, want.Durable); err == nil {
+			c = fresh
 		}
 		log.Info("updated consumer", "consumer", want.Durable, "changed", diff)
 	}

@@ -233,3 +233,65 @@ func TestEnsureStreams_update_that_the_server_refuses_says_what_to_do(t *testing
 		t.Errorf("err = %v, want it to name deny_delete and the way out", err)
 	}
 }
+
+// After --update-streams the topology carries the consumers' new config:
+// the update's answer, for a consumer the server recovered from disk at its
+// start, can carry the one from before it, and the dispatcher sizes its
+// waits by the ack wait it reads there.
+func TestEnsureStreams_update_after_a_restart_hands_back_the_new_config(t *testing.T) {
+	dir := t.TempDir()
+	first := testutil.RunJetStreamIn(t, dir)
+	ctx := testutil.Context(t)
+	o := streamOptions(time.Hour)
+	o.AckWait = 13 * time.Second
+	if _, err := dispatcher.EnsureStreams(ctx, first.JS, o, testutil.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
+	first.NC.Close()
+	first.Server.Shutdown()
+	js := testutil.RunJetStreamIn(t, dir)
+	o.AckWait, o.Update = 50*time.Second, true
+	top, err := dispatcher.EnsureStreams(ctx, js.JS, o, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []jetstream.Consumer{top.Dispatcher, top.Retrier} {
+		if got := c.CachedInfo().Config.AckWait; got != 50*time.Second {
+			t.Errorf("%s: ack wait %v in the topology, want 50s", c.CachedInfo().Name, got)
+		}
+	}
+}
+
+// A consumer paused by hand (nats consumer pause) hands out nothing: it is
+// warned about at start, and --update-streams resumes it.
+func TestEnsureStreams_a_paused_consumer_is_warned_about_and_resumed(t *testing.T) {
+	js := testutil.RunJetStream(t)
+	ctx := testutil.Context(t)
+	var logs testutil.SyncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	o := streamOptions(time.Hour)
+	if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, log); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.JS.PauseConsumer(ctx, subjects.Stream, subjects.DispatcherConsumer, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, log); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "differs=paused") {
+		t.Errorf("no warning of the pause:\n%s", logs.String())
+	}
+	o.Update = true
+	top, err := dispatcher.EnsureStreams(ctx, js.JS, o, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := top.Dispatcher.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Paused {
+		t.Error("still paused after --update-streams")
+	}
+}
