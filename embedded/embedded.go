@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -31,6 +32,8 @@ type Server struct {
 	auth   Auth
 	lock   *os.File // held while the server owns the data dir
 	unlock sync.Once
+	// writeErr is the server's last critical write error (writeErrs).
+	writeErr *atomic.Pointer[string]
 }
 
 // Start starts the server and waits until it accepts clients and JetStream is
@@ -82,7 +85,8 @@ func start(ctx context.Context, o Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ns.SetLoggerV2(slogAdapter{log}, o.Debug, false, false)
+	writeErr := new(atomic.Pointer[string])
+	ns.SetLoggerV2(slogAdapter{l: log, writeErr: writeErr}, o.Debug, false, false)
 	ns.Start()
 
 	wait := o.ReadyTimeout
@@ -102,7 +106,19 @@ func start(ctx context.Context, o Options) (*Server, error) {
 		ns.WaitForShutdown()
 		return nil, errors.New("embedded nats: JetStream did not start (see the server log)")
 	}
-	return &Server{ns: ns, log: log, auth: o.Auth}, nil
+	return &Server{ns: ns, log: log, auth: o.Auth, writeErr: writeErr}, nil
+}
+
+// WriteErr returns the last critical write error of the server's store
+// (a full disk, an I/O error), nil when there has been none. nats-server
+// keeps refusing writes to a stream that had one, free space or not,
+// until it restarts: publishes to it go unanswered (time out), so the
+// error is only seen in its log, which is where this takes it from.
+func (s *Server) WriteErr() error {
+	if m := s.writeErr.Load(); m != nil {
+		return errors.New(*m)
+	}
+	return nil
 }
 
 // Connect opens an in-process client connection to the server, with the

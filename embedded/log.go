@@ -4,10 +4,21 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 )
 
-// slogAdapter sends nats-server's logs to slog.
-type slogAdapter struct{ l *slog.Logger }
+// slogAdapter sends nats-server's logs to slog, and keeps the last
+// critical write error in writeErr (Server.WriteErr).
+type slogAdapter struct {
+	l        *slog.Logger
+	writeErr *atomic.Pointer[string]
+}
+
+// writeErrs are the starts of nats-server's (v2.15.2) error lines for a
+// write its store could not make: filestore.go's "Critical write error"
+// (which disables writes to that store until the server restarts) and
+// stream.go's failed store of a message for an I/O error.
+var writeErrs = []string{"Critical write error", "JetStream failed to store a msg"}
 
 // Notices (the start-up banner among them) are debug noise for callbackd.
 func (a slogAdapter) Noticef(f string, v ...any) { a.l.Debug(fmt.Sprintf(f, v...)) }
@@ -33,5 +44,14 @@ func (a slogAdapter) Errorf(f string, v ...any) {
 		a.l.Warn(fmt.Sprintf(f, v...))
 		return
 	}
-	a.l.Error(fmt.Sprintf(f, v...))
+	msg := fmt.Sprintf(f, v...)
+	if a.writeErr != nil {
+		for _, w := range writeErrs {
+			if strings.Contains(msg, w) {
+				a.writeErr.Store(&msg)
+				break
+			}
+		}
+	}
+	a.l.Error(msg)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/callbackd/callbackd/config"
 	"github.com/callbackd/callbackd/deliverylog"
 	"github.com/callbackd/callbackd/dispatcher"
+	"github.com/callbackd/callbackd/embedded"
 	"github.com/callbackd/callbackd/expiry"
 	"github.com/callbackd/callbackd/plugins"
 	"github.com/callbackd/callbackd/settings"
@@ -210,7 +211,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	if err != nil {
 		return err
 	}
-	if err := adm.serveAPI(cfg, log, apiDeps{NC: nc, JS: js, Store: store, View: view, Transport: transport, Metrics: metrics, Plugins: ps.manager, Storage: d.StorageErr,
+	if err := adm.serveAPI(cfg, log, apiDeps{NC: nc, JS: js, Store: store, View: view, Transport: transport, Metrics: metrics, Plugins: ps.manager, Storage: storageCheck(srv, d),
 		BuiltinsInProcess: cfg.Plugins.Builtins == "inprocess"}); err != nil {
 		return err
 	}
@@ -231,4 +232,19 @@ func shutdownAPI(adm *adminAPI) {
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer scancel()
 	_ = adm.Shutdown(sctx)
+}
+
+// storageCheck is /readyz's storage check: the dispatcher's writes refused
+// for lack of storage lately, or a critical write error of the embedded
+// server (srv nil: an external one), which refuses every write to the
+// stream it hit — free space or not — until callbackd restarts.
+func storageCheck(srv *embedded.Server, d *dispatcher.Dispatcher) func() error {
+	return func() error {
+		if srv != nil {
+			if err := srv.WriteErr(); err != nil {
+				return fmt.Errorf("the embedded NATS server could not write to data_dir (%v) and refuses writes to that stream until callbackd is restarted: free disk space, then restart", err)
+			}
+		}
+		return d.StorageErr()
+	}
 }
