@@ -295,3 +295,29 @@ func TestEnsureStreams_a_paused_consumer_is_warned_about_and_resumed(t *testing.
 		t.Error("still paused after --update-streams")
 	}
 }
+
+// Replicated streams and consumers, as a three-node cluster reports them
+// back, show no drift either: the drift checks compare what the server
+// normalises (unset limits, defaults) as it stores them.
+func TestEnsureStreams_a_cluster_reports_no_drift(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a three-node cluster")
+	}
+	c := testutil.RunCluster(t, 3)
+	c.WaitReady(t)
+	_, js := c.Connect(t)
+	ctx := testutil.Context(t)
+	var logs testutil.SyncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	o := streamOptions(time.Hour)
+	o.Replicas = 3
+	o.LogBytes = 64 << 20
+	for range 2 {
+		if _, err := dispatcher.EnsureStreams(ctx, js, o, log); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if strings.Contains(logs.String(), "differs") {
+		t.Errorf("drift reported for what callbackd just made on a cluster:\n%s", logs.String())
+	}
+}
