@@ -40,19 +40,22 @@ func (d *Dispatcher) StorageErr() error {
 	if r == nil || time.Since(r.at) > storageErrFor {
 		return nil
 	}
-	return fmt.Errorf("JetStream refused a write for lack of storage %s ago (%s): events that need a retry, a park or a dead letter are handed back until there is room (free disk space, or raise the JetStream storage limit)",
+	return fmt.Errorf("JetStream refused a write for lack of storage, or by a limit of the stream, %s ago (%s): events that need a retry, a park or a dead letter are handed back until there is room (free disk space, raise the JetStream storage limit, or put the stream's limits back: serve --update-streams)",
 		time.Since(r.at).Round(time.Second), r.err)
 }
 
 // isStorageFull reports whether err is JetStream out of storage: its
-// resource limits (10023, 10047), or the disk itself.
+// resource limits (10023, 10047), the disk itself, or a limit of the
+// stream that refuses new messages (10077: "maximum messages exceeded"
+// with discard new, set by hand — callbackd's own streams discard none of
+// what they must keep).
 func isStorageFull(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
 		// nats-server's JSInsufficientResourcesErr and
 		// JSStorageResourcesExceededErr, which nats.go does not name.
 		switch apiErr.ErrorCode {
-		case 10023, 10047:
+		case 10023, 10047, 10077:
 			return true
 		}
 	}

@@ -18,6 +18,7 @@ func TestIsStorageFull(t *testing.T) {
 		{&jetstream.APIError{Code: 503, ErrorCode: 10023, Description: "insufficient resources"}, true},
 		{fmt.Errorf("publish: %w", &jetstream.APIError{Code: 500, ErrorCode: 10047, Description: "insufficient storage resources available"}), true},
 		{errors.New("write /data/jetstream/x/msgs/1.blk: no space left on device"), true},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "maximum messages exceeded"}, true},
 		{&jetstream.APIError{Code: 404, ErrorCode: 10059, Description: "stream not found"}, false},
 		{errors.New("nats: timeout"), false},
 	} {
