@@ -70,7 +70,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		return err
 	}
 	defer ps.Close()
-	encoders, transport := ps.Encoders, ps.Transport
+	transport := ps.Transport
 
 	// The admin API listens from here on: /healthz answers, and /readyz
 	// says what start-up waits for, however long NATS takes.
@@ -108,18 +108,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 	var top dispatcher.Topology
 	adm.setPhase("making the streams")
 	err = ensureJetStream(ctx, log, nc, "streams", func(ctx context.Context) (err error) {
-		top, err = dispatcher.EnsureStreams(ctx, js, dispatcher.StreamOptions{
-			Replicas:        cfg.NATS.Replicas,
-			Duplicates:      cfg.NATS.Duplicates,
-			RetentionEvents: cfg.Retention.Events,
-			RetentionDead:   cfg.Retention.Dead,
-			RetentionLog:    cfg.Retention.Log,
-			LogBytes:        int64(cfg.Retention.LogBytes),
-			AckWait:         cfg.AckWait(),
-			MaxAckPending:   cfg.Dispatcher.MaxAckPending,
-			MaxRetryPending: cfg.Dispatcher.MaxRetryPending,
-			Update:          updateStreams,
-		}, log)
+		top, err = dispatcher.EnsureStreams(ctx, js, streamOptions(cfg, updateStreams), log)
 		return err
 	})
 	if err != nil {
@@ -190,24 +179,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, updateStre
 		return err
 	}
 	defer exp.Close()
-	d, err := dispatcher.New(js, top, view, dispatcher.Options{
-		Workers:            cfg.Dispatcher.Workers,
-		MaxPayload:         int64(cfg.Dispatcher.MaxPayload),
-		MaxDeliveries:      cfg.Dispatcher.MaxDeliveries,
-		DeliveryTimeout:    cfg.Delivery.Timeout,
-		CallTimeout:        cfg.Plugins.CallTimeout,
-		Encoders:           encoders,
-		Transport:          transport,
-		Failure:            ps.Failure,
-		MaxAttempts:        cfg.Delivery.MaxAttempts,
-		Backoff:            cfg.Delivery.Backoff,
-		PerHostConcurrency: cfg.Dispatcher.PerHostConcurrency,
-		HostWindow:         hostWindow(cfg, ps),
-		MaxInFlight:        cfg.Delivery.MaxInFlight,
-		Logger:             log.With("component", "dispatcher"),
-		Observer:           metrics,
-		Recorder:           logw,
-	})
+	d, err := dispatcher.New(js, top, view, dispatcherOptions(cfg, ps, log, metrics, logw))
 	if err != nil {
 		return err
 	}
@@ -246,5 +218,45 @@ func storageCheck(srv *embedded.Server, d *dispatcher.Dispatcher) func() error {
 			}
 		}
 		return d.StorageErr()
+	}
+}
+
+// streamOptions are the settings of callbackd's streams and consumers from
+// cfg (SPEC §2, §3); update applies them to existing ones that differ.
+func streamOptions(cfg *config.Config, update bool) dispatcher.StreamOptions {
+	return dispatcher.StreamOptions{
+		Replicas:        cfg.NATS.Replicas,
+		Duplicates:      cfg.NATS.Duplicates,
+		RetentionEvents: cfg.Retention.Events,
+		RetentionDead:   cfg.Retention.Dead,
+		RetentionLog:    cfg.Retention.Log,
+		LogBytes:        int64(cfg.Retention.LogBytes),
+		AckWait:         cfg.AckWait(),
+		MaxAckPending:   cfg.Dispatcher.MaxAckPending,
+		MaxRetryPending: cfg.Dispatcher.MaxRetryPending,
+		Update:          update,
+	}
+}
+
+// dispatcherOptions wires the dispatcher as serve runs it: cfg's settings,
+// the plugins, the metrics and the delivery log.
+func dispatcherOptions(cfg *config.Config, ps *pluginSet, log *slog.Logger, metrics *api.Metrics, logw *deliverylog.Writer) dispatcher.Options {
+	return dispatcher.Options{
+		Workers:            cfg.Dispatcher.Workers,
+		MaxPayload:         int64(cfg.Dispatcher.MaxPayload),
+		MaxDeliveries:      cfg.Dispatcher.MaxDeliveries,
+		DeliveryTimeout:    cfg.Delivery.Timeout,
+		CallTimeout:        cfg.Plugins.CallTimeout,
+		Encoders:           ps.Encoders,
+		Transport:          ps.Transport,
+		Failure:            ps.Failure,
+		MaxAttempts:        cfg.Delivery.MaxAttempts,
+		Backoff:            cfg.Delivery.Backoff,
+		PerHostConcurrency: cfg.Dispatcher.PerHostConcurrency,
+		HostWindow:         hostWindow(cfg, ps),
+		MaxInFlight:        cfg.Delivery.MaxInFlight,
+		Logger:             log.With("component", "dispatcher"),
+		Observer:           metrics,
+		Recorder:           logw,
 	}
 }
