@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/callbackd/callbackd/deliverylog"
@@ -194,12 +195,17 @@ func (d *Dispatcher) settle(ctx context.Context, j *job, st settlement) {
 		d.log.Warn("delivery failed for good", append(attrs(), slog.String("outcome", rec.Outcome), slog.String("err", clipText(res.Error)))...)
 		d.outcome(j, rec)
 	}
-	d.settlements.remove(messageRef(j))
+	if !d.settlements.empty() {
+		d.settlements.remove(messageRef(j))
+	}
 }
 
 // resume settles a message whose attempt was made on an earlier delivery
 // (settle). It reports false when there is no such settlement for j.
 func (d *Dispatcher) resume(ctx context.Context, j *job) bool {
+	if d.settlements.empty() {
+		return false // the usual case: no key made, no lock taken
+	}
 	st, ok := d.settlements.get(messageRef(j))
 	if !ok {
 		return false
@@ -223,7 +229,14 @@ type settlements struct {
 	mu    sync.Mutex
 	m     map[string]settlement
 	order []string // keys, oldest first; may hold keys already removed
+	// n is len(m), read without the lock: every delivery asks, and the
+	// table is almost always empty.
+	n atomic.Int64
 }
+
+// empty reports whether no settlement is kept: then no message's key
+// needs making.
+func (s *settlements) empty() bool { return s.n.Load() == 0 }
 
 const maxSettlements = 16384
 
@@ -241,6 +254,7 @@ func (s *settlements) put(ref string, st settlement) {
 		delete(s.m, s.order[0])
 		s.order = s.order[1:]
 	}
+	s.n.Store(int64(len(s.m)))
 	if len(s.order) > 2*maxSettlements {
 		// Compact the keys removed meanwhile.
 		live := make([]string, 0, len(s.m))
@@ -260,8 +274,7 @@ func (s *settlements) get(ref string) (settlement, bool) {
 	return st, ok
 }
 
-// remove forgets ref; nothing is locked while the table is empty (every
-// delivery that settles at once).
+// remove forgets ref.
 func (s *settlements) remove(ref string) {
 	s.mu.Lock()
 	if len(s.m) > 0 {
@@ -269,6 +282,7 @@ func (s *settlements) remove(ref string) {
 		if len(s.m) == 0 {
 			s.order = s.order[:0]
 		}
+		s.n.Store(int64(len(s.m)))
 	}
 	s.mu.Unlock()
 }

@@ -1153,25 +1153,11 @@ func TestDispatcher_a_give_up_whose_dead_letter_fails_keeps_its_reason(t *testin
 	})
 	h.setProject("2", "https://example.com/hook")
 	h.waitDestination("1", "2", "https://example.com/hook")
-	dead, err := h.js.Stream(h.ctx, subjects.DeadStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := dead.CachedInfo().Config
-	if err := h.js.DeleteStream(h.ctx, subjects.DeadStream); err != nil {
-		t.Fatal(err)
-	}
+	restoreDead := h.removeStream(subjects.DeadStream)
 	subj := eventSubject("crawl_status", "1", "2")
 	h.publish(subj, crawl(1), "")
-	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
-		if !strings.Contains(logs.String(), "dead-letter publish failed; event handed back") {
-			return errString("no failed dead letter yet")
-		}
-		return nil
-	})
-	if _, err := h.js.CreateStream(h.ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	waitLogged(t, &logs, "dead-letter publish failed; event handed back", 1)
+	restoreDead()
 	dl := h.waitDeadFor(subj, crawl(1))
 	if e := dl.Header.Get(subjects.HeaderError); !strings.Contains(e, "plugin unavailable") || strings.Contains(e, "process died") {
 		t.Errorf("%s = %q, want the first give-up's reason", subjects.HeaderError, e)
@@ -1451,30 +1437,16 @@ func TestDispatcher_a_failed_settlement_does_not_repeat_the_attempt(t *testing.T
 			})
 			h.setProject("2", sink.URL+"/hook")
 			h.waitDestination("1", "2", sink.URL+"/hook")
-			st, err := h.js.Stream(h.ctx, tt.stream)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg := st.CachedInfo().Config
-			if err := h.js.DeleteStream(h.ctx, tt.stream); err != nil {
-				t.Fatal(err)
-			}
+			restore := h.removeStream(tt.stream)
 			subj := eventSubject("crawl_status", "1", "2")
 			h.publish(subj, crawl(1), "")
 			// Two hand-backs: the message came back once and was not
 			// posted again.
-			testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
-				if n := strings.Count(logs.String(), tt.wantLog); n < 2 {
-					return fmt.Errorf("%d hand-backs so far", n)
-				}
-				return nil
-			})
+			waitLogged(t, &logs, tt.wantLog, 2)
 			if n := len(sink.Requests()); n != 1 {
 				t.Fatalf("the endpoint got %d requests while the settlement could not be published, want 1", n)
 			}
-			if _, err := h.js.CreateStream(h.ctx, cfg); err != nil {
-				t.Fatal(err)
-			}
+			restore()
 			if tt.stream == subjects.RetryStream {
 				// The retry is attempt 2, which also fails: dead-lettered.
 				sink.WaitFor(t, 2, waitLong)
@@ -1551,28 +1523,14 @@ func TestDispatcher_a_failed_settlement_queues_its_notices_once(t *testing.T) {
 	})
 	h.setProject("2", sink.URL+"/hook")
 	h.waitDestination("1", "2", sink.URL+"/hook")
-	dead, err := h.js.Stream(h.ctx, subjects.DeadStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := dead.CachedInfo().Config
-	if err := h.js.DeleteStream(h.ctx, subjects.DeadStream); err != nil {
-		t.Fatal(err)
-	}
+	restoreDead := h.removeStream(subjects.DeadStream)
 	subj := eventSubject("crawl_status", "1", "2")
 	h.publish(subj, crawl(1), "")
-	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
-		if n := strings.Count(logs.String(), "dead-letter publish failed; event handed back"); n < 2 {
-			return fmt.Errorf("%d hand-backs so far", n)
-		}
-		return nil
-	})
+	waitLogged(t, &logs, "dead-letter publish failed; event handed back", 2)
 	if n := fail.calls.Load(); n != 1 {
 		t.Errorf("the failure plugin was asked %d times while the dead letter could not be written, want 1", n)
 	}
-	if _, err := h.js.CreateStream(h.ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	restoreDead()
 	h.waitDeadFor(subj, crawl(1))
 	h.waitEventsEmpty()
 	if n := fail.calls.Load(); n != 1 {
@@ -1596,21 +1554,9 @@ func TestDispatcher_a_remembered_settlement_is_not_applied_to_a_new_message(t *t
 	h.setProject("3", fresh.URL+"/fresh")
 	h.waitDestination("1", "2", old.URL+"/old")
 	h.waitDestination("1", "3", fresh.URL+"/fresh")
-	dead, err := h.js.Stream(h.ctx, subjects.DeadStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadCfg := dead.CachedInfo().Config
-	if err := h.js.DeleteStream(h.ctx, subjects.DeadStream); err != nil {
-		t.Fatal(err)
-	}
+	restoreDead := h.removeStream(subjects.DeadStream)
 	ack := h.publish(eventSubject("crawl_status", "1", "2"), crawl(1), "")
-	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
-		if !strings.Contains(logs.String(), "dead-letter publish failed; event handed back") {
-			return errString("not handed back yet")
-		}
-		return nil
-	})
+	waitLogged(t, &logs, "dead-letter publish failed; event handed back", 1)
 	// The stream is made again (by the dispatcher, once its pulls are
 	// refused), and its first message has the old one's sequence.
 	if err := h.js.DeleteStream(h.ctx, subjects.Stream); err != nil {
@@ -1620,9 +1566,7 @@ func TestDispatcher_a_remembered_settlement_is_not_applied_to_a_new_message(t *t
 		_, err := h.js.Consumer(h.ctx, subjects.Stream, subjects.DispatcherConsumer)
 		return err
 	})
-	if _, err := h.js.CreateStream(h.ctx, deadCfg); err != nil {
-		t.Fatal(err)
-	}
+	restoreDead()
 	again := h.publish(eventSubject("crawl_status", "1", "3"), crawl(2), "")
 	if again.Sequence != ack.Sequence {
 		t.Fatalf("new message at sequence %d, want the old one's %d", again.Sequence, ack.Sequence)

@@ -503,3 +503,34 @@ func waitRequestWithBody(t *testing.T, s *testutil.Sink, body string) testutil.R
 	})
 	return got
 }
+
+// removeStream deletes stream name, so that writes to it are refused, and
+// returns a func that makes it again with its config.
+func (h *harness) removeStream(name string) (restore func()) {
+	h.t.Helper()
+	st, err := h.js.Stream(h.ctx, name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	if err := h.js.DeleteStream(h.ctx, name); err != nil {
+		h.t.Fatal(err)
+	}
+	return func() {
+		h.t.Helper()
+		if _, err := h.js.CreateStream(h.ctx, cfg); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+}
+
+// waitLogged waits until logs holds line at least n times.
+func waitLogged(t *testing.T, logs *testutil.SyncBuffer, line string, n int) {
+	t.Helper()
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if got := strings.Count(logs.String(), line); got < n {
+			return fmt.Errorf("%q logged %d times, want %d", line, got, n)
+		}
+		return nil
+	})
+}

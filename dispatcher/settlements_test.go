@@ -32,3 +32,20 @@ func TestSettlements_forget_the_oldest_first(t *testing.T) {
 		t.Errorf("order holds %d keys for %d settlements", len(s.order), len(s.m))
 	}
 }
+
+// The table says when it is empty without its lock, so that a delivery
+// makes no key when there is nothing to look up.
+func TestSettlements_empty(t *testing.T) {
+	var s settlements
+	if !s.empty() {
+		t.Fatal("a new table is not empty")
+	}
+	s.put("a", settlement{})
+	if s.empty() {
+		t.Fatal("empty with a settlement kept")
+	}
+	s.remove("a")
+	if !s.empty() {
+		t.Fatal("not empty once its one settlement is removed")
+	}
+}

@@ -23,9 +23,7 @@ func streamOptions(events time.Duration) dispatcher.StreamOptions {
 func TestEnsureStreams_persistence_by_stream(t *testing.T) {
 	js := testutil.RunJetStream(t)
 	ctx := testutil.Context(t)
-	if _, err := dispatcher.EnsureStreams(ctx, js.JS, streamOptions(time.Hour), testutil.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
+	mustEnsureStreams(t, js.JS, streamOptions(time.Hour), testutil.Logger(t))
 	// Events must survive a kill -9 once their publish is acked, so only
 	// the best-effort delivery log is written asynchronously.
 	tests := []struct {
@@ -51,9 +49,7 @@ func TestEnsureStreams_persistence_by_stream(t *testing.T) {
 func TestEnsureStreams_update_keeps_the_persist_mode(t *testing.T) {
 	js := testutil.RunJetStream(t)
 	ctx := testutil.Context(t)
-	if _, err := dispatcher.EnsureStreams(ctx, js.JS, streamOptions(time.Hour), testutil.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
+	mustEnsureStreams(t, js.JS, streamOptions(time.Hour), testutil.Logger(t))
 	// A stream whose persist mode differs from what callbackd now creates
 	// (an older install's log, written synchronously).
 	if err := js.JS.DeleteStream(ctx, subjects.LogStream); err != nil {
@@ -67,9 +63,7 @@ func TestEnsureStreams_update_keeps_the_persist_mode(t *testing.T) {
 	}
 
 	o := streamOptions(3 * time.Hour)
-	if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, testutil.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
+	mustEnsureStreams(t, js.JS, o, testutil.Logger(t))
 	if got := streamConfig(t, js, subjects.Stream).MaxAge; got != time.Hour {
 		t.Errorf("without --update-streams: CALLBACKS max age %v, want it left at 1h", got)
 	}
@@ -156,13 +150,9 @@ func TestEnsureStreams_hand_edits_are_warned_about_and_updated(t *testing.T) {
 			var logs testutil.SyncBuffer
 			log := slog.New(slog.NewTextHandler(&logs, nil))
 			o := streamOptions(time.Hour)
-			if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, log); err != nil {
-				t.Fatal(err)
-			}
+			mustEnsureStreams(t, js.JS, o, log)
 			// Made by callbackd and read back: nothing differs.
-			if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, log); err != nil {
-				t.Fatal(err)
-			}
+			mustEnsureStreams(t, js.JS, o, log)
 			if strings.Contains(logs.String(), "differs") {
 				t.Fatalf("drift reported for what callbackd just made:\n%s", logs.String())
 			}
@@ -187,9 +177,7 @@ func TestEnsureStreams_hand_edits_are_warned_about_and_updated(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, log); err != nil {
-				t.Fatal(err)
-			}
+			mustEnsureStreams(t, js.JS, o, log)
 			if want := "differs=\"" + tt.differs + "\""; !strings.Contains(logs.String(), want) && !strings.Contains(logs.String(), "differs="+tt.differs+"\n") {
 				t.Errorf("no warning with %s:\n%s", want, logs.String())
 			}
@@ -219,9 +207,7 @@ func TestEnsureStreams_update_that_the_server_refuses_says_what_to_do(t *testing
 	js := testutil.RunJetStream(t)
 	ctx := testutil.Context(t)
 	o := streamOptions(time.Hour)
-	if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, testutil.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
+	mustEnsureStreams(t, js.JS, o, testutil.Logger(t))
 	cfg := streamConfig(t, js, subjects.DeadStream)
 	cfg.DenyDelete = true
 	if _, err := js.JS.UpdateStream(ctx, cfg); err != nil {
@@ -241,20 +227,14 @@ func TestEnsureStreams_update_that_the_server_refuses_says_what_to_do(t *testing
 func TestEnsureStreams_update_after_a_restart_hands_back_the_new_config(t *testing.T) {
 	dir := t.TempDir()
 	first := testutil.RunJetStreamIn(t, dir)
-	ctx := testutil.Context(t)
 	o := streamOptions(time.Hour)
 	o.AckWait = 13 * time.Second
-	if _, err := dispatcher.EnsureStreams(ctx, first.JS, o, testutil.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
+	mustEnsureStreams(t, first.JS, o, testutil.Logger(t))
 	first.NC.Close()
 	first.Server.Shutdown()
 	js := testutil.RunJetStreamIn(t, dir)
 	o.AckWait, o.Update = 50*time.Second, true
-	top, err := dispatcher.EnsureStreams(ctx, js.JS, o, testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	top := mustEnsureStreams(t, js.JS, o, testutil.Logger(t))
 	for _, c := range []jetstream.Consumer{top.Dispatcher, top.Retrier} {
 		if got := c.CachedInfo().Config.AckWait; got != 50*time.Second {
 			t.Errorf("%s: ack wait %v in the topology, want 50s", c.CachedInfo().Name, got)
@@ -270,23 +250,16 @@ func TestEnsureStreams_a_paused_consumer_is_warned_about_and_resumed(t *testing.
 	var logs testutil.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	o := streamOptions(time.Hour)
-	if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, log); err != nil {
-		t.Fatal(err)
-	}
+	mustEnsureStreams(t, js.JS, o, log)
 	if _, err := js.JS.PauseConsumer(ctx, subjects.Stream, subjects.DispatcherConsumer, time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dispatcher.EnsureStreams(ctx, js.JS, o, log); err != nil {
-		t.Fatal(err)
-	}
+	mustEnsureStreams(t, js.JS, o, log)
 	if !strings.Contains(logs.String(), "differs=paused") {
 		t.Errorf("no warning of the pause:\n%s", logs.String())
 	}
 	o.Update = true
-	top, err := dispatcher.EnsureStreams(ctx, js.JS, o, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	top := mustEnsureStreams(t, js.JS, o, log)
 	info, err := top.Dispatcher.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -306,18 +279,29 @@ func TestEnsureStreams_a_cluster_reports_no_drift(t *testing.T) {
 	c := testutil.RunCluster(t, 3)
 	c.WaitReady(t)
 	_, js := c.Connect(t)
-	ctx := testutil.Context(t)
 	var logs testutil.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	o := streamOptions(time.Hour)
 	o.Replicas = 3
 	o.LogBytes = 64 << 20
-	for range 2 {
-		if _, err := dispatcher.EnsureStreams(ctx, js, o, log); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// A cluster just formed may not place replicated streams at once:
+	// tried again, as serve does (ensureJetStream).
+	testutil.CheckFor(t, waitLong, 100*time.Millisecond, func() error {
+		_, err := dispatcher.EnsureStreams(testutil.Context(t), js, o, log)
+		return err
+	})
+	mustEnsureStreams(t, js, o, log)
 	if strings.Contains(logs.String(), "differs") {
 		t.Errorf("drift reported for what callbackd just made on a cluster:\n%s", logs.String())
 	}
+}
+
+// mustEnsureStreams runs EnsureStreams and stops the test on its error.
+func mustEnsureStreams(t *testing.T, js jetstream.JetStream, o dispatcher.StreamOptions, log *slog.Logger) dispatcher.Topology {
+	t.Helper()
+	top, err := dispatcher.EnsureStreams(testutil.Context(t), js, o, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return top
 }
